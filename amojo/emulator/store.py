@@ -1,0 +1,307 @@
+"""The emulated account's state in SQLite: in memory by default, or in a file that survives a restart.
+
+Ids are derived (uuid5) from what the client sent, so a restarted emulator answers with the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_NS = uuid.UUID("0b6a3f7e-5c1d-4e8a-9f2b-7d4c1e0a9b35")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scopes (scope_id TEXT PRIMARY KEY, account_id TEXT, title TEXT, hook_api_version TEXT,
+    connected INTEGER);
+CREATE TABLE IF NOT EXISTS chats (id TEXT PRIMARY KEY, scope_id TEXT, conversation_id TEXT, user_id TEXT,
+    user_json TEXT, created_at REAL, UNIQUE (scope_id, conversation_id));
+CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, scope_id TEXT,
+    chat_id TEXT, msgid TEXT, timestamp INTEGER, msec_timestamp INTEGER, sender_json TEXT, receiver_json TEXT,
+    message_json TEXT, silent INTEGER, unlinked INTEGER, stored_at REAL, edited_at REAL,
+    UNIQUE (scope_id, msgid));
+CREATE INDEX IF NOT EXISTS messages_chat ON messages (chat_id, msec_timestamp);
+CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, name TEXT, phones TEXT, emails TEXT, body_json TEXT,
+    created_at REAL);
+CREATE TABLE IF NOT EXISTS links (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT UNIQUE, contact_id INTEGER);
+CREATE TABLE IF NOT EXISTS leads (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
+    status TEXT, created_at REAL);
+CREATE TABLE IF NOT EXISTS notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
+    kind TEXT, created_at REAL);
+CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, kind TEXT, valid INTEGER);
+"""
+
+CONTACT_ID_START = 3_100_000
+
+
+def derived_id(*parts: str) -> str:
+    return str(uuid.uuid5(_NS, "\x1f".join(parts)))
+
+
+def digits(value: str) -> str:
+    return "".join(ch for ch in value if ch.isdigit())
+
+
+class Store:
+    """Chats, messages, contacts, links, leads and notifications of one emulated account."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or ":memory:"
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        if path:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def reset(self) -> None:
+        with self.transaction() as db:
+            for table in ("scopes", "chats", "messages", "contacts", "links", "leads", "notifications", "tokens"):
+                db.execute(f"DELETE FROM {table}")
+
+    # -- scopes
+    def connect(self, scope_id: str, account_id: str, title: str, hook_api_version: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO scopes VALUES (?, ?, ?, ?, 1) ON CONFLICT (scope_id) DO UPDATE SET connected = 1, "
+                "title = excluded.title, hook_api_version = excluded.hook_api_version",
+                (scope_id, account_id, title, hook_api_version),
+            )
+
+    def disconnect(self, scope_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE scopes SET connected = 0 WHERE scope_id = ?", (scope_id,))
+
+    def is_connected(self, scope_id: str) -> bool:
+        row = self._one("SELECT connected FROM scopes WHERE scope_id = ?", scope_id)
+        return bool(row and row["connected"])
+
+    # -- chats
+    def chat_by_conversation(self, scope_id: str, conversation_id: str) -> dict | None:
+        row = self._one("SELECT * FROM chats WHERE scope_id = ? AND conversation_id = ?", scope_id, conversation_id)
+        return _chat(row)
+
+    def chat(self, chat_id: str) -> dict | None:
+        return _chat(self._one("SELECT * FROM chats WHERE id = ?", chat_id))
+
+    def create_chat(self, scope_id: str, conversation_id: str, user: dict) -> tuple[dict, bool]:
+        """The chat for `conversation_id`, created if new; True when it was created now."""
+        with self.transaction() as db:
+            existing = db.execute(
+                "SELECT * FROM chats WHERE scope_id = ? AND conversation_id = ?", (scope_id, conversation_id)
+            ).fetchone()
+            if existing:
+                return _chat(existing), False  # type: ignore[return-value]
+            chat_id = derived_id("chat", scope_id, conversation_id)
+            db.execute(
+                "INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?)",
+                (chat_id, scope_id, conversation_id, user.get("id"), json.dumps(user), time.time()),
+            )
+        return self.chat(chat_id), True  # type: ignore[return-value]
+
+    def chats(self) -> list[dict]:
+        return [_chat(row) for row in self._all("SELECT * FROM chats ORDER BY rowid")]  # type: ignore[misc]
+
+    # -- messages
+    def message_by_msgid(self, scope_id: str, msgid: str) -> dict | None:
+        return _message(self._one("SELECT * FROM messages WHERE scope_id = ? AND msgid = ?", scope_id, msgid))
+
+    def message(self, message_id: str) -> dict | None:
+        return _message(self._one("SELECT * FROM messages WHERE id = ?", message_id))
+
+    def add_message(self, scope_id: str, chat_id: str, payload: dict, *, unlinked: bool) -> dict:
+        message_id = derived_id("message", scope_id, payload["msgid"])
+        msec = payload.get("msec_timestamp")
+        if msec is None:
+            msec = int(payload["timestamp"]) * 1000
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO messages (id, scope_id, chat_id, msgid, timestamp, msec_timestamp, sender_json, "
+                "receiver_json, message_json, silent, unlinked, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    message_id,
+                    scope_id,
+                    chat_id,
+                    payload["msgid"],
+                    int(payload["timestamp"]),
+                    int(msec),
+                    json.dumps(payload.get("sender") or {}),
+                    json.dumps(payload["receiver"]) if payload.get("receiver") else None,
+                    json.dumps(payload["message"]),
+                    int(bool(payload.get("silent", False))),
+                    int(unlinked),
+                    time.time(),
+                ),
+            )
+        return self.message(message_id)  # type: ignore[return-value]
+
+    def edit_message(self, message_id: str, message: dict) -> dict:
+        current = self.message(message_id)
+        assert current is not None
+        merged = dict(current["message"])
+        merged.update(message)
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE messages SET message_json = ?, edited_at = ? WHERE id = ?",
+                (json.dumps(merged), time.time(), message_id),
+            )
+        return self.message(message_id)  # type: ignore[return-value]
+
+    def chat_messages(self, chat_id: str, visible_before: float | None = None) -> list[dict]:
+        """Messages of a chat in arrival order; with `visible_before`, only those stored before that moment."""
+        sql = "SELECT * FROM messages WHERE chat_id = ?"
+        args: list[Any] = [chat_id]
+        if visible_before is not None:
+            sql += " AND stored_at <= ?"
+            args.append(visible_before)
+        return [_message(row) for row in self._all(sql + " ORDER BY seq", *args)]  # type: ignore[misc]
+
+    def messages(self) -> list[dict]:
+        return [_message(row) for row in self._all("SELECT * FROM messages ORDER BY seq")]  # type: ignore[misc]
+
+    # -- contacts and links
+    def create_contact(self, body: dict, name: str, phones: list[str], emails: list[str]) -> int:
+        with self.transaction() as db:
+            row = db.execute("SELECT COALESCE(MAX(id), ?) + 1 FROM contacts", (CONTACT_ID_START,)).fetchone()
+            contact_id = int(row[0])
+            db.execute(
+                "INSERT INTO contacts VALUES (?, ?, ?, ?, ?, ?)",
+                (contact_id, name, json.dumps(phones), json.dumps(emails), json.dumps(body), time.time()),
+            )
+        return contact_id
+
+    def contacts(self) -> list[dict]:
+        return [_contact(row) for row in self._all("SELECT * FROM contacts ORDER BY id")]
+
+    def contact(self, contact_id: int) -> dict | None:
+        row = self._one("SELECT * FROM contacts WHERE id = ?", contact_id)
+        return _contact(row) if row else None
+
+    def link(self, chat_id: str, contact_id: int) -> int:
+        """Link a chat to a contact; a chat already linked elsewhere moves, with a new link id (Q15)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id, contact_id FROM links WHERE chat_id = ?", (chat_id,)).fetchone()
+            if row and row["contact_id"] == contact_id:
+                return int(row["id"])
+            if row:
+                db.execute("DELETE FROM links WHERE chat_id = ?", (chat_id,))
+            cursor = db.execute("INSERT INTO links (chat_id, contact_id) VALUES (?, ?)", (chat_id, contact_id))
+            return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+    def links(self, chat_ids: list[str] | None = None, contact_ids: list[int] | None = None) -> list[dict]:
+        rows = [dict(row) for row in self._all("SELECT * FROM links ORDER BY id")]
+        if chat_ids:
+            rows = [r for r in rows if r["chat_id"] in set(chat_ids)]
+        if contact_ids:
+            rows = [r for r in rows if r["contact_id"] in set(contact_ids)]
+        return rows
+
+    def is_linked(self, chat_id: str) -> bool:
+        return self._one("SELECT 1 FROM links WHERE chat_id = ?", chat_id) is not None
+
+    # -- amoCRM's side effects
+    def add_lead(self, chat_id: str, message_id: str) -> None:
+        with self.transaction() as db:
+            if not db.execute("SELECT 1 FROM leads WHERE chat_id = ?", (chat_id,)).fetchone():
+                db.execute(
+                    "INSERT INTO leads (chat_id, message_id, status, created_at) VALUES (?, ?, 'unsorted', ?)",
+                    (chat_id, message_id, time.time()),
+                )
+
+    def add_notification(self, chat_id: str, message_id: str, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO notifications (chat_id, message_id, kind, created_at) VALUES (?, ?, ?, ?)",
+                (chat_id, message_id, kind, time.time()),
+            )
+
+    def leads(self) -> list[dict]:
+        return [dict(row) for row in self._all("SELECT * FROM leads ORDER BY id")]
+
+    def notifications(self) -> list[dict]:
+        return [dict(row) for row in self._all("SELECT * FROM notifications ORDER BY id")]
+
+    # -- OAuth tokens
+    def token_state(self, token: str) -> tuple[str, bool] | None:
+        row = self._one("SELECT kind, valid FROM tokens WHERE token = ?", token)
+        return (row["kind"], bool(row["valid"])) if row else None
+
+    def put_token(self, token: str, kind: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?, 1)", (token, kind))
+
+    def spend_refresh_token(self, token: str) -> bool:
+        """Single use: True the first time a valid refresh token is spent, False ever after."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE tokens SET valid = 0 WHERE token = ? AND kind = 'refresh' AND valid = 1", (token,)
+            )
+            return cursor.rowcount == 1
+
+
+def _chat(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    return {
+        "id": row["id"],
+        "scope_id": row["scope_id"],
+        "conversation_id": row["conversation_id"],
+        "user": json.loads(row["user_json"]),
+    }
+
+
+def _message(row: sqlite3.Row | None) -> dict | None:
+    if row is None:
+        return None
+    return {
+        "id": row["id"],
+        "chat_id": row["chat_id"],
+        "msgid": row["msgid"],
+        "timestamp": row["timestamp"],
+        "msec_timestamp": row["msec_timestamp"],
+        "sender": json.loads(row["sender_json"]),
+        "receiver": json.loads(row["receiver_json"]) if row["receiver_json"] else None,
+        "message": json.loads(row["message_json"]),
+        "silent": bool(row["silent"]),
+        "unlinked": bool(row["unlinked"]),
+        "stored_at": row["stored_at"],
+        "edited_at": row["edited_at"],
+    }
+
+
+def _contact(row: sqlite3.Row) -> dict:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "phones": json.loads(row["phones"]),
+        "emails": json.loads(row["emails"]),
+        "body": json.loads(row["body_json"]),
+    }
