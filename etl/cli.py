@@ -1,0 +1,201 @@
+"""`amojo-etl`: the console script. Its commands run the same Prefect flows a deployment runs.
+
+Exit status: 0 when the verdict is complete, 1 when the run failed or is incomplete, 2 for a configuration or
+usage error. (The one module of etl/ that reaches up to flows/: it is the entry point above them.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .settings import SAMPLE_DB, ConfigurationError, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+console = Console(stderr=True)
+
+StartOption = Annotated[date, typer.Option("--start", formats=["%Y-%m-%d"],
+                                           help="first day, inclusive (YYYY-MM-DD, in AMOJO_ETL_TIMEZONE)")]
+EndOption = Annotated[date, typer.Option("--end", formats=["%Y-%m-%d"],
+                                         help="day after the last, exclusive: --start 2026-10-01 --end 2026-10-08 "
+                                              "is the first week of October")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the run summary as one JSON object on stdout")]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _preflight() -> None:
+    """Configuration and source checks before the first request (exit 2 when they fail)."""
+    from .source import check_source
+
+    try:
+        settings = load_settings()
+        settings.require_api()
+        check_source(settings.source_url, settings.mapping)
+    except ConfigurationError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """Run the import flow; (summary, None) when it finished, (None, reason) when it failed."""
+    from flows.import_chats import import_chats
+
+    state = asyncio.run(import_chats(start=start, end=end, dry_run=dry_run, return_state=True))
+    if state.is_failed() or state.is_crashed():
+        return None, state.message or "the run failed"
+    return state.result(), None
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, default=str))
+        return
+    table = Table(title=f"amojo-etl import {summary['interval']}", show_header=False)
+    rows = [
+        ("conversations", summary["conversations"]),
+        ("chats created", summary["chats_created"]),
+        ("contacts created / matched", f"{summary['contacts_created']} / {summary['contacts_matched']}"),
+        ("chats linked", summary["links_created"]),
+        ("messages sent", summary["messages_sent"]),
+        ("messages skipped (already in amoCRM)", summary["messages_skipped"]),
+        ("messages edited", summary["messages_edited"]),
+        ("messages failed", summary["messages_failed"]),
+        ("rejected rows", summary["rejected"]),
+    ]
+    rows += [(f"  {reason}", count) for reason, count in summary["rejects_by_reason"].items()]
+    rows += [
+        ("quarantined conversations", len(summary["quarantined"])),
+        ("confirmed by read-back", f"{summary['confirmed']} of {summary['messages_valid']}"),
+        ("missing / duplicates / mismatched",
+         f"{summary['missing']} / {summary['duplicates']} / {summary['mismatched']}"),
+        ("verdict", "[green]complete[/]" if summary["verdict"] == "complete" else f"[red]{summary['verdict']}[/]"),
+        ("duration", f"{summary['duration_s']} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
+def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool) -> None:
+    if summary is None:
+        raise _fail(error or "the run failed", 1)
+    _print_summary(summary, as_json)
+    if summary.get("dry_run"):
+        raise typer.Exit(0)
+    raise typer.Exit(0 if summary["verdict"] == "complete" else 1)
+
+
+@app.command("import")
+def import_(start: StartOption, end: EndOption,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="transform and report; send nothing")] = False,
+            as_json: JsonOption = False) -> None:
+    """Import one data interval [start, end) into amoCRM, then read the chats back and verify them."""
+    if end <= start:
+        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+    _preflight()
+    _finish(*_run_import(start, end, dry_run), as_json)
+
+
+@app.command("sample-data")
+def sample_data(
+    path: Annotated[Path, typer.Option(help="SQLite file to create")] = SAMPLE_DB,
+    url: Annotated[str | None, typer.Option(help="SQLAlchemy URL instead of a SQLite file")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same rows")] = 7,
+) -> None:
+    """Create a deterministic sample source database in the canonical schema (data/schema.sql)."""
+    from .sample import write_sample
+
+    if url is None:
+        if path.exists():
+            raise _fail(f"{path} exists; remove it first or choose another --path", 2)
+        url = f"sqlite:///{path}"
+    counts = write_sample(url, seed=seed)
+    console.print(f"sample source written to {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@app.command()
+def emulator(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    channel_id: Annotated[str | None, typer.Option(help="channel id (default: the demo channel)")] = None,
+    channel_secret: Annotated[str | None, typer.Option(help="channel secret (default: the demo secret)")] = None,
+    account_id: Annotated[str | None, typer.Option(help="the account's amojo_id")] = None,
+    token: Annotated[str | None, typer.Option(help="REST v4 bearer token")] = None,
+    state: Annotated[Path | None, typer.Option(help="SQLite file to keep state in (default: memory)")] = None,
+) -> None:
+    """Run the local amoCRM stand-in (Chats API + REST v4 subset) in the foreground."""
+    from amojo.emulator.config import EmulatorConfig
+    from amojo.emulator.server import serve
+
+    config = EmulatorConfig(state_path=str(state) if state else None)
+    for name, value in (("channel_id", channel_id), ("channel_secret", channel_secret),
+                        ("account_id", account_id), ("token", token)):
+        if value:
+            setattr(config, name, value)
+    url = f"http://{host}:{port}"
+    console.print(
+        f"amoCRM emulator on {url}\n"
+        f"  AMOJO_ETL_AMOJO_URL={url}\n  AMOJO_ETL_AMOCRM_URL={url}\n"
+        f"  AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
+        f"  AMOJO_ETL_CHANNEL_SECRET={'(the demo secret of amojo-api.md §2.6)' if not channel_secret else '(as given)'}\n"
+        f"  AMOJO_ETL_AMOCRM_TOKEN={config.token if not token else '(as given)'}\n"
+        f"  AMOJO_ETL_BOT_ID={config.bot_id}\n  state: {url}/_emulator/state",
+        highlight=False,
+    )
+    serve(config, host=host, port=port)
+
+
+@app.command()
+def demo(as_json: JsonOption = False) -> None:
+    """Import the sample database into a local emulator and verify it: the whole pipeline in one command."""
+    from amojo.emulator.config import EmulatorConfig
+    from amojo.emulator.server import start as start_emulator
+
+    from .sample import write_sample
+
+    if not SAMPLE_DB.exists():
+        write_sample(f"sqlite:///{SAMPLE_DB}")
+    first, last = _sample_range(f"sqlite:///{SAMPLE_DB}")
+    config = EmulatorConfig()
+    began = time.monotonic()
+    with start_emulator(config) as running, tempfile.TemporaryDirectory(prefix="amojo-etl-demo-") as workdir:
+        os.environ.update({
+            "AMOJO_ETL_SOURCE_URL": f"sqlite:///{SAMPLE_DB}",
+            "AMOJO_ETL_STATE_URL": f"sqlite:///{workdir}/ledger.db",
+            "AMOJO_ETL_AMOJO_URL": running.url,
+            "AMOJO_ETL_AMOCRM_URL": running.url,
+            "AMOJO_ETL_CHANNEL_ID": config.channel_id,
+            "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
+            "AMOJO_ETL_AMOCRM_TOKEN": config.token,
+            "AMOJO_ETL_BOT_ID": config.bot_id,
+        })
+        console.print(f"demo: emulator at {running.url}; importing {first} .. {last} (end exclusive)")
+        summary, error = _run_import(first, last, dry_run=False)
+        if summary is not None:
+            summary["demo_total_s"] = round(time.monotonic() - began, 2)
+            summary["emulator_requests"] = sum(running.emulator.request_counts().values())
+    _finish(summary, error, as_json)
+
+
+def _sample_range(url: str) -> tuple[date, date]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        low, high = conn.execute(sa.text("SELECT MIN(created_at), MAX(created_at) FROM messages")).one()
+    engine.dispose()
+    return date.fromisoformat(str(low)[:10]), date.fromisoformat(str(high)[:10]) + timedelta(days=1)
+

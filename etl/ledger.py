@@ -1,0 +1,204 @@
+"""The ledger: what has been done in amoCRM, kept in the state database so that runs resume and never repeat.
+
+Message status moves pending -> sending -> sent -> confirmed (or rejected / failed). `sending` is written before
+the request and `sent` after the answer; a `sending` row is checked against chat history before any resend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+meta = sa.Table("meta", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
+channel = sa.Table(
+    "channel", metadata,
+    sa.Column("channel_id", sa.String(64), primary_key=True),
+    sa.Column("account_id", sa.String(64), nullable=False),
+    sa.Column("scope_id", sa.String(160), nullable=False),
+)
+chats = sa.Table(
+    "chats", metadata,
+    sa.Column("conversation_id", sa.String(255), primary_key=True),
+    sa.Column("chat_id", sa.String(64)),
+    sa.Column("client_key", sa.String(255)),
+    sa.Column("contact_id", sa.BigInteger),
+    sa.Column("linked", sa.Boolean, nullable=False, default=False),
+    sa.Column("quarantine", sa.Text),
+    sa.Column("updated_at", sa.Float),
+)
+contacts = sa.Table(
+    "contacts", metadata,
+    sa.Column("client_key", sa.String(255), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, nullable=False),
+    sa.Column("created", sa.Boolean, nullable=False),
+)
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("msgid", sa.String(255), primary_key=True),
+    sa.Column("conversation_id", sa.String(255), nullable=False, index=True),
+    sa.Column("msec", sa.BigInteger, nullable=False),
+    sa.Column("content_hash", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("amojo_id", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.Float),
+)
+intervals = sa.Table(
+    "intervals", metadata,
+    sa.Column("start", sa.String(40), primary_key=True),
+    sa.Column("end", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("summary", sa.Text),
+    sa.Column("updated_at", sa.Float),
+)
+rejects = sa.Table(
+    "rejects", metadata,
+    sa.Column("source_key", sa.String(255), primary_key=True),
+    sa.Column("reason", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("interval_start", sa.String(40)),
+    sa.Column("updated_at", sa.Float),
+)
+
+DONE = ("sent", "confirmed")
+
+
+@dataclass(frozen=True)
+class ChatState:
+    conversation_id: str
+    chat_id: str | None
+    contact_id: int | None
+    linked: bool
+    quarantine: str | None
+
+
+class Ledger:
+    """The state database behind one account's imports (SQLite file by default, PostgreSQL for many workers)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        engine = sa.make_url(url)
+        if engine.get_backend_name() == "sqlite" and engine.database and engine.database != ":memory:":
+            Path(engine.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(url, future=True)
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            if version is None:
+                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _upsert(self, conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
+        """Insert or update by primary key, in the dialect's own way."""
+        if not rows:
+            return
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert = (sqlite if dialect == "sqlite" else postgresql).insert(table)
+            updates = {c: insert.excluded[c] for c in rows[0] if c not in keys}
+            conn.execute(insert.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+        else:
+            insert = mysql.insert(table)
+            conn.execute(insert.on_duplicate_key_update({c: insert.inserted[c] for c in rows[0] if c not in keys}),
+                         rows)
+
+    # -- channel
+    def scope(self, channel_id: str) -> tuple[str, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(channel.c.account_id, channel.c.scope_id)
+                               .where(channel.c.channel_id == channel_id)).first()
+        return (row.account_id, row.scope_id) if row else None
+
+    def save_scope(self, channel_id: str, account_id: str, scope_id: str) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, channel, [{"channel_id": channel_id, "account_id": account_id, "scope_id": scope_id}],
+                         ["channel_id"])
+
+    # -- chats and contacts
+    def chat_states(self, conversation_ids: Iterable[str]) -> dict[str, ChatState]:
+        ids = list(conversation_ids)
+        found: dict[str, ChatState] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(chats).where(chats.c.conversation_id.in_(ids[start:start + 500]))
+                for row in conn.execute(query):
+                    found[row.conversation_id] = ChatState(row.conversation_id, row.chat_id, row.contact_id,
+                                                           bool(row.linked), row.quarantine)
+        return found
+
+    def save_chats(self, rows: list[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            self._upsert(conn, chats, [{**r, "updated_at": now} for r in rows], ["conversation_id"])
+
+    def contact_ids(self, client_keys: Iterable[str]) -> dict[str, int]:
+        keys = list(client_keys)
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                query = sa.select(contacts).where(contacts.c.client_key.in_(keys[start:start + 500]))
+                found.update({row.client_key: row.contact_id for row in conn.execute(query)})
+        return found
+
+    def save_contacts(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, contacts, rows, ["client_key"])
+
+    # -- messages
+    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """msgid -> (status, content hash) for the messages the ledger knows."""
+        ids = list(msgids)
+        found: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                query = sa.select(messages.c.msgid, messages.c.status, messages.c.content_hash).where(
+                    messages.c.msgid.in_(ids[start:start + 500]))
+                found.update({row.msgid: (row.status, row.content_hash) for row in conn.execute(query)})
+        return found
+
+    def record_messages(self, rows: list[dict[str, Any]]) -> None:
+        """Batch write of message states (one transaction for the batch); a column a row leaves out is kept."""
+        now = time.time()
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            by_shape.setdefault(tuple(sorted(row)), []).append({**row, "updated_at": now})
+        with self.engine.begin() as conn:
+            for batch in by_shape.values():
+                self._upsert(conn, messages, batch, ["msgid"])
+
+    def status_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status))
+            return {status: count for status, count in rows}
+
+    # -- intervals and rejects
+    def save_interval(self, start: str, end: str, status: str, summary: dict[str, Any]) -> None:
+        row = {"start": start, "end": end, "status": status, "summary": json.dumps(summary, default=str),
+               "updated_at": time.time()}
+        with self.engine.begin() as conn:
+            self._upsert(conn, intervals, [row], ["start", "end"])
+
+    def interval_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(intervals).order_by(intervals.c.start))
+            return [{**row._asdict(), "summary": json.loads(row.summary or "{}")} for row in rows]
+
+    def save_rejects(self, rows: list[dict[str, Any]], interval_start: str) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            self._upsert(conn, rejects, [{**r, "interval_start": interval_start, "updated_at": now} for r in rows],
+                         ["source_key"])

@@ -1,0 +1,104 @@
+"""Typed settings: the environment (`AMOJO_ETL_*`), or a TOML file named by `AMOJO_ETL_CONFIG`; the environment wins."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SAMPLE_DB = PROJECT_DIR / "data" / "sample.db"
+
+
+class ConfigurationError(Exception):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+class Settings(BaseSettings):
+    """Everything a run needs to know; secrets are `SecretStr` so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="AMOJO_ETL_", extra="ignore")
+
+    source_url: str = Field(default=f"sqlite:///{SAMPLE_DB}", description="SQLAlchemy URL of the source database")
+    mapping: Path | None = Field(default=None, description="mapping file for a non-canonical source schema")
+    source_timezone: str = Field(default="UTC", description="zone of naive source timestamps")
+    timezone: str = Field(default="UTC", description="zone of data intervals and schedules")
+    state_url: str = Field(default="sqlite:///.amojo-etl/ledger.db", description="SQLAlchemy URL of the ledger")
+    amojo_url: str = Field(default="https://amojo.amocrm.ru", description="Chats API base URL")
+    channel_id: str | None = None
+    channel_secret: SecretStr | None = None
+    account_id: str | None = Field(default=None, description="the account's amojo_id; looked up when unset")
+    amocrm_url: str | None = None
+    amocrm_token: SecretStr | None = None
+    bot_id: str | None = None
+    id_prefix: str = "ae-"
+    rest_rate: float = Field(default=7.0, gt=0, description="REST v4 requests per second")
+    amojo_rate: float | None = Field(default=None, gt=0, description="Chats API requests per second (none: unlimited)")
+    concurrency: int = Field(default=16, ge=1, le=256, description="conversations sent at once")
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("AMOJO_ETL_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("source_timezone", "timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Moscow") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def source_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.source_timezone)
+
+    def require_api(self) -> None:
+        """Fail before the first request when a credential is missing, naming the variable to set."""
+        missing = [
+            f"AMOJO_ETL_{name.upper()}"
+            for name in ("channel_id", "channel_secret", "amocrm_url", "amocrm_token")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"missing {', '.join(missing)}: set them in the environment or in the TOML file named by "
+                "AMOJO_ETL_CONFIG (see README, Configuration)"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's validation error into a `ConfigurationError` that says what to fix."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"AMOJO_ETL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None

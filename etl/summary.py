@@ -1,0 +1,39 @@
+"""The run summary: what one import did and what the read-back found, for people and for `--json`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    interval: str
+    dry_run: bool = False
+    conversations: int = 0
+    chats_created: int = 0
+    contacts_created: int = 0
+    contacts_matched: int = 0
+    links_created: int = 0
+    messages_valid: int = 0
+    messages_sent: int = 0
+    messages_skipped: int = 0
+    messages_edited: int = 0
+    messages_failed: int = 0
+    rejected: int = 0
+    rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)
+    confirmed: int = 0
+    missing: int = 0
+    duplicates: int = 0
+    mismatched: int = 0
+    verdict: str = "incomplete"
+    duration_s: float = 0.0
+    reject_samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "complete"
