@@ -150,7 +150,7 @@ def emulator(
         f"amoCRM emulator on {url}\n"
         f"  AMOJO_ETL_AMOJO_URL={url}\n  AMOJO_ETL_AMOCRM_URL={url}\n"
         f"  AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
-        f"  AMOJO_ETL_CHANNEL_SECRET={'(the demo secret of amojo-api.md §2.6)' if not channel_secret else '(as given)'}\n"
+        f"  AMOJO_ETL_CHANNEL_SECRET={config.channel_secret if not channel_secret else '(as given)'}\n"
         f"  AMOJO_ETL_AMOCRM_TOKEN={config.token if not token else '(as given)'}\n"
         f"  AMOJO_ETL_BOT_ID={config.bot_id}\n  state: {url}/_emulator/state",
         highlight=False,

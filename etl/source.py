@@ -6,12 +6,11 @@ supplies other queries returning the same column names.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
-
-import tomllib
 
 import pandas as pd
 import sqlalchemy as sa

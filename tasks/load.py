@@ -118,7 +118,8 @@ async def _create_chats(active: list[Conversation], states: dict, api: Api, ledg
 async def _resolve_contacts(active: list[Conversation], states: dict, api: Api, ledger: Ledger,
                             report: LoadReport) -> None:
     """Find each client's contact by normalised phone, then email; create the rest in batches."""
-    needing = [c for c in active if states[c.conversation_id].contact_id is None or states[c.conversation_id].quarantine]
+    needing = [c for c in active
+               if states[c.conversation_id].contact_id is None or states[c.conversation_id].quarantine]
     by_client: dict[str, Conversation] = {}
     for conversation in needing:
         by_client.setdefault(conversation.client_key, conversation)
