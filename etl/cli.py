@@ -21,6 +21,10 @@ from rich.table import Table
 
 from .settings import SAMPLE_DB, ConfigurationError, load_settings
 
+# Prefect's temporary server records telemetry in its SQLite file at start, racing the first flow run for the
+# lock ("database is locked" tracebacks); a CLI run has no use for it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 console = Console(stderr=True)
 

@@ -90,7 +90,11 @@ def bound(moment: datetime, engine: sa.Engine, zone: ZoneInfo) -> datetime | str
 
 def create_schema(engine: sa.Engine) -> None:
     """Create the canonical tables (data/schema.sql) in an empty database."""
-    statements = [s.strip() for s in _strip_comments(SCHEMA_SQL.read_text()).split(";") if s.strip()]
+    sql = _strip_comments(SCHEMA_SQL.read_text())
+    if engine.dialect.name in ("mysql", "mariadb"):
+        # MySQL's TIMESTAMP converts through the session zone and ends in 2038; DATETIME keeps wall time as given.
+        sql = sql.replace("TIMESTAMP", "DATETIME(6)")
+    statements = [s.strip() for s in sql.split(";") if s.strip()]
     with engine.begin() as conn:
         for statement in statements:
             conn.exec_driver_sql(statement)

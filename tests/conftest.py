@@ -40,10 +40,10 @@ def emulator(emulator_config: EmulatorConfig) -> Iterator[RunningEmulator]:
 @pytest.fixture
 def pipeline_env(emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """AMOJO_ETL_* pointing at the emulator, a fresh sample source and a fresh ledger."""
-    from etl.sample import write_sample
+    from etl.sample import SampleSize, write_sample
 
     source = tmp_path / "source.db"
-    write_sample(f"sqlite:///{source}")
+    write_sample(f"sqlite:///{source}", size=SampleSize(clients=15, conversations=30))
     config = emulator.emulator.config
     env = {
         "AMOJO_ETL_SOURCE_URL": f"sqlite:///{source}",

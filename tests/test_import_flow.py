@@ -1,0 +1,125 @@
+"""The walking skeleton end to end: the import_chats flow against the emulator over HTTP, through Prefect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from flows.import_chats import import_chats
+
+pytestmark = pytest.mark.prefect
+
+MONTH = (date(2026, 10, 1), date(2026, 11, 2))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def _source_counts(url: str) -> tuple[int, set[str]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        ids = {row[0] for row in conn.execute(sa.text("SELECT id FROM messages"))}
+        clients = conn.execute(sa.text("SELECT COUNT(DISTINCT client_id) FROM conversations")).scalar()
+    engine.dispose()
+    return clients, ids
+
+
+async def test_import_lands_every_valid_message_exactly_once(emulator, pipeline_env):
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    summary = await state.aresult()
+    assert summary["verdict"] == "complete", summary
+    snapshot = emulator.emulator.snapshot()
+    clients, source_ids = _source_counts(pipeline_env["AMOJO_ETL_SOURCE_URL"])
+
+    landed = Counter(m["msgid"] for messages in snapshot["messages"].values() for m in messages)
+    assert set(landed.values()) == {1}, "a message landed twice"
+    rejected = {f"ae-{key.split(':', 1)[1]}" for key in (s["source_key"] for s in summary["reject_samples"])}
+    assert set(landed) == {f"ae-{i}" for i in source_ids} - rejected
+    assert summary["messages_sent"] == len(landed) == summary["confirmed"]
+    assert summary["rejects_by_reason"] == {"empty_text": 2, "unknown_type": 1}
+
+    # The seed's sequence: one chat per conversation, one contact per client, every chat linked before its
+    # first message, so amoCRM made no unsorted lead and no notification.
+    assert len(snapshot["chats"]) == summary["conversations"]
+    assert len(snapshot["contacts"]) == clients
+    assert {link["chat_id"] for link in snapshot["links"]} == {chat["id"] for chat in snapshot["chats"]}
+    assert snapshot["leads"] == [] and snapshot["notifications"] == []
+    assert not any(m["unlinked"] for messages in snapshot["messages"].values() for m in messages)
+
+    users = {u.email: u.amojo_id for u in emulator.emulator.config.users}
+    for messages in snapshot["messages"].values():
+        assert [m["msec_timestamp"] for m in messages] == sorted(m["msec_timestamp"] for m in messages)
+        for m in messages:
+            assert m["silent"] is True
+            if m["receiver"] is None:  # from the client
+                assert "ref_id" not in m["sender"]
+            else:  # from a manager: a user's amojo_id, or the bot when amoCRM has none for them
+                assert m["sender"]["ref_id"] in set(users.values()) | {emulator.emulator.config.bot_id}
+    anna = users["anna@example.com"]
+    assert any(m["sender"].get("ref_id") == anna for ms in snapshot["messages"].values() for m in ms)
+
+
+async def test_second_run_of_the_same_interval_sends_nothing(emulator, pipeline_env):
+    first = await (await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)).aresult()
+    before = sum(len(ms) for ms in emulator.emulator.snapshot()["messages"].values())
+    second = await (await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)).aresult()
+    after = sum(len(ms) for ms in emulator.emulator.snapshot()["messages"].values())
+    assert second["messages_sent"] == 0
+    assert second["messages_skipped"] == first["messages_sent"]
+    assert second["chats_created"] == second["contacts_created"] == 0
+    assert before == after
+    assert second["verdict"] == "complete"
+
+
+async def test_wrong_channel_secret_fails_fast_without_retries(emulator, pipeline_env, monkeypatch):
+    monkeypatch.setenv("AMOJO_ETL_CHANNEL_SECRET", "0" * 40)
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    assert state.is_failed()
+    assert "channel secret" in state.message and "clock" in state.message
+    assert "0" * 40 not in state.message
+    counts = emulator.emulator.request_counts()
+    assert counts == {"rest account 200": 1, "amojo connect 403": 1}  # no retry loop, nothing else sent
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    full_env.pop("PREFECT_API_URL", None)  # the CLI runs as a user would: its own temporary server
+    return subprocess.run([str(Path(sys.executable).parent / "amojo-etl"), *args],
+                          env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_import_with_another_secret_exits_1_with_the_signature_message(emulator, pipeline_env):
+    result = _cli({**pipeline_env, "AMOJO_ETL_CHANNEL_SECRET": "f" * 40},
+                  "import", "--start", "2026-10-01", "--end", "2026-10-02")
+    assert result.returncode == 1, result.stderr
+    assert "rejected the request signature" in result.stderr
+    assert "AMOJO_ETL_CHANNEL_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "f" * 40 not in result.stderr + result.stdout
+
+
+def test_cli_missing_setting_exits_2_naming_it(pipeline_env, monkeypatch):
+    env = {k: v for k, v in pipeline_env.items() if k != "AMOJO_ETL_AMOCRM_TOKEN"}
+    monkeypatch.delenv("AMOJO_ETL_AMOCRM_TOKEN")
+    result = _cli(env, "import", "--start", "2026-10-01", "--end", "2026-10-02")
+    assert result.returncode == 2
+    assert "AMOJO_ETL_AMOCRM_TOKEN" in result.stderr
+
+
+def test_cli_end_before_start_is_a_usage_error(pipeline_env):
+    result = _cli(pipeline_env, "import", "--start", "2026-10-02", "--end", "2026-10-01")
+    assert result.returncode == 2
+    assert "--end" in result.stderr and "exclusive" in result.stderr
