@@ -338,10 +338,12 @@ class Emulator:
             "avatar": participant.get("avatar", ""),
         }
         profile = participant.get("profile") or {}
-        if profile.get("phone"):
-            out["phone"] = digits(profile["phone"])
-        if profile.get("email"):
-            out["email"] = profile["email"]
+        phone = profile.get("phone") or participant.get("phone")  # Q12: `profile`, or flat as AMO-REF has it
+        email = profile.get("email") or participant.get("email")
+        if phone:
+            out["phone"] = digits(phone)
+        if email:
+            out["email"] = email
         return out
 
     async def message_event(self, request: Request, body: Any) -> Response:
@@ -383,7 +385,7 @@ class Emulator:
             if not sender.get("ref_id"):
                 raise ApiError(400, "outgoing message without sender.ref_id", "SENDER_REF_ID_REQUIRED", code=453)
             known = {u.amojo_id for u in self.config.users if u.amojo_id} | {self.config.bot_id}
-            if sender["ref_id"] not in known:
+            if self.config.check_ref_id and sender["ref_id"] not in known:
                 raise ApiError(400, "sender.ref_id is neither a user's amojo_id nor the bot", "UNKNOWN_REF_ID")
         if chat is None:  # a new conversation_id creates a new chat (AMO-REF)
             chat, _ = self.store.create_chat(scope_id, conversation_id, receiver if receiver else sender)
@@ -670,7 +672,7 @@ def _participant(value: Any, name: str) -> dict:
     if participant.get("name") is None:
         raise ApiError(400, f"{name}.name is required", "FIELD_REQUIRED")
     _string(participant, "name")
-    for key in ("ref_id", "avatar", "profile_link"):
+    for key in ("ref_id", "avatar", "profile_link", "phone", "email"):
         _string(participant, key)
     profile = participant.get("profile")
     if profile is not None:

@@ -72,6 +72,7 @@ class EmulatorConfig:
     legacy_signatures: bool = False  # Q8
     history_limit: Literal["clamp", "reject"] = "clamp"  # Q4
     text_limit: int | None = None  # Q2
+    check_ref_id: bool = True  # ⚠️ our choice: an outgoing sender.ref_id must be a user's amojo_id or the bot
     rest_rate: float | None = 7.0  # Q14, per token
     amojo_rate: float | None = None  # Q9
     date_tolerance_s: int = 15 * 60  # Q5, both directions
