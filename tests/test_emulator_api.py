@@ -278,7 +278,8 @@ def test_silent_message_into_unlinked_chat_is_recorded_as_unlinked(amojo, emulat
 
 def test_non_silent_into_linked_chat_only_notifies(amojo, emulator):
     chat = amojo.chat()
-    contact_id = rest(emulator, "POST", "/api/v4/contacts", json=[{"name": "C"}]).json()["_embedded"]["contacts"][0]["id"]
+    created = rest(emulator, "POST", "/api/v4/contacts", json=[{"name": "C"}]).json()
+    contact_id = created["_embedded"]["contacts"][0]["id"]
     rest(emulator, "POST", "/api/v4/contacts/chats", json=[{"contact_id": contact_id, "chat_id": chat}])
     amojo.message("m1", silent=False)
     assert emulator.emulator.store.leads() == []
