@@ -12,6 +12,7 @@ import os
 import tempfile
 import time
 from datetime import date, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,6 +131,31 @@ def sample_data(
     console.print(f"sample source written to {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
+class DuplicateMsgid(StrEnum):
+    idempotent = "idempotent"
+    reject = "reject"
+
+
+class Md5Check(StrEnum):
+    strict = "strict"
+    lenient = "lenient"
+
+
+class HistoryLimit(StrEnum):
+    clamp = "clamp"
+    reject = "reject"
+
+
+def _error_rates(values: list[str]) -> dict[int, float]:
+    rates = {}
+    for value in values:
+        status, _, rate = value.partition("=")
+        if status not in ("429", "500", "502", "503") or not rate:
+            raise typer.BadParameter(f"{value!r}: use STATUS=RATE with STATUS 429, 500, 502 or 503, e.g. 503=0.05")
+        rates[int(status)] = float(rate)
+    return rates
+
+
 @app.command()
 def emulator(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
@@ -138,15 +164,45 @@ def emulator(
     channel_secret: Annotated[str | None, typer.Option(help="channel secret (default: the demo secret)")] = None,
     account_id: Annotated[str | None, typer.Option(help="the account's amojo_id")] = None,
     token: Annotated[str | None, typer.Option(help="REST v4 bearer token")] = None,
+    bot_id: Annotated[str | None, typer.Option(help="the channel bot's id")] = None,
     state: Annotated[Path | None, typer.Option(help="SQLite file to keep state in (default: memory)")] = None,
+    duplicate_msgid: Annotated[DuplicateMsgid, typer.Option(help="a repeated msgid: original ids back, or 400")
+                               ] = DuplicateMsgid.idempotent,
+    content_md5: Annotated[Md5Check, typer.Option(help="check Content-MD5 against the body, or only sign it")
+                           ] = Md5Check.strict,
+    legacy_signatures: Annotated[bool, typer.Option(help="also accept body-only HMAC on the old methods")] = False,
+    history_limit: Annotated[HistoryLimit, typer.Option(help="history limit over 50: clamp, or 400")
+                             ] = HistoryLimit.clamp,
+    text_limit: Annotated[int | None, typer.Option(help="longest text accepted (default: no limit)")] = None,
+    rest_rate: Annotated[float, typer.Option(help="REST v4 requests per second per token (0: no limit)")] = 7.0,
+    amojo_rate: Annotated[float, typer.Option(help="Chats API requests per second (0: no limit)")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of every injected fault")] = 0,
+    latency_ms: Annotated[float, typer.Option(help="added to every answer")] = 0.0,
+    jitter_ms: Annotated[float, typer.Option(help="random extra latency, up to this")] = 0.0,
+    error_rate: Annotated[list[str] | None, typer.Option(
+        help="STATUS=RATE, answered before any effect; repeat for 429, 500, 502, 503")] = None,
+    lost_answer_rate: Annotated[float, typer.Option(help="message stored, then a 500 or a dropped connection")] = 0.0,
+    hang_rate: Annotated[float, typer.Option(help="requests that hang for --hang-seconds")] = 0.0,
+    hang_seconds: Annotated[float, typer.Option(help="how long a hang lasts")] = 60.0,
+    history_lag_ms: Annotated[float, typer.Option(help="a stored message shows in history only after this")] = 0.0,
 ) -> None:
-    """Run the local amoCRM stand-in (Chats API + REST v4 subset) in the foreground."""
-    from amojo.emulator.config import EmulatorConfig
+    """Run the local amoCRM stand-in (Chats API + REST v4 subset) in the foreground.
+
+    Faults can also be changed while it runs: POST /_emulator/faults with the same names as JSON.
+    """
+    from amojo.emulator.config import EmulatorConfig, Faults
     from amojo.emulator.server import serve
 
-    config = EmulatorConfig(state_path=str(state) if state else None)
+    faults = Faults(seed=seed, latency_ms=latency_ms, jitter_ms=jitter_ms, error_rates=_error_rates(error_rate or []),
+                    lost_answer_rate=lost_answer_rate, hang_rate=hang_rate, hang_seconds=hang_seconds,
+                    history_lag_ms=history_lag_ms)
+    config = EmulatorConfig(
+        state_path=str(state) if state else None, duplicate_msgid=duplicate_msgid.value,
+        content_md5=content_md5.value, legacy_signatures=legacy_signatures, history_limit=history_limit.value,
+        text_limit=text_limit, rest_rate=rest_rate or None, amojo_rate=amojo_rate or None, faults=faults,
+    )
     for name, value in (("channel_id", channel_id), ("channel_secret", channel_secret),
-                        ("account_id", account_id), ("token", token)):
+                        ("account_id", account_id), ("token", token), ("bot_id", bot_id)):
         if value:
             setattr(config, name, value)
     url = f"http://{host}:{port}"
@@ -156,7 +212,8 @@ def emulator(
         f"  AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
         f"  AMOJO_ETL_CHANNEL_SECRET={config.channel_secret if not channel_secret else '(as given)'}\n"
         f"  AMOJO_ETL_AMOCRM_TOKEN={config.token if not token else '(as given)'}\n"
-        f"  AMOJO_ETL_BOT_ID={config.bot_id}\n  state: {url}/_emulator/state",
+        f"  AMOJO_ETL_ACCOUNT_ID={config.account_id}\n  AMOJO_ETL_BOT_ID={config.bot_id}\n"
+        f"  inspect: {url}/_emulator/state   faults: {url}/_emulator/faults",
         highlight=False,
     )
     serve(config, host=host, port=port)
