@@ -123,3 +123,17 @@ def test_cli_end_before_start_is_a_usage_error(pipeline_env):
     result = _cli(pipeline_env, "import", "--start", "2026-10-02", "--end", "2026-10-01")
     assert result.returncode == 2
     assert "--end" in result.stderr and "exclusive" in result.stderr
+
+
+async def test_task_runs_are_per_stage_not_per_message(emulator, pipeline_env):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    summary = await state.aresult()
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    names = sorted(run.name.split("-")[0] for run in runs)
+    assert summary["messages_sent"] > 100
+    assert names == ["extract", "load", "publish", "reconcile", "resolve", "transform"]
