@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ rejects = sa.Table(
 )
 
 DONE = ("sent", "confirmed")
+IN_SLICE = 500
 
 
 @dataclass(frozen=True)
@@ -129,16 +130,19 @@ class Ledger:
                          ["channel_id"])
 
     # -- chats and contacts
-    def chat_states(self, conversation_ids: Iterable[str]) -> dict[str, ChatState]:
-        ids = list(conversation_ids)
-        found: dict[str, ChatState] = {}
+    def _rows_where_in(self, table: sa.Table, key: sa.Column, values: Iterable[Any]) -> Iterator[sa.Row]:
+        """Rows whose `key` is one of `values`, queried in slices so that no IN list grows past the driver."""
+        values = list(values)
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                query = sa.select(chats).where(chats.c.conversation_id.in_(ids[start:start + 500]))
-                for row in conn.execute(query):
-                    found[row.conversation_id] = ChatState(row.conversation_id, row.chat_id, row.contact_id,
-                                                           bool(row.linked), row.quarantine)
-        return found
+            for start in range(0, len(values), IN_SLICE):
+                yield from conn.execute(sa.select(table).where(key.in_(values[start:start + IN_SLICE])))
+
+    def chat_states(self, conversation_ids: Iterable[str]) -> dict[str, ChatState]:
+        return {
+            row.conversation_id: ChatState(row.conversation_id, row.chat_id, row.contact_id, bool(row.linked),
+                                           row.quarantine)
+            for row in self._rows_where_in(chats, chats.c.conversation_id, conversation_ids)
+        }
 
     def save_chats(self, rows: list[dict[str, Any]]) -> None:
         now = time.time()
@@ -146,13 +150,8 @@ class Ledger:
             self._upsert(conn, chats, [{**r, "updated_at": now} for r in rows], ["conversation_id"])
 
     def contact_ids(self, client_keys: Iterable[str]) -> dict[str, int]:
-        keys = list(client_keys)
-        found: dict[str, int] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(keys), 500):
-                query = sa.select(contacts).where(contacts.c.client_key.in_(keys[start:start + 500]))
-                found.update({row.client_key: row.contact_id for row in conn.execute(query)})
-        return found
+        return {row.client_key: row.contact_id
+                for row in self._rows_where_in(contacts, contacts.c.client_key, client_keys)}
 
     def save_contacts(self, rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
@@ -161,14 +160,8 @@ class Ledger:
     # -- messages
     def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, str]]:
         """msgid -> (status, content hash) for the messages the ledger knows."""
-        ids = list(msgids)
-        found: dict[str, tuple[str, str]] = {}
-        with self.engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                query = sa.select(messages.c.msgid, messages.c.status, messages.c.content_hash).where(
-                    messages.c.msgid.in_(ids[start:start + 500]))
-                found.update({row.msgid: (row.status, row.content_hash) for row in conn.execute(query)})
-        return found
+        return {row.msgid: (row.status, row.content_hash)
+                for row in self._rows_where_in(messages, messages.c.msgid, msgids)}
 
     def record_messages(self, rows: list[dict[str, Any]]) -> None:
         """Batch write of message states (one transaction for the batch); a column a row leaves out is kept."""

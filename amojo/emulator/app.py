@@ -50,6 +50,14 @@ def amojo_error(status: int, error_type: str, description: str, code: int | None
     return JSONResponse(body, status_code=status)
 
 
+def _amojo_render(exc: ApiError) -> Response:
+    return amojo_error(exc.status, exc.error_type or "INVALID_REQUEST", exc.description, exc.code)
+
+
+def _rest_render(exc: ApiError) -> Response:
+    return rest_problem(exc.status, "Bad Request" if exc.status == 400 else "Error", exc.description)
+
+
 def rest_problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"title": title, "type": f"https://httpstatus.es/{status}", "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
@@ -149,8 +157,8 @@ class Emulator:
             ("/api/v4/contacts/chats", ["GET", "POST"], self.contact_chats, "contacts_chats"),
             ("/oauth2/access_token", ["POST"], self.oauth_token, "oauth"),
         ]
-        routes = [Route(p, self._amojo(h, n), methods=m, name=n) for p, m, h, n in chats_api]
-        routes += [Route(p, self._rest(h, n), methods=m, name=n) for p, m, h, n in rest_api]
+        routes = [Route(p, self._endpoint("amojo", h, n), methods=m, name=n) for p, m, h, n in chats_api]
+        routes += [Route(p, self._endpoint("rest", h, n), methods=m, name=n) for p, m, h, n in rest_api]
         routes += [
             Route("/_emulator/state", self.admin_state, methods=["GET"]),
             Route("/_emulator/faults", self.admin_faults, methods=["GET", "POST"]),
@@ -163,7 +171,7 @@ class Emulator:
         with self._log_lock:
             self.request_log.append((time.time(), api, endpoint, status))
 
-    async def _inject(self, api: str) -> Response | None:
+    async def _inject(self) -> Response | None:
         """Latency, hangs and errors before any effect, drawn from the seeded generator."""
         f = self.faults
         delay = f.latency_ms + (self._rng.uniform(0, f.jitter_ms) if f.jitter_ms else 0.0)
@@ -199,47 +207,54 @@ class Emulator:
             media_type="application/problem+json",
         )
 
-    def _amojo(self, handler, endpoint: str):
+    def _endpoint(self, api: str, handler, endpoint: str):
+        """Wrap a handler: the API's gate (signature, or token and rate), injected faults, JSON, errors, the log."""
+        gate = self._amojo_gate if api == "amojo" else self._rest_gate
+        render = _amojo_render if api == "amojo" else _rest_render
+
         async def endpoint_fn(request: Request) -> Response:
             body = await request.body()
-            raw_path = request.scope.get("raw_path") or request.url.path.encode()
-            path = raw_path.split(b"?", 1)[0].decode("latin-1")
-            try:
-                verify(
-                    secret=self.config.channel_secret,
-                    method=request.method,
-                    path=path,
-                    headers={k.lower(): v for k, v in request.headers.items()},
-                    body=body,
-                    now=self.now(),
-                    tolerance_s=self.config.date_tolerance_s,
-                    strict_md5=self.config.content_md5 == "strict",
-                    legacy=self.config.legacy_signatures and endpoint in ("connect", "disconnect", "message"),
-                )
-            except BadSignature:
-                self._log("amojo", endpoint, 403)
-                return amojo_error(403, "ORIGIN_INVALID_SIGNATURE", "invalid signature")
-            limited = self._rate_limited("amojo", self.config.amojo_rate)
-            if limited is None:
-                limited = await self._inject("amojo")
-            if limited is not None:
-                self._log("amojo", endpoint, limited.status_code)
-                return limited
-            try:
-                payload = json.loads(body) if body else None
-            except ValueError:
-                self._log("amojo", endpoint, 400)
-                return amojo_error(400, "INVALID_JSON", "the body is not valid JSON")
-            try:
-                response = await handler(request, payload)
-            except ApiError as exc:
-                response = amojo_error(exc.status, exc.error_type or "INVALID_REQUEST", exc.description, exc.code)
-            self._log("amojo", endpoint, response.status_code)
-            if endpoint == "message" and response.status_code == 200:
-                return self._maybe_lose(response)
+            response = await gate(request, body, endpoint)
+            if response is None:
+                try:
+                    response = await handler(request, _json(body))
+                except ApiError as exc:
+                    response = render(exc)
+                if endpoint == "message" and response.status_code == 200:
+                    response = self._maybe_lose(response)
+            self._log(api, endpoint, response.status_code)
             return response
 
         return endpoint_fn
+
+    async def _amojo_gate(self, request: Request, body: bytes, endpoint: str) -> Response | None:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        try:
+            verify(
+                secret=self.config.channel_secret,
+                method=request.method,
+                path=raw_path.split(b"?", 1)[0].decode("latin-1"),
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+                now=self.now(),
+                tolerance_s=self.config.date_tolerance_s,
+                strict_md5=self.config.content_md5 == "strict",
+                legacy=self.config.legacy_signatures and endpoint in ("connect", "disconnect", "message"),
+            )
+        except BadSignature:
+            return amojo_error(403, "ORIGIN_INVALID_SIGNATURE", "invalid signature")
+        return self._rate_limited("amojo", self.config.amojo_rate) or await self._inject()
+
+    async def _rest_gate(self, request: Request, body: bytes, endpoint: str) -> Response | None:
+        if endpoint != "oauth":
+            header = request.headers.get("authorization", "")
+            token = header[7:] if header.lower().startswith("bearer ") else ""
+            if not token or self.store.token_state(token) != ("access", True):
+                return rest_problem(401, "Unauthorized", "Authorization required", code=110)
+            limited = self._rate_limited(f"rest:{token}", self.config.rest_rate)
+            if limited is not None:
+                return limited
+        return await self._inject()
 
     def _maybe_lose(self, response: Response) -> Response:
         """A "lost answer": the message is stored, then the client sees a 500 or a dropped connection."""
@@ -250,38 +265,6 @@ class Emulator:
         if mode == "500":
             return amojo_error(500, "INTERNAL", "internal error")
         return _DroppedConnection()
-
-    def _rest(self, handler, endpoint: str):
-        async def endpoint_fn(request: Request) -> Response:
-            if endpoint != "oauth":
-                header = request.headers.get("authorization", "")
-                token = header[7:] if header.lower().startswith("bearer ") else ""
-                state = self.store.token_state(token) if token else None
-                if not state or state != ("access", True):
-                    self._log("rest", endpoint, 401)
-                    return rest_problem(401, "Unauthorized", "Authorization required", code=110)
-                limited = self._rate_limited(f"rest:{token}", self.config.rest_rate)
-                if limited is not None:
-                    self._log("rest", endpoint, 429)
-                    return limited
-            injected = await self._inject("rest")
-            if injected is not None:
-                self._log("rest", endpoint, injected.status_code)
-                return injected
-            body = await request.body()
-            try:
-                payload = json.loads(body) if body else None
-            except ValueError:
-                self._log("rest", endpoint, 400)
-                return rest_problem(400, "Bad Request", "the body is not valid JSON")
-            try:
-                response = await handler(request, payload)
-            except ApiError as exc:
-                response = rest_problem(exc.status, "Bad Request" if exc.status == 400 else "Error", exc.description)
-            self._log("rest", endpoint, response.status_code)
-            return response
-
-        return endpoint_fn
 
     def _scope_or_404(self, request: Request) -> str:
         scope_id = request.path_params["scope_id"]
@@ -624,7 +607,13 @@ class Emulator:
 
 
 class _DroppedConnection(Response):
-    """Starts an answer and never finishes it: the client sees the connection dropped mid-response."""
+    """Starts an answer and never finishes it: the client sees the connection dropped mid-response.
+
+    Logged with status 0: the client got no answer."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+        self.status_code = 0
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
         await send({"type": "http.response.start", "status": 200,
@@ -634,6 +623,13 @@ class _DroppedConnection(Response):
 
 
 # -- validation helpers (§3.3, §3.4): the API is strictly typed
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError as exc:
+        raise ApiError(400, "the body is not valid JSON", "INVALID_JSON") from exc
+
+
 def _object(value: Any, name: str = "body") -> dict:
     if not isinstance(value, dict):
         raise ApiError(400, f"{name} must be a JSON object", "INVALID_TYPE")
