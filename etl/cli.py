@@ -83,7 +83,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     rows += [(f"  {reason}", count) for reason, count in summary["rejects_by_reason"].items()]
     rows += [
         ("quarantined conversations", len(summary["quarantined"])),
-        ("confirmed by read-back", f"{summary['confirmed']} of {summary['messages_valid']}"),
+        ("confirmed by read-back", f"{summary['confirmed']} of {summary['expected']}"),
         ("missing / duplicates / mismatched",
          f"{summary['missing']} / {summary['duplicates']} / {summary['mismatched']}"),
         ("verdict", "[green]complete[/]" if summary["verdict"] == "complete" else f"[red]{summary['verdict']}[/]"),

@@ -41,3 +41,7 @@ class Interval:
     @property
     def start_ms(self) -> int:
         return int(self.start.timestamp() * 1000)
+
+    @property
+    def end_ms(self) -> int:
+        return int(self.end.timestamp() * 1000)

@@ -47,8 +47,9 @@ messages = sa.Table(
     "messages", metadata,
     sa.Column("msgid", sa.String(255), primary_key=True),
     sa.Column("conversation_id", sa.String(255), nullable=False, index=True),
-    sa.Column("msec", sa.BigInteger, nullable=False),
+    sa.Column("msec", sa.BigInteger, nullable=False, index=True),
     sa.Column("content_hash", sa.String(40), nullable=False),
+    sa.Column("text_hash", sa.String(16)),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("amojo_id", sa.String(64)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -68,7 +69,7 @@ rejects = sa.Table(
     sa.Column("source_key", sa.String(255), primary_key=True),
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("detail", sa.Text),
-    sa.Column("interval_start", sa.String(40)),
+    sa.Column("row", sa.Text),
     sa.Column("updated_at", sa.Float),
 )
 
@@ -163,6 +164,21 @@ class Ledger:
         return {row.msgid: (row.status, row.content_hash)
                 for row in self._rows_where_in(messages, messages.c.msgid, msgids)}
 
+    def add_pending(self, rows: list[dict[str, Any]]) -> None:
+        """Record messages as `pending` unless the ledger already knows them (whatever their status)."""
+        if not rows:
+            return
+        now = time.time()
+        rows = [{**r, "status": "pending", "attempts": 0, "updated_at": now} for r in rows]
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert = (sqlite if dialect == "sqlite" else postgresql).insert(messages).on_conflict_do_nothing()
+        else:
+            insert = messages.insert().prefix_with("IGNORE")
+        with self.engine.begin() as conn:
+            for first in range(0, len(rows), 10_000):
+                conn.execute(insert, rows[first:first + 10_000])
+
     def record_messages(self, rows: list[dict[str, Any]]) -> None:
         """Batch write of message states (one transaction for the batch); a column a row leaves out is kept."""
         now = time.time()
@@ -172,6 +188,26 @@ class Ledger:
         with self.engine.begin() as conn:
             for batch in by_shape.values():
                 self._upsert(conn, messages, batch, ["msgid"])
+
+    def conversations_between(self, start_ms: int, end_ms: int) -> list[tuple[str, str | None]]:
+        """(conversation_id, chat_id) of every conversation with a message of [start_ms, end_ms) in the ledger."""
+        query = (sa.select(messages.c.conversation_id, chats.c.chat_id).distinct()
+                 .select_from(messages.outerjoin(chats, messages.c.conversation_id == chats.c.conversation_id))
+                 .where(messages.c.msec >= start_ms, messages.c.msec < end_ms)
+                 .order_by(messages.c.conversation_id))
+        with self.engine.connect() as conn:
+            return [(row.conversation_id, row.chat_id) for row in conn.execute(query)]
+
+    def messages_between(self, conversation_ids: list[str], start_ms: int, end_ms: int) -> list[sa.Row]:
+        """The ledger's rows for these conversations' messages of [start_ms, end_ms)."""
+        rows: list[sa.Row] = []
+        with self.engine.connect() as conn:
+            for first in range(0, len(conversation_ids), IN_SLICE):
+                query = sa.select(messages).where(
+                    messages.c.conversation_id.in_(conversation_ids[first:first + IN_SLICE]),
+                    messages.c.msec >= start_ms, messages.c.msec < end_ms)
+                rows.extend(conn.execute(query))
+        return rows
 
     def status_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -190,8 +226,10 @@ class Ledger:
             rows = conn.execute(sa.select(intervals).order_by(intervals.c.start))
             return [{**row._asdict(), "summary": json.loads(row.summary or "{}")} for row in rows]
 
-    def save_rejects(self, rows: list[dict[str, Any]], interval_start: str) -> None:
+    def save_rejects(self, rows: list[dict[str, Any]]) -> None:
+        """Keep each rejected row with its reason, for the user to fix at the source."""
         now = time.time()
         with self.engine.begin() as conn:
-            self._upsert(conn, rejects, [{**r, "interval_start": interval_start, "updated_at": now} for r in rows],
-                         ["source_key"])
+            for first in range(0, len(rows), 10_000):
+                self._upsert(conn, rejects, [{**r, "updated_at": now} for r in rows[first:first + 10_000]],
+                             ["source_key"])

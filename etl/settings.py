@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     amojo_rate: float | None = Field(default=None, gt=0, description="Chats API requests per second (none: unlimited)")
     concurrency: int = Field(default=16, ge=1, le=256, description="conversations sent at once")
     timeout_s: float = Field(default=30.0, gt=0)
+    chunk_size: int = Field(default=50_000, ge=100, description="source messages read and transformed at a time")
+    text_limit: int | None = Field(default=None, ge=1, description="longest text sent; longer ones are rejected")
 
     @classmethod
     def settings_customise_sources(

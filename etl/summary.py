@@ -10,6 +10,7 @@ from typing import Any
 class RunSummary:
     interval: str
     dry_run: bool = False
+    chunks: int = 0
     conversations: int = 0
     chats_created: int = 0
     contacts_created: int = 0
@@ -22,7 +23,9 @@ class RunSummary:
     messages_failed: int = 0
     rejected: int = 0
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)
+    expected: int = 0
     confirmed: int = 0
     missing: int = 0
     duplicates: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -14,12 +15,13 @@ from amojo.errors import FATAL
 from etl.api import open_api
 from etl.intervals import Interval
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, load_settings
+from etl.settings import ConfigurationError, Settings, load_settings
+from etl.source import open_source
 from tasks.extract import extract_task
 from tasks.load import load_task, resolve_senders_task
 from tasks.reconcile import reconcile_task
-from tasks.report import publish_artifacts, summarise
-from tasks.transform import Senders, transform_task
+from tasks.report import RunTotals, publish_artifacts
+from tasks.transform import SeenIds, Senders, transform_task
 
 
 def _run_name() -> str:
@@ -30,8 +32,6 @@ def _run_name() -> str:
 def data_interval(start: date | None, end: date | None, timezone: str) -> Interval:
     """The dates given, or the day before the run's scheduled time (a late or retried nightly run still
     imports its own day)."""
-    from zoneinfo import ZoneInfo
-
     zone = ZoneInfo(timezone)
     if start is None and end is None:
         scheduled = flow_run.scheduled_start_time
@@ -44,42 +44,53 @@ def data_interval(start: date | None, end: date | None, timezone: str) -> Interv
 @flow(name="import-chats", flow_run_name=_run_name)
 async def import_chats(start: date | None = None, end: date | None = None, dry_run: bool = False
                        ) -> dict[str, Any] | State:
-    """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive)."""
+    """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive), then verify them."""
     logger = get_run_logger()
     began = time.monotonic()
     try:
         settings = load_settings()
         interval = data_interval(start, end, settings.timezone)
-        ledger = Ledger(settings.state_url)
     except (ConfigurationError, ValueError) as exc:
         logger.error("configuration: %s", exc)
         return Failed(message=f"configuration error: {exc}")
-    label = interval.label
     try:
-        frames = extract_task(settings, interval.start, interval.end, label=label)
-        if dry_run:
-            transformed = transform_task(frames, Senders({}, settings.bot_id), settings.id_prefix,
-                                         settings.source_timezone, label=label)
-            summary = summarise(label, transformed, None, None, time.monotonic() - began, dry_run=True)
-        else:
-            async with open_api(settings, ledger) as api:
-                senders = await resolve_senders_task(api, settings.bot_id)
-                transformed = transform_task(frames, senders, settings.id_prefix, settings.source_timezone,
-                                             label=label)
-                ledger.save_rejects(transformed.rejects.to_dict("records"), interval.start.isoformat())
-                report = await load_task(transformed, api, ledger, settings.concurrency, label=label)
-                verdict = await reconcile_task(transformed, api, ledger, interval.start_ms,
-                                               set(report.quarantined), label=label)
-            summary = summarise(label, transformed, report, verdict, time.monotonic() - began)
-            ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict,
-                                 summary.as_dict())
-        await publish_artifacts(summary, transformed.rejects)
-        logger.info("import %s: %s sent, %s skipped, %s rejected, verdict %s", label, summary.messages_sent,
-                    summary.messages_skipped, summary.rejected, summary.verdict)
-        return summary.as_dict()
+        summary = await _import(settings, interval, dry_run, began)
     except (ConfigurationError, *FATAL) as exc:
         # Expected ways to fail: say what to fix, without a traceback, and stop the run.
         logger.error("%s", exc)
         return Failed(message=str(exc))
+    await publish_artifacts(summary)
+    logger.info("import %s: %s sent, %s skipped, %s rejected, verdict %s", interval.label, summary.messages_sent,
+                summary.messages_skipped, summary.rejected, summary.verdict)
+    return summary.as_dict()
+
+
+async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float):
+    """extract -> transform -> load, chunk by chunk, then reconcile the whole interval."""
+    totals = RunTotals(interval.label, dry_run=dry_run)
+    seen = SeenIds()
+    source = open_source(settings.source_url, settings.mapping, interval.start, interval.end,
+                         settings.source_zone, settings.chunk_size)
+    ledger = Ledger(settings.state_url)
+    try:
+        if dry_run:
+            senders = Senders({}, settings.bot_id)
+            while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
+                totals.add_batch(transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                                                settings.text_limit, label=f"{interval.label}#{source.chunks}"))
+            return totals.summary(None, time.monotonic() - began)
+        async with open_api(settings, ledger) as api:
+            senders = await resolve_senders_task(api, settings.bot_id)
+            while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
+                chunk = f"{interval.label}#{source.chunks}"
+                batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                                       settings.text_limit, label=chunk)
+                totals.add_batch(batch)
+                totals.load.add(await load_task(batch, api, ledger, settings.concurrency, label=chunk))
+            verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
+        summary = totals.summary(verdict, time.monotonic() - began)
+        ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict, summary.as_dict())
+        return summary
     finally:
+        source.close()
         ledger.close()

@@ -1,18 +1,14 @@
-"""Extract: read one data interval from the source database into dataframes."""
+"""Extract: the next chunk of one data interval from the source database, as dataframes."""
 
 from __future__ import annotations
-
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from etl.settings import Settings
-from etl.source import SourceFrames, read_source
+from etl.source import SourceFrames, SourceStream
 
 
 @task(name="extract", task_run_name="extract-{label}", cache_policy=NO_CACHE)
-def extract_task(settings: Settings, start: datetime, end: datetime, label: str) -> SourceFrames:
-    """Messages of [start, end) with their conversations, clients and managers."""
-    return read_source(settings.source_url, settings.mapping, start, end, ZoneInfo(settings.source_timezone))
+def extract_task(stream: SourceStream, label: str) -> SourceFrames | None:
+    """The next chunk of messages with their conversations, clients and managers; None after the last."""
+    return stream.next_chunk()

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
 from amojo.rest import ChatLink
 from etl.api import Api
-from etl.ledger import DONE, Ledger
+from etl.ledger import DONE, ChatState, Ledger
 
-from .transform import Conversation, Message, Senders, Transformed
+from .transform import Batch, Senders, chat_payload, client_participant, contact_body, edit_payload, message_payload
 
 
 @dataclass
@@ -36,131 +38,147 @@ class LoadReport:
     failed: int = 0
     quarantined: dict[str, str] = field(default_factory=dict)  # conversation_id -> reason
 
+    def add(self, other: LoadReport) -> None:
+        """Fold another chunk's report into this one."""
+        for name in ("chats_created", "contacts_created", "contacts_matched", "links_created", "messages_sent",
+                     "messages_skipped", "messages_edited", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.api_rejected.update(other.api_rejected)
+        self.quarantined.update(other.quarantined)
+
 
 async def resolve_senders(api: Api, bot_id: str | None) -> Senders:
     """Manager email -> the amoCRM user's amojo_id (users without one fall back to the bot)."""
     users = await api.rest.users()
-    return Senders({u.email.lower(): u.amojo_id for u in users if u.email and u.amojo_id}, bot_id)
+    return Senders({u.email.strip().lower(): u.amojo_id for u in users if u.email and u.amojo_id}, bot_id)
 
 
-async def _gather_bounded(limit: int, coroutines: list) -> list:
+async def _bounded(limit: int, jobs: list[Awaitable[Any]]) -> list[Any]:
     semaphore = asyncio.Semaphore(limit)
 
-    async def run(coroutine):
+    async def run(job: Awaitable[Any]) -> Any:
         async with semaphore:
-            return await coroutine
+            return await job
 
-    return await asyncio.gather(*(run(c) for c in coroutines))
+    return await asyncio.gather(*(run(job) for job in jobs))
 
 
-async def load(transformed: Transformed, api: Api, ledger: Ledger, concurrency: int = 16) -> LoadReport:
-    """Send what the ledger has not yet seen sent; returns what was done."""
+def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
+    return {"msgid": message.msgid, "conversation_id": message.conversation_id, "msec": int(message.msec),
+            "content_hash": message.content_hash, "text_hash": message.text_hash, **values}
+
+
+def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """What to send and what to edit, from what the ledger says; and how many need nothing."""
+    messages = batch.messages
+    known = ledger.message_states(messages["msgid"])
+    status = messages["msgid"].map(lambda m: known.get(m, (None, None))[0])
+    recorded_hash = messages["msgid"].map(lambda m: known.get(m, (None, None))[1])
+    done = status.isin(DONE)
+    changed = recorded_hash != messages["content_hash"]
+    edits = done & changed
+    settled = (done & ~changed) | ((status == "rejected") & ~changed)
+    ledger.add_pending([_ledger_row(m) for m in messages[status.isna()].itertuples(index=False)])
+    return (messages[~done & ~settled], messages[edits].assign(recorded_hash=recorded_hash[edits]),
+            int(settled.sum()))
+
+
+async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) -> LoadReport:
+    """Send what the ledger has not seen sent; edit what changed since it was sent."""
     report = LoadReport()
-    conversations = transformed.conversations
-    msg_states = ledger.message_states(m.msgid for c in conversations for m in c.messages)
-    todo: dict[str, list[Message]] = {}
-    edits: dict[str, list[Message]] = {}
-    for conversation in conversations:
-        todo[conversation.conversation_id] = []
-        edits[conversation.conversation_id] = []
-        for message in conversation.messages:
-            status, content_hash = msg_states.get(message.msgid, (None, None))
-            if status in DONE:
-                if content_hash != message.content_hash:
-                    edits[conversation.conversation_id].append(message)
-                else:
-                    report.messages_skipped += 1
-            elif status == "rejected" and content_hash == message.content_hash:
-                report.messages_skipped += 1
-            else:
-                todo[conversation.conversation_id].append(message)
-    active = [c for c in conversations if todo[c.conversation_id] or edits[c.conversation_id]]
+    ledger.save_rejects(batch.rejects.to_dict("records"))
+    to_send, to_edit, report.messages_skipped = plan(batch, ledger)
+    active = sorted(set(to_send["conversation_id"]) | set(to_edit["conversation_id"]))
     if not active:
         return report
+    conversations = batch.conversations.loc[active]
 
-    states = ledger.chat_states(c.conversation_id for c in active)
-    await _create_chats(active, states, api, ledger, concurrency, report)
-    states = ledger.chat_states(c.conversation_id for c in active)
-    await _resolve_contacts(active, states, api, ledger, report)
-    states = ledger.chat_states(c.conversation_id for c in active)
-    await _link_chats(active, states, api, ledger, report)
-    states = ledger.chat_states(c.conversation_id for c in active)
+    await _create_chats(conversations, api, ledger, concurrency, report)
+    await _resolve_contacts(conversations, api, ledger, report)
+    await _link_chats(conversations, api, ledger, report)
 
+    states = ledger.chat_states(active)
     ready = []
-    for c in active:
-        state = states[c.conversation_id]
+    for conversation_id in active:
+        state = states[conversation_id]
         if state.quarantine:
-            report.quarantined[c.conversation_id] = state.quarantine
+            report.quarantined[conversation_id] = state.quarantine
         elif state.linked:
-            ready.append(c)
-    await _gather_bounded(
-        concurrency,
-        [_send_conversation(c, todo[c.conversation_id], edits[c.conversation_id], api, ledger, report)
-         for c in ready],
-    )
+            ready.append(conversation_id)
+    sends = dict(tuple(to_send.groupby("conversation_id", sort=False)))
+    edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
+    empty = to_send.iloc[0:0]
+    await _bounded(concurrency, [
+        _send_conversation(client_participant(c), sends.get(c.Index, empty), edits.get(c.Index, empty), api, ledger,
+                           report)
+        for c in conversations.loc[ready].itertuples()
+    ])
     return report
 
 
-async def _create_chats(active: list[Conversation], states: dict, api: Api, ledger: Ledger, concurrency: int,
+async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
                         report: LoadReport) -> None:
-    missing = [c for c in active if not (states.get(c.conversation_id) and states[c.conversation_id].chat_id)]
+    states = ledger.chat_states(conversations.index)
+    missing = [c for c in conversations.itertuples() if not (states.get(c.Index) and states[c.Index].chat_id)]
 
-    async def create(conversation: Conversation) -> dict[str, Any]:
-        chat_id = await api.chats.create_chat(conversation.chat)
-        return {"conversation_id": conversation.conversation_id, "chat_id": chat_id,
-                "client_key": conversation.client_key, "linked": False}
+    async def create(conversation: Any) -> dict[str, Any]:
+        chat_id = await api.chats.create_chat(chat_payload(conversation.Index, conversation))
+        return {"conversation_id": conversation.Index, "chat_id": chat_id, "client_key": conversation.client_key}
 
-    rows = await _gather_bounded(concurrency, [create(c) for c in missing])
+    rows = await _bounded(concurrency, [create(c) for c in missing])
     ledger.save_chats(rows)
     report.chats_created += len(rows)
 
 
-async def _resolve_contacts(active: list[Conversation], states: dict, api: Api, ledger: Ledger,
-                            report: LoadReport) -> None:
-    """Find each client's contact by normalised phone, then email; create the rest in batches."""
-    needing = [c for c in active
-               if states[c.conversation_id].contact_id is None or states[c.conversation_id].quarantine]
-    by_client: dict[str, Conversation] = {}
-    for conversation in needing:
-        by_client.setdefault(conversation.client_key, conversation)
-    known = ledger.contact_ids(by_client)
-    to_create: list[Conversation] = []
+async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledger, report: LoadReport) -> None:
+    """Find each client's contact by normalised phone, then email; create the rest in batches.
+
+    A search that matches several contacts quarantines the client's conversations: sending them to the wrong
+    contact cannot be undone, and a person can tell which one is right.
+    """
+    states = ledger.chat_states(conversations.index)
+    needing = conversations[[states[c].contact_id is None or bool(states[c].quarantine)
+                             for c in conversations.index]]
+    clients = needing.drop_duplicates("client_key")
+    known = ledger.contact_ids(clients["client_key"])
+    to_create: list[Any] = []
     ambiguous: dict[str, str] = {}
-    for client_key, conversation in by_client.items():
-        if client_key in known:
+    for client in clients.itertuples():
+        if client.client_key in known:
             continue
         found: list[int] = []
-        for query in (conversation.phone.lstrip("+") if conversation.phone else None, conversation.email):
+        for query in (client.phone.lstrip("+") if isinstance(client.phone, str) else None,
+                      client.email if isinstance(client.email, str) else None):
             if query:
                 found = await api.rest.search_contacts(query)
                 if found:
                     break
         if len(found) == 1:
-            known[client_key] = found[0]
-            ledger.save_contacts([{"client_key": client_key, "contact_id": found[0], "created": False}])
+            known[client.client_key] = found[0]
+            ledger.save_contacts([{"client_key": client.client_key, "contact_id": found[0], "created": False}])
             report.contacts_matched += 1
         elif len(found) > 1:
-            ambiguous[client_key] = f"ambiguous contact: {len(found)} contacts match ({', '.join(map(str, found))})"
+            ambiguous[client.client_key] = (f"ambiguous contact: {len(found)} contacts match "
+                                            f"({', '.join(map(str, found))})")
         else:
-            to_create.append(conversation)
+            to_create.append(client)
     if to_create:
-        ids = await api.rest.create_contacts([c.contact for c in to_create])
-        rows = [{"client_key": c.client_key, "contact_id": i, "created": True} for c, i in zip(to_create, ids,
-                                                                                                 strict=True)]
+        ids = await api.rest.create_contacts([contact_body(c) for c in to_create])
+        rows = [{"client_key": c.client_key, "contact_id": i, "created": True}
+                for c, i in zip(to_create, ids, strict=True)]
         ledger.save_contacts(rows)
         known.update({r["client_key"]: r["contact_id"] for r in rows})
         report.contacts_created += len(rows)
     ledger.save_chats([
-        {"conversation_id": c.conversation_id, "contact_id": known.get(c.client_key),
-         "quarantine": ambiguous.get(c.client_key)}
-        for c in needing
+        {"conversation_id": c.Index, "contact_id": known.get(c.client_key), "quarantine": ambiguous.get(c.client_key)}
+        for c in needing.itertuples()
     ])
 
 
-async def _link_chats(active: list[Conversation], states: dict, api: Api, ledger: Ledger, report: LoadReport) -> None:
+async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, report: LoadReport) -> None:
     """Link before the first message, so amoCRM makes no unsorted lead; a link that already exists is kept."""
-    unlinked = [states[c.conversation_id] for c in active
-                if not states[c.conversation_id].linked and not states[c.conversation_id].quarantine]
+    states = ledger.chat_states(conversations.index)
+    unlinked: list[ChatState] = [s for s in states.values() if not s.linked and not s.quarantine and s.contact_id]
     if not unlinked:
         return
     existing = {link.chat_id: link for link in await api.rest.chat_links([s.chat_id for s in unlinked])}
@@ -174,54 +192,48 @@ async def _link_chats(active: list[Conversation], states: dict, api: Api, ledger
     ])
 
 
-async def _send_conversation(conversation: Conversation, pending: list[Message], edits: list[Message], api: Api,
+async def _send_conversation(client: dict[str, Any], pending: pd.DataFrame, edits: pd.DataFrame, api: Api,
                              ledger: Ledger, report: LoadReport) -> None:
     """Send one conversation's messages in time order; stop it at the first message that cannot be sent."""
-    base = {"conversation_id": conversation.conversation_id}
-    if pending:
-        ledger.record_messages([{**base, "msgid": m.msgid, "msec": m.msec, "content_hash": m.content_hash,
-                                 "status": "sending", "attempts": 1} for m in pending])
+    if len(pending):
+        ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
     outcomes: list[dict[str, Any]] = []
     try:
-        for message in pending:
-            row = {**base, "msgid": message.msgid, "msec": message.msec, "content_hash": message.content_hash,
-                   "attempts": 1}
+        for message in pending.itertuples(index=False):
             try:
-                sent = await api.chats.new_message(message.payload)
+                sent = await api.chats.new_message(message_payload(message, client))
             except InvalidRequest as exc:
-                outcomes.append({**row, "status": "rejected", "last_error": str(exc)})
+                outcomes.append(_ledger_row(message, status="rejected", last_error=str(exc)))
                 report.api_rejected[f"api_{exc.code or exc.status}"] += 1
                 continue
             except FATAL:
                 raise
             except AmojoError as exc:
-                outcomes.append({**row, "status": "failed", "last_error": str(exc)})
+                outcomes.append(_ledger_row(message, status="failed", last_error=str(exc)))
                 report.failed += 1
                 break  # later messages would land out of order; the next run resumes from here
-            outcomes.append({**row, "status": "sent", "amojo_id": sent.amojo_id, "last_error": None})
+            outcomes.append(_ledger_row(message, status="sent", amojo_id=sent.amojo_id, last_error=None))
             report.messages_sent += 1
-        for message in edits:
-            edit = {k: message.payload[k] for k in ("timestamp", "msec_timestamp", "msgid", "conversation_id",
-                                                     "message")}
+        for message in edits.itertuples(index=False):
             try:
-                await api.chats.edit_message(edit)
+                await api.chats.edit_message(edit_payload(message))
             except FATAL:
                 raise
             except AmojoError as exc:
+                # Keep the old hash so that the next run tries the edit again.
+                outcomes.append(_ledger_row(message, status="sent", content_hash=message.recorded_hash,
+                                            last_error=str(exc)))
                 report.failed += 1
-                outcomes.append({**base, "msgid": message.msgid, "msec": message.msec, "status": "sent",
-                                 "content_hash": "edit-failed", "last_error": str(exc), "attempts": 1})
                 continue
+            outcomes.append(_ledger_row(message, status="sent", last_error=None))
             report.messages_edited += 1
-            outcomes.append({**base, "msgid": message.msgid, "msec": message.msec, "status": "sent",
-                             "content_hash": message.content_hash, "last_error": None, "attempts": 1})
     finally:
         ledger.record_messages(outcomes)
 
 
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
-async def load_task(transformed: Transformed, api: Api, ledger: Ledger, concurrency: int, label: str) -> LoadReport:
-    return await load(transformed, api, ledger, concurrency)
+async def load_task(batch: Batch, api: Api, ledger: Ledger, concurrency: int, label: str) -> LoadReport:
+    return await load(batch, api, ledger, concurrency)
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)

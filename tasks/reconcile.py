@@ -1,7 +1,8 @@
-"""Reconcile: read each touched chat back from amoCRM and compare it, by our msgid, with what the source holds.
+"""Reconcile: read each chat of the interval back from amoCRM and compare it, by our msgid, with the ledger.
 
-History is newest first, 50 a page; reading stops once a page is older than the interval. A message that is not
-there yet is read again with backoff before it is called missing, since amojo processes messages asynchronously.
+The ledger holds every valid message of the interval (from `pending` on), so the comparison needs no second
+read of the source. History is newest first, 50 a page; reading stops once a page is older than the interval.
+A message not there yet is read again with backoff before it is called missing: amojo processes asynchronously.
 """
 
 from __future__ import annotations
@@ -10,84 +11,86 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from etl.api import Api
 from etl.ledger import Ledger
 
-from .transform import Conversation, Transformed
+from .transform import text_hash
+
+CONVERSATIONS_PER_BATCH = 200
 
 
 @dataclass
 class Verdict:
-    """What the read-back found: `complete` only when every expected message is there exactly once."""
+    """What the read-back found: `complete` only when every expected message is there exactly once, unchanged."""
 
     expected: int = 0
     confirmed: int = 0
     missing: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
-    unsent: int = 0  # expected but not sent (quarantined, failed)
 
     @property
     def verdict(self) -> str:
-        clean = not (self.missing or self.duplicates or self.mismatched or self.unsent)
-        return "complete" if clean else "incomplete"
+        return "incomplete" if self.missing or self.duplicates or self.mismatched else "complete"
 
 
-async def _read_chat(api: Api, chat_id: str, since_ms: int) -> list[dict]:
+async def _history(api: Api, chat_id: str, since_ms: int) -> list[dict]:
     return [item async for item in api.chats.history(chat_id, older_than_ms=since_ms)]
 
 
-async def reconcile(transformed: Transformed, api: Api, ledger: Ledger, since_ms: int, *,
-                    skip: set[str] | None = None, rereads: int = 3, reread_delay: float = 0.5,
-                    concurrency: int = 16) -> Verdict:
-    """Compare every valid message of the interval with the chat history; mark the ones found `confirmed`."""
+async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rereads: int = 3,
+                    reread_delay: float = 0.5, concurrency: int = 16) -> Verdict:
+    """Compare every message the ledger expects in [start_ms, end_ms) with its chat; confirm what is there."""
     verdict = Verdict()
-    skip = skip or set()
-    states = ledger.chat_states(c.conversation_id for c in transformed.conversations)
-    msg_states = ledger.message_states(m.msgid for c in transformed.conversations for m in c.messages)
     semaphore = asyncio.Semaphore(concurrency)
-    confirmed: list[dict] = []
+    conversations = ledger.conversations_between(start_ms, end_ms)
 
-    async def check(conversation: Conversation) -> None:
-        expected = {m.msgid: m for m in conversation.messages
-                    if msg_states.get(m.msgid, ("",))[0] != "rejected"}
-        verdict.expected += len(expected)
-        state = states.get(conversation.conversation_id)
-        if conversation.conversation_id in skip or state is None or not state.chat_id:
-            verdict.unsent += len(expected)
-            return
+    async def check(chat_id: str | None, expected: list) -> list[dict]:
+        if not chat_id:
+            verdict.missing.extend(row.msgid for row in expected)
+            return []
         async with semaphore:
             for attempt in range(rereads + 1):
-                history = await _read_chat(api, state.chat_id, since_ms)
+                history = await _history(api, chat_id, start_ms)
                 seen = Counter(item.get("message", {}).get("client_id") for item in history)
-                missing = [msgid for msgid in expected if seen[msgid] == 0]
-                if not missing or attempt == rereads:
+                if all(seen[row.msgid] for row in expected) or attempt == rereads:
                     break
                 await asyncio.sleep(reread_delay * 2**attempt)
-        texts = {item["message"].get("client_id"): item["message"].get("text", "") for item in history}
-        for msgid, message in expected.items():
-            if seen[msgid] == 0:
-                verdict.missing.append(msgid)
+        ids = [item.get("message", {}).get("client_id") for item in history]
+        hashes = dict(zip(ids, text_hash(pd.Series([item.get("message", {}).get("text", "") for item in history],
+                                                     dtype="string")), strict=True))
+        confirmed = []
+        for row in expected:
+            if not seen[row.msgid]:
+                verdict.missing.append(row.msgid)
                 continue
-            if seen[msgid] > 1:
-                verdict.duplicates.append(msgid)
-            if message.payload["message"].get("text", "") != texts.get(msgid, ""):
-                verdict.mismatched.append(msgid)
-            else:
-                verdict.confirmed += 1
-                confirmed.append({"msgid": msgid, "conversation_id": conversation.conversation_id,
-                                  "msec": message.msec, "content_hash": message.content_hash,
-                                  "status": "confirmed"})
+            if seen[row.msgid] > 1:
+                verdict.duplicates.append(row.msgid)
+            if row.text_hash and hashes.get(row.msgid) != row.text_hash:
+                verdict.mismatched.append(row.msgid)
+            elif seen[row.msgid] == 1:
+                confirmed.append({"msgid": row.msgid, "conversation_id": row.conversation_id, "msec": row.msec,
+                                  "content_hash": row.content_hash, "status": "confirmed"})
+        return confirmed
 
-    await asyncio.gather(*(check(c) for c in transformed.conversations))
-    ledger.record_messages(confirmed)
+    for first in range(0, len(conversations), CONVERSATIONS_PER_BATCH):
+        part = conversations[first:first + CONVERSATIONS_PER_BATCH]
+        rows = [r for r in ledger.messages_between([c for c, _ in part], start_ms, end_ms) if r.status != "rejected"]
+        by_conversation: dict[str, list] = {}
+        for row in rows:
+            by_conversation.setdefault(row.conversation_id, []).append(row)
+        verdict.expected += len(rows)
+        results = await asyncio.gather(*(check(chat_id, by_conversation.get(c, [])) for c, chat_id in part))
+        confirmed = [row for result in results for row in result]
+        ledger.record_messages(confirmed)
+        verdict.confirmed += len(confirmed)
     return verdict
 
 
 @task(name="reconcile", task_run_name="reconcile-{label}", cache_policy=NO_CACHE)
-async def reconcile_task(transformed: Transformed, api: Api, ledger: Ledger, since_ms: int, skip: set[str],
-                         label: str) -> Verdict:
-    return await reconcile(transformed, api, ledger, since_ms, skip=skip)
+async def reconcile_task(api: Api, ledger: Ledger, start_ms: int, end_ms: int, label: str) -> Verdict:
+    return await reconcile(api, ledger, start_ms, end_ms)

@@ -1,6 +1,10 @@
-"""Report: one run's summary from its stages, and the artifacts a Prefect user reads it in."""
+"""Report: the run's totals, chunk by chunk, its summary, and the artifacts a Prefect user reads it in."""
 
 from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
 
 import pandas as pd
 from prefect import task
@@ -11,44 +15,69 @@ from etl.summary import RunSummary
 
 from .load import LoadReport
 from .reconcile import Verdict
-from .transform import Transformed
+from .transform import Batch
 
 REJECT_SAMPLES = 20
 
 
-def summarise(label: str, transformed: Transformed, report: LoadReport | None, verdict: Verdict | None,
-              duration_s: float, dry_run: bool = False) -> RunSummary:
-    """Source rejects and API rejects together; the verdict from the read-back (none on a dry run)."""
-    report = report or LoadReport()
-    by_reason = transformed.rejects["reason"].value_counts().to_dict() if len(transformed.rejects) else {}
-    for reason, count in report.api_rejected.items():
-        by_reason[reason] = by_reason.get(reason, 0) + count
-    summary = RunSummary(
-        interval=label,
-        dry_run=dry_run,
-        conversations=len(transformed.conversations),
-        chats_created=report.chats_created,
-        contacts_created=report.contacts_created,
-        contacts_matched=report.contacts_matched,
-        links_created=report.links_created,
-        messages_valid=transformed.message_count,
-        messages_sent=report.messages_sent,
-        messages_skipped=report.messages_skipped,
-        messages_edited=report.messages_edited,
-        messages_failed=report.failed,
-        rejected=sum(by_reason.values()),
-        rejects_by_reason={str(k): int(v) for k, v in sorted(by_reason.items())},
-        quarantined=dict(report.quarantined),
-        duration_s=round(duration_s, 2),
-        reject_samples=transformed.rejects.head(REJECT_SAMPLES).to_dict("records"),
-    )
-    if verdict is not None:
-        summary.confirmed = verdict.confirmed
-        summary.missing = len(verdict.missing)
-        summary.duplicates = len(verdict.duplicates)
-        summary.mismatched = len(verdict.mismatched)
-        summary.verdict = verdict.verdict
-    return summary
+@dataclass
+class RunTotals:
+    """What the chunks of one run add up to; memory stays flat however many chunks there are."""
+
+    label: str
+    dry_run: bool = False
+    chunks: int = 0
+    conversations: int = 0
+    messages_valid: int = 0
+    rejects_by_reason: Counter = field(default_factory=Counter)
+    warnings: Counter = field(default_factory=Counter)
+    reject_samples: list[dict] = field(default_factory=list)
+    load: LoadReport = field(default_factory=LoadReport)
+
+    def add_batch(self, batch: Batch) -> None:
+        self.chunks += 1
+        self.conversations += len(batch.conversations)
+        self.messages_valid += batch.message_count
+        self.rejects_by_reason.update(batch.rejects["reason"].value_counts().to_dict())
+        self.warnings.update(batch.warnings)
+        room = REJECT_SAMPLES - len(self.reject_samples)
+        if room > 0 and len(batch.rejects):
+            self.reject_samples += batch.rejects.head(room).to_dict("records")
+
+    def summary(self, verdict: Verdict | None, duration_s: float, conversations: int | None = None) -> RunSummary:
+        """Source rejects and API rejects together; the verdict from the read-back (none on a dry run)."""
+        load = self.load
+        by_reason = Counter(self.rejects_by_reason)
+        by_reason.update(load.api_rejected)
+        summary = RunSummary(
+            interval=self.label,
+            dry_run=self.dry_run,
+            chunks=self.chunks,
+            conversations=conversations if conversations is not None else self.conversations,
+            chats_created=load.chats_created,
+            contacts_created=load.contacts_created,
+            contacts_matched=load.contacts_matched,
+            links_created=load.links_created,
+            messages_valid=self.messages_valid,
+            messages_sent=load.messages_sent,
+            messages_skipped=load.messages_skipped,
+            messages_edited=load.messages_edited,
+            messages_failed=load.failed,
+            rejected=sum(by_reason.values()),
+            rejects_by_reason={str(k): int(v) for k, v in sorted(by_reason.items())},
+            warnings={str(k): int(v) for k, v in sorted(self.warnings.items()) if v},
+            quarantined=dict(load.quarantined),
+            duration_s=round(duration_s, 2),
+            reject_samples=self.reject_samples,
+        )
+        if verdict is not None:
+            summary.expected = verdict.expected
+            summary.confirmed = verdict.confirmed
+            summary.missing = len(verdict.missing)
+            summary.duplicates = len(verdict.duplicates)
+            summary.mismatched = len(verdict.mismatched)
+            summary.verdict = verdict.verdict
+        return summary
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -61,24 +90,26 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
-async def publish_artifacts(summary: RunSummary, rejects: pd.DataFrame) -> None:
+async def publish_artifacts(summary: RunSummary) -> None:
     """The summary table, the rejects with their reasons, and the verdict, in the flow run's artifacts."""
     rows = [{"what": k.replace("_", " "), "count": v} for k, v in summary.as_dict().items()
             if isinstance(v, int | float) and not isinstance(v, bool)]
     await acreate_table_artifact(rows, key="import-summary", description=f"Import {summary.interval}")
     reasons = "\n".join(f"| {reason} | {count} |" for reason, count in summary.rejects_by_reason.items())
-    first = _markdown_table(rejects.head(REJECT_SAMPLES)) if len(rejects) else "_none_"
+    samples = pd.DataFrame(summary.reject_samples, columns=["source_key", "reason", "detail", "row"])
+    first = _markdown_table(samples) if len(samples) else "_none_"
     await acreate_markdown_artifact(
         f"## Rejected rows, {summary.interval}\n\n| reason | rows |\n|---|---|\n{reasons}\n\n"
-        f"### First {REJECT_SAMPLES}\n\n{first}\n",
+        f"### First {REJECT_SAMPLES}\n\n{first}\n\nAll of them are in the ledger's `rejects` table.\n",
         key="import-rejects",
         description="Rows that were not sent, with the reason",
     )
     await acreate_markdown_artifact(
         f"## Reconciliation: **{summary.verdict}**\n\n"
-        f"- confirmed in amoCRM: {summary.confirmed} of {summary.messages_valid}\n"
+        f"- confirmed in amoCRM: {summary.confirmed} of {summary.expected}\n"
         f"- missing: {summary.missing}\n- duplicates: {summary.duplicates}\n"
-        f"- content mismatches: {summary.mismatched}\n- quarantined conversations: {len(summary.quarantined)}\n",
+        f"- content mismatches: {summary.mismatched}\n- quarantined conversations: {len(summary.quarantined)}\n"
+        f"- warnings: {json.dumps(summary.warnings, ensure_ascii=False)}\n",
         key="import-verdict",
         description="What the chat history read-back found",
     )

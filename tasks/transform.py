@@ -1,13 +1,13 @@
-"""Transform: source rows of one interval -> amojo chat and message payloads, and every bad row -> a reject.
+"""Transform: one chunk of source rows -> conversations and messages ready to send, and every bad row -> a reject.
 
-Checks run column-wise on the whole frame; only the final payload dicts are built per message.
+Everything here is column-wise over the chunk. The JSON payload of a message is built only when it is sent
+(`message_payload`), where the API's pace, not Python, sets the speed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,249 +16,340 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from etl.source import SourceFrames
 
-MESSAGE_TYPES = {"text", "picture", "video", "file", "voice", "audio", "sticker", "location", "contact"}
-MEDIA_TYPES = {"picture", "video", "file", "voice", "audio", "sticker"}
-NEEDS_FILE_META = {"picture", "video", "file"}
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-@dataclass(frozen=True)
-class Message:
-    """One message ready to send: our msgid, its place in time and the `payload` of new_message."""
-
-    msgid: str
-    source_id: str
-    msec: int
-    payload: dict[str, Any]
-    content_hash: str
-
-
-@dataclass
-class Conversation:
-    """One conversation's chat, its client's contact data, and its messages in time order."""
-
-    conversation_id: str
-    source_id: str
-    client_key: str
-    chat: dict[str, Any]
-    contact: dict[str, Any]
-    phone: str | None
-    email: str | None
-    messages: list[Message] = field(default_factory=list)
-
-
-@dataclass
-class Transformed:
-    conversations: list[Conversation]
-    rejects: pd.DataFrame  # source_key, reason, detail
-
-    @property
-    def message_count(self) -> int:
-        return sum(len(c.messages) for c in self.conversations)
+MESSAGE_TYPES = ("text", "picture", "video", "file", "voice", "audio", "sticker", "location", "contact")
+MEDIA_TYPES = ("picture", "video", "file", "voice", "audio", "sticker")
+NEEDS_FILE_META = ("picture", "video", "file")  # amojo requires file_name and file_size for these (§3.4)
+CONTENT_COLUMNS = ["type", "text", "media_url", "file_name", "file_size", "lat", "lon", "contact_name",
+                   "contact_phone"]
+REJECT_COLUMNS = ["source_key", "reason", "detail", "row"]
+EMAIL_RE = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
 class Senders:
-    """Who manager messages are sent as: user `amojo_id` by manager email, else the channel bot."""
+    """Who manager messages are sent as: the user's `amojo_id` by manager email, else the channel bot."""
 
     amojo_id_by_email: dict[str, str]
     bot_id: str | None
     bot_name: str = "amojo-etl bot"
 
 
-REJECT_COLUMNS = ["source_key", "reason", "detail"]
+@dataclass
+class Batch:
+    """A transformed chunk.
+
+    `conversations` is indexed by our conversation_id and holds the chat's client; `messages` holds one row per
+    valid message, sorted by conversation then time; `rejects` the rows that will not be sent, with the reason.
+    """
+
+    conversations: pd.DataFrame
+    messages: pd.DataFrame
+    rejects: pd.DataFrame
+    warnings: Counter = field(default_factory=Counter)
+
+    @property
+    def message_count(self) -> int:
+        return len(self.messages)
 
 
-def normalise_phone(raw: Any) -> str | None:
-    """`+7 (915) 111-22-33`, `8 915 111 22 33` and `79151112233` are one phone: `+79151112233`."""
-    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
-        return None
-    digits = re.sub(r"\D", "", str(raw))
-    if len(digits) == 11 and digits[0] == "8":
-        digits = "7" + digits[1:]
-    elif len(digits) == 10 and digits[0] == "9":
-        digits = "7" + digits
-    if not 10 <= len(digits) <= 15:
-        return None
-    return "+" + digits
+class SeenIds:
+    """Message ids already met in this interval, as sorted 64-bit hashes: duplicates across chunks, 8 bytes an id."""
+
+    def __init__(self) -> None:
+        self._sorted = np.empty(0, dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def split(self, ids: pd.Series) -> pd.Series:
+        """True where the id was met before (in an earlier chunk or earlier in this one); remembers the rest."""
+        hashes = pd.util.hash_pandas_object(ids, index=False).to_numpy()
+        at = np.searchsorted(self._sorted, hashes)
+        before = (at < len(self._sorted)) & (self._sorted[np.minimum(at, len(self._sorted) - 1)] == hashes) \
+            if len(self._sorted) else np.zeros(len(hashes), dtype=bool)
+        duplicate = before | pd.Series(hashes).duplicated(keep="first").to_numpy()
+        fresh = np.sort(hashes[~duplicate])
+        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, fresh), fresh)
+        return pd.Series(duplicate, index=ids.index)
 
 
-def normalise_email(raw: Any) -> str | None:
-    if raw is None or (isinstance(raw, float) and np.isnan(raw)):
-        return None
-    email = str(raw).strip().lower()
-    return email if EMAIL_RE.match(email) else None
+def normalise_phones(raw: pd.Series) -> pd.Series:
+    """`+7 (915) 111-22-33`, `8 915 111 22 33` and `79151112233` are one phone: `+79151112233`; else NA."""
+    digits = raw.astype("string").str.replace(r"\D", "", regex=True)
+    russian_trunk = (digits.str.len() == 11) & digits.str.startswith("8")
+    digits = digits.mask(russian_trunk, "7" + digits.str[1:])
+    local_mobile = (digits.str.len() == 10) & digits.str.startswith("9")
+    digits = digits.mask(local_mobile, "7" + digits)
+    valid = digits.str.len().between(10, 15)
+    return ("+" + digits).where(valid.fillna(False).astype(bool))
 
 
-def _blank(series: pd.Series) -> pd.Series:
-    return series.isna() | (series.astype("string").str.strip() == "")
+def normalise_emails(raw: pd.Series) -> pd.Series:
+    emails = raw.astype("string").str.strip().str.lower()
+    return emails.where(emails.str.match(EMAIL_RE).fillna(False).astype(bool))
 
 
-def _reject(rejects: list[pd.DataFrame], frame: pd.DataFrame, mask: pd.Series, reason: str, detail: str) -> None:
-    if mask.any():
-        rejects.append(pd.DataFrame({"source_key": "message:" + frame.loc[mask, "id"].astype(str),
-                                     "reason": reason, "detail": detail}))
+def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Texts in NFC without control characters, and a mask of those that are still not valid UTF-8.
+
+    Undecodable bytes arrive as lone surrogates (the source reads text with `surrogateescape`); those cannot be
+    repaired without guessing, so they are rejected rather than sent garbled.
+    """
+    text = raw.astype("string")
+    invalid = text.str.contains("[\ud800-\udfff]", regex=True).fillna(False).astype(bool)
+    repaired = text.where(invalid, text.str.replace(_CONTROL, "", regex=True).str.normalize("NFC"))
+    return repaired, invalid
 
 
 def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
-    """Naive source timestamps, read in the source zone, as unix milliseconds (NaN where unreadable)."""
-    parsed = pd.to_datetime(values, errors="coerce", format="mixed")
-    if getattr(parsed.dt, "tz", None) is None:
-        parsed = parsed.dt.tz_localize(zone, ambiguous="NaT", nonexistent="shift_forward")
-    utc = parsed.dt.tz_convert("UTC")
+    """Naive source timestamps, read in the source zone, as unix milliseconds (NA where unreadable).
+
+    A wall time that does not exist (the hour skipped by DST) is moved forward; one that exists twice is read as
+    the first of the two: the source cannot say which it meant, and either keeps the message's place in order.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:  # text, as SQLite keeps it
+        parsed = pd.to_datetime(values.astype("string"), errors="coerce", format="ISO8601")
+    if parsed.dt.tz is None:
+        parsed = parsed.dt.tz_localize(zone, ambiguous=np.ones(len(parsed), dtype=bool),
+                                       nonexistent="shift_forward")
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
-    return ((utc - epoch) // pd.Timedelta(milliseconds=1)).astype("Float64")
+    return ((parsed.dt.tz_convert("UTC") - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
 
 
-def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: ZoneInfo,
-              now: datetime | None = None) -> Transformed:
-    """Valid rows become `Conversation`s with payloads; the others become rejects with their reason."""
+def content_hash(frame: pd.DataFrame) -> pd.Series:
+    """A stable digest of what a message says, to tell an edited message from an unchanged one."""
+    digest = pd.util.hash_pandas_object(frame[CONTENT_COLUMNS].astype("string"), index=False)
+    return digest.map("{:016x}".format)
+
+
+def text_hash(texts: pd.Series) -> pd.Series:
+    """A digest of the text as sent (blank counts as none), comparable with what the chat history returns."""
+    texts = texts.astype("string").fillna("")
+    digest = pd.util.hash_pandas_object(texts.where(texts.str.strip() != "", ""), index=False)
+    return digest.map("{:016x}".format)
+
+
+def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: ZoneInfo, *,
+              seen: SeenIds | None = None, text_limit: int | None = None, now: datetime | None = None) -> Batch:
+    """Valid rows become conversations and messages ready to send; the others become rejects with their reason."""
     now = now or datetime.now(UTC)
+    seen = seen or SeenIds()
+    warnings: Counter = Counter()
     rejects: list[pd.DataFrame] = []
-    m = frames.messages.copy()
-    m["id"] = m["id"].astype(str)
-    m["conversation_id"] = m["conversation_id"].astype(str)
-    m["type"] = m["type"].fillna("text").astype(str).str.strip().str.lower()
+    m = frames.messages.reset_index(drop=True)
+    m["id"] = m["id"].astype("string")
+    m["conversation_id"] = m["conversation_id"].astype("string")
+    m["type"] = m["type"].astype("string").fillna("text").str.strip().str.lower()
     m["direction"] = m["direction"].astype("string").str.strip().str.lower()
     m["msec"] = to_utc_ms(m["created_at"], source_zone)
+    m["text"], bad_utf8 = repair_text(m["text"])
+    m["media_url"] = m["media_url"].astype("string").str.strip()
 
-    duplicate = m["id"].duplicated(keep="first")
-    _reject(rejects, m, duplicate, "duplicate_id", "another row has the same message id; the first is kept")
+    def reject(mask: pd.Series, reason: str, detail: str) -> None:
+        mask = mask.fillna(False).astype(bool)
+        if mask.any():
+            rows = m.loc[mask]
+            rejects.append(pd.DataFrame({
+                "source_key": "message:" + rows["id"].fillna("<null id>"),
+                "reason": reason,
+                "detail": detail,
+                "row": rows.drop(columns=["msec"]).astype("string").to_json(orient="records", lines=True,
+                                                                            force_ascii=False).splitlines(),
+            }))
+
+    duplicate = seen.split(m["id"].fillna(""))
+    reject(duplicate, "duplicate_id", "another row has the same message id; the first is kept")
     m = m[~duplicate]
 
-    conversations = frames.conversations.astype({"id": str, "client_id": str}).drop_duplicates("id")
-    clients = frames.clients.astype({"id": str}).drop_duplicates("id").set_index("id")
-    known_conv = m["conversation_id"].isin(conversations["id"])
+    conversations = frames.conversations.astype({"id": "string", "client_id": "string"}).drop_duplicates("id")
+    text_type = m["type"] == "text"
+    media_type = m["type"].isin(MEDIA_TYPES)
     checks = [
-        (~known_conv, "orphan_conversation", "the message's conversation does not exist in the source"),
-        (~m["direction"].isin(["in", "out"]).fillna(False), "unknown_direction", "direction must be 'in' or 'out'"),
-        (~m["type"].isin(MESSAGE_TYPES), "unknown_type", f"type must be one of {sorted(MESSAGE_TYPES)}"),
+        (m["id"].isna() | (m["id"] == ""), "missing_id", "the message has no id"),
+        (~m["conversation_id"].isin(conversations["id"]), "orphan_conversation",
+         "the message's conversation does not exist in the source"),
+        (~m["direction"].isin(["in", "out"]), "unknown_direction", "direction must be 'in' or 'out'"),
+        (~m["type"].isin(MESSAGE_TYPES), "unknown_type", f"type must be one of {', '.join(MESSAGE_TYPES)}"),
         (m["msec"].isna() | (m["msec"] < 0), "bad_timestamp", "created_at is missing, unreadable or before 1970"),
         (m["msec"] > now.timestamp() * 1000, "future_timestamp", "created_at is in the future"),
-        ((m["type"] == "text") & _blank(m["text"]), "empty_text", "a text message with NULL or empty text"),
-        (m["type"].isin(MEDIA_TYPES) & ~m["media_url"].astype("string").str.match(r"^https?://").fillna(False),
-         "bad_media_url", "a media message needs an http(s) media_url"),
+        (bad_utf8.loc[m.index], "invalid_utf8", "the text is not valid UTF-8"),
+        (text_type & (m["text"].isna() | (m["text"].str.strip() == "")), "empty_text",
+         "a text message with NULL or empty text"),
+        (media_type & ~m["media_url"].str.match(r"^https?://\S+$").fillna(False).astype(bool), "bad_media_url",
+         "a media message needs an http(s) media_url"),
         ((m["type"] == "location") & (m["lat"].isna() | m["lon"].isna()), "bad_location",
          "a location message needs lat and lon"),
-        ((m["type"] == "contact") & (_blank(m["contact_name"]) | _blank(m["contact_phone"])), "bad_contact",
+        ((m["type"] == "contact") & (m["contact_name"].isna() | m["contact_phone"].isna()), "bad_contact",
          "a contact message needs contact_name and contact_phone"),
     ]
+    if text_limit is not None:
+        checks.append((m["text"].str.len() > text_limit, "text_too_long",
+                       f"the text is longer than {text_limit} characters (AMOJO_ETL_TEXT_LIMIT)"))
     bad = pd.Series(False, index=m.index)
     for mask, reason, detail in checks:
         mask = mask.fillna(False).astype(bool) & ~bad
-        _reject(rejects, m, mask, reason, detail)
+        reject(mask, reason, detail)
         bad |= mask
     m = m[~bad]
 
-    managers = frames.managers.astype({"id": str}).drop_duplicates("id").set_index("id")
-    out = m["direction"] == "out"
-    manager_email = m["manager_id"].astype("string").map(managers["email"].astype("string").str.lower())
-    ref_id = manager_email.map(senders.amojo_id_by_email)
+    managers = frames.managers.astype({"id": "string"}).drop_duplicates("id").set_index("id")
+    manager_email = m["manager_id"].astype("string").map(managers["email"].astype("string").str.strip().str.lower())
+    ref_id = manager_email.map(senders.amojo_id_by_email).astype("string")
+    known_manager = ref_id.notna()
     if senders.bot_id:
         ref_id = ref_id.fillna(senders.bot_id)
-    no_sender = out & ref_id.isna()
-    _reject(rejects, m, no_sender, "no_sender_ref",
-            "the manager has no amoCRM amojo_id and AMOJO_ETL_BOT_ID is not set")
-    m = m[~no_sender].assign(ref_id=ref_id[~no_sender])
-    m["manager_name"] = m["manager_id"].astype("string").map(managers["name"].astype("string"))
-    m = m.sort_values(["conversation_id", "msec", "id"], kind="stable")
+    outgoing = m["direction"] == "out"
+    reject(outgoing & ref_id.isna(), "no_sender_ref",
+           "the manager has no amoCRM user with an amojo_id, and AMOJO_ETL_BOT_ID is not set")
+    keep = ~(outgoing & ref_id.isna())
+    m, ref_id, known_manager = m[keep], ref_id[keep], known_manager[keep]
 
-    result: list[Conversation] = []
-    conv_by_id = conversations.set_index("id")
-    for conv_id, group in m.groupby("conversation_id", sort=False):
-        client_key = str(conv_by_id.at[conv_id, "client_id"])
-        client = clients.loc[client_key] if client_key in clients.index else None
-        participant, phone, email = _client_participant(client_key, client, prefix)
-        conversation = Conversation(
-            conversation_id=f"{prefix}{conv_id}",
-            source_id=str(conv_id),
-            client_key=client_key,
-            chat={"conversation_id": f"{prefix}{conv_id}", "user": participant},
-            contact=_contact_body(participant["name"], phone, email),
-            phone=phone,
-            email=email,
-        )
-        for row in group.to_dict("records"):
-            conversation.messages.append(_message(row, conversation, participant, senders, prefix))
-        result.append(conversation)
+    as_manager = outgoing[keep] & known_manager
+    manager_name = m["manager_id"].astype("string").map(managers["name"].astype("string"))
+    messages = pd.DataFrame({
+        "msgid": prefix + m["id"],
+        "source_id": m["id"],
+        "conversation_id": prefix + m["conversation_id"],
+        "msec": m["msec"].astype("int64"),
+        "outgoing": outgoing[keep],
+        "sender_id": np.where(as_manager, prefix + "manager-" + m["manager_id"].astype("string").fillna(""),
+                              prefix + "bot"),
+        "sender_name": manager_name.where(as_manager, senders.bot_name).fillna(senders.bot_name),
+        "ref_id": ref_id.where(outgoing[keep]),
+        "type": m["type"],
+        "text": m["text"],
+        "media_url": m["media_url"],
+        "file_name": m["file_name"].astype("string"),
+        "file_size": pd.to_numeric(m["file_size"], errors="coerce").astype("Int64"),
+        "lat": pd.to_numeric(m["lat"], errors="coerce"),
+        "lon": pd.to_numeric(m["lon"], errors="coerce"),
+        "contact_name": m["contact_name"].astype("string"),
+        "contact_phone": m["contact_phone"].astype("string"),
+    })
+    needs_name = messages["type"].isin(NEEDS_FILE_META) & messages["file_name"].isna()
+    messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].str.rsplit("/", n=1).str[-1]
+    messages["content_hash"] = content_hash(messages)
+    messages["text_hash"] = text_hash(messages["text"])
+    messages = messages.sort_values(["conversation_id", "msec", "msgid"], kind="stable").reset_index(drop=True)
 
+    chats = _conversations(conversations, frames.clients, messages["conversation_id"].unique(), prefix, warnings)
     reject_frame = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=REJECT_COLUMNS)
-    return Transformed(result, reject_frame)
+    repeat = reject_frame.groupby("source_key").cumcount()  # duplicates share an id: keep each row's key apart
+    reject_frame["source_key"] = reject_frame["source_key"].where(repeat == 0,
+                                                                  reject_frame["source_key"] + "#" + repeat.astype(str))
+    return Batch(chats, messages, reject_frame, warnings)
 
 
-def _client_participant(key: str, client: pd.Series | None, prefix: str) -> tuple[dict, str | None, str | None]:
-    name = str(client["name"]).strip() if client is not None and pd.notna(client["name"]) else ""
-    participant: dict[str, Any] = {"id": f"{prefix}{key}", "name": name or f"Client {key}"}
-    phone = normalise_phone(client["phone"]) if client is not None else None
-    email = normalise_email(client["email"]) if client is not None else None
-    profile = {k: v for k, v in (("phone", phone), ("email", email)) if v}
-    if client is not None and pd.notna(client["avatar_url"]) and str(client["avatar_url"]).startswith("http"):
-        participant["avatar"] = str(client["avatar_url"])
+def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.ndarray, prefix: str,
+                   warnings: Counter) -> pd.DataFrame:
+    """One row per conversation with messages in the chunk: its client, with phone and email normalised."""
+    conv = conversations.assign(conversation_id=prefix + conversations["id"])
+    conv = conv[conv["conversation_id"].isin(used)]
+    clients = clients.astype({"id": "string"}).drop_duplicates("id").rename(columns={"id": "client_id"})
+    chat = conv.merge(clients, on="client_id", how="left")
+    phone = normalise_phones(chat["phone"])
+    email = normalise_emails(chat["email"])
+    warnings["invalid_phone_dropped"] += int((chat["phone"].notna() & phone.isna()).sum())
+    warnings["invalid_email_dropped"] += int((chat["email"].notna() & email.isna()).sum())
+    name = chat["name"].astype("string").str.strip()
+    return pd.DataFrame({
+        "conversation_id": chat["conversation_id"],
+        "source_id": chat["id"],
+        "client_key": chat["client_id"],
+        "client_id": prefix + chat["client_id"],
+        "name": name.where(name.fillna("") != "", "Client " + chat["client_id"]),
+        "phone": phone,
+        "email": email,
+        "avatar": chat["avatar_url"].astype("string").where(
+            chat["avatar_url"].astype("string").str.match(r"^https?://").fillna(False).astype(bool)),
+        "profile_link": chat["profile_url"].astype("string"),
+    }).set_index("conversation_id")
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and np.isnan(value))
+
+
+def client_participant(conversation: Any) -> dict[str, Any]:
+    """The client as a chat participant (§3.3): our id, name, and what we know of them."""
+    participant: dict[str, Any] = {"id": conversation.client_id, "name": conversation.name}
+    if _present(conversation.avatar):
+        participant["avatar"] = conversation.avatar
+    profile = {k: v for k in ("phone", "email") if _present(v := getattr(conversation, k))}
     if profile:
         participant["profile"] = profile
-    if client is not None and pd.notna(client["profile_url"]):
-        participant["profile_link"] = str(client["profile_url"])
-    return participant, phone, email
+    if _present(conversation.profile_link):
+        participant["profile_link"] = conversation.profile_link
+    return participant
 
 
-def _contact_body(name: str, phone: str | None, email: str | None) -> dict[str, Any]:
+def chat_payload(conversation_id: str, conversation: Any) -> dict[str, Any]:
+    """The create-chat body for a conversation (a row of `Batch.conversations`)."""
+    return {"conversation_id": conversation_id, "user": client_participant(conversation)}
+
+
+def contact_body(conversation: Any) -> dict[str, Any]:
+    """The REST v4 contact for a conversation's client, with phone and email as amoCRM fields."""
     fields = []
-    if phone:
-        fields.append({"field_code": "PHONE", "values": [{"value": phone, "enum_code": "WORK"}]})
-    if email:
-        fields.append({"field_code": "EMAIL", "values": [{"value": email, "enum_code": "WORK"}]})
-    body: dict[str, Any] = {"name": name}
+    if _present(conversation.phone):
+        fields.append({"field_code": "PHONE", "values": [{"value": conversation.phone, "enum_code": "WORK"}]})
+    if _present(conversation.email):
+        fields.append({"field_code": "EMAIL", "values": [{"value": conversation.email, "enum_code": "WORK"}]})
+    body: dict[str, Any] = {"name": conversation.name}
     if fields:
         body["custom_fields_values"] = fields
     return body
 
 
-def _message(row: dict, conversation: Conversation, client: dict, senders: Senders, prefix: str) -> Message:
-    msec = int(row["msec"])
-    body = _message_body(row)
-    payload: dict[str, Any] = {
-        "timestamp": msec // 1000,
-        "msec_timestamp": msec,
-        "msgid": f"{prefix}{row['id']}",
-        "conversation_id": conversation.conversation_id,
-    }
-    if row["direction"] == "in":
-        payload["sender"] = client
-    else:
-        manager_id = row["manager_id"]
-        if pd.notna(manager_id) and row["ref_id"] != senders.bot_id:
-            sender = {"id": f"{prefix}manager-{manager_id}", "name": str(row["manager_name"] or manager_id)}
-        else:
-            sender = {"id": f"{prefix}bot", "name": senders.bot_name}
-        payload["sender"] = {**sender, "ref_id": row["ref_id"]}
-        payload["receiver"] = client
-    payload["message"] = body
-    payload["silent"] = True
-    content = json.dumps(body, ensure_ascii=False, sort_keys=True).encode()
-    return Message(payload["msgid"], str(row["id"]), msec, payload, hashlib.sha1(content).hexdigest())
-
-
-def _message_body(row: dict) -> dict[str, Any]:
-    kind = row["type"]
-    body: dict[str, Any] = {"type": kind}
-    if pd.notna(row["text"]) and str(row["text"]).strip():
-        body["text"] = str(row["text"])
-    if kind in MEDIA_TYPES:
-        body["media"] = str(row["media_url"])
-        name = row["file_name"] if pd.notna(row["file_name"]) else str(row["media_url"]).rsplit("/", 1)[-1]
-        if kind in NEEDS_FILE_META or pd.notna(row["file_name"]):
-            body["file_name"] = str(name) or "file"
-            body["file_size"] = int(row["file_size"]) if pd.notna(row["file_size"]) else 0
-    elif kind == "location":
-        body["location"] = {"lat": float(row["lat"]), "lon": float(row["lon"])}
-    elif kind == "contact":
-        body["contact"] = {"name": str(row["contact_name"]), "phone": str(row["contact_phone"])}
+def message_body(message: Any) -> dict[str, Any]:
+    """The `message` object of new_message for one row of `Batch.messages`, with its type's required fields."""
+    body: dict[str, Any] = {"type": message.type}
+    if _present(message.text) and message.text.strip():
+        body["text"] = message.text
+    if message.type in MEDIA_TYPES:
+        body["media"] = message.media_url
+        if message.type in NEEDS_FILE_META or _present(message.file_name):
+            body["file_name"] = message.file_name if _present(message.file_name) else "file"
+            body["file_size"] = int(message.file_size) if _present(message.file_size) else 0
+    elif message.type == "location":
+        body["location"] = {"lat": float(message.lat), "lon": float(message.lon)}
+    elif message.type == "contact":
+        body["contact"] = {"name": message.contact_name, "phone": message.contact_phone}
     return body
 
 
-@task(name="transform", task_run_name="transform-{label}")
-def transform_task(frames: SourceFrames, senders: Senders, prefix: str, source_zone: str, label: str) -> Transformed:
-    return transform(frames, senders, prefix, ZoneInfo(source_zone))
+def message_payload(message: Any, client: dict[str, Any]) -> dict[str, Any]:
+    """The new_message payload (§3.4): client messages without `receiver`; manager messages to the client."""
+    payload: dict[str, Any] = {
+        "timestamp": message.msec // 1000,
+        "msec_timestamp": message.msec,
+        "msgid": message.msgid,
+        "conversation_id": message.conversation_id,
+    }
+    if message.outgoing:
+        payload["sender"] = {"id": message.sender_id, "name": message.sender_name, "ref_id": message.ref_id}
+        payload["receiver"] = client
+    else:
+        payload["sender"] = client
+    payload["message"] = message_body(message)
+    payload["silent"] = True
+    return payload
+
+
+def edit_payload(message: Any) -> dict[str, Any]:
+    """The edit_message payload: the message identified by our msgid, with its new content."""
+    return {"timestamp": message.msec // 1000, "msec_timestamp": message.msec, "msgid": message.msgid,
+            "conversation_id": message.conversation_id, "message": message_body(message)}
+
+
+@task(name="transform", task_run_name="transform-{label}", cache_policy=NO_CACHE)
+def transform_task(frames: SourceFrames, senders: Senders, prefix: str, source_zone: str, seen: SeenIds,
+                   text_limit: int | None, label: str) -> Batch:
+    return transform(frames, senders, prefix, ZoneInfo(source_zone), seen=seen, text_limit=text_limit)

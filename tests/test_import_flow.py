@@ -125,15 +125,20 @@ def test_cli_end_before_start_is_a_usage_error(pipeline_env):
     assert "--end" in result.stderr and "exclusive" in result.stderr
 
 
-async def test_task_runs_are_per_stage_not_per_message(emulator, pipeline_env):
+async def test_task_runs_grow_with_chunks_not_messages(emulator, pipeline_env, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    monkeypatch.setenv("AMOJO_ETL_CHUNK_SIZE", "100")
     state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
     summary = await state.aresult()
     async with get_client() as client:
         runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    names = sorted(run.name.split("-")[0] for run in runs)
-    assert summary["messages_sent"] > 100
-    assert names == ["extract", "load", "publish", "reconcile", "resolve", "transform"]
+    stages = Counter(run.name.split("-")[0] for run in runs)
+    chunks = summary["chunks"]
+    assert summary["verdict"] == "complete"
+    assert chunks == -(-(summary["messages_valid"] + summary["rejected"]) // 100)  # every source row, 100 a chunk
+    # extract runs once more than there are chunks: the last one finds the interval exhausted
+    assert stages == {"extract": chunks + 1, "transform": chunks, "load": chunks, "resolve": 1, "reconcile": 1,
+                      "publish": 1}

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from etl.intervals import Interval
 from etl.sample import SampleSize, generate, write_sample
 from etl.settings import ConfigurationError
-from etl.source import CANONICAL, check_source, read_interval, read_source
+from etl.source import CANONICAL, SourceStream, check_source
 
 SIZE = SampleSize(clients=10, conversations=20)
 UTC = ZoneInfo("UTC")
@@ -23,12 +23,12 @@ def _expected_ids(first: datetime, end: datetime) -> set[str]:
     return {r["id"] for r in rows if first <= r["created_at"] < end}
 
 
-def _read(url: str, interval: Interval) -> pd.DataFrame:
-    engine = sa.create_engine(url)
-    try:
-        return read_interval(engine, CANONICAL, interval.start, interval.end, UTC).messages
-    finally:
-        engine.dispose()
+def _read(url: str, interval: Interval, zone: ZoneInfo = UTC, chunk_size: int = 50_000) -> pd.DataFrame:
+    with SourceStream(url, CANONICAL, interval.start, interval.end, zone, chunk_size) as stream:
+        chunks = []
+        while (frames := stream.next_chunk()) is not None:
+            chunks.append(frames.messages)
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=["id"])
 
 
 def _check_database(url: str) -> None:
@@ -76,10 +76,7 @@ def test_naive_timestamps_are_read_in_the_source_zone(tmp_path):
     write_sample(url, size=SIZE)
     moscow = ZoneInfo("Europe/Moscow")
     interval = Interval.days(date(2026, 10, 5), date(2026, 10, 6), moscow)
-    engine = sa.create_engine(url)
-    frames = read_interval(engine, CANONICAL, interval.start, interval.end, moscow)
-    engine.dispose()
-    assert set(frames.messages["id"]) == _expected_ids(datetime(2026, 10, 5), datetime(2026, 10, 6))
+    assert set(_read(url, interval, moscow)["id"]) == _expected_ids(datetime(2026, 10, 5), datetime(2026, 10, 6))
 
 
 def test_missing_column_is_named_before_anything_is_sent(tmp_path):
@@ -99,5 +96,22 @@ def test_missing_column_is_named_before_anything_is_sent(tmp_path):
 
 def test_unreachable_source_says_which_setting_to_fix(tmp_path):
     with pytest.raises(ConfigurationError, match="AMOJO_ETL_SOURCE_URL"):
-        read_source(f"sqlite:///{tmp_path / 'none' / 'x.db'}", None, datetime(2026, 1, 1, tzinfo=UTC),
-                    datetime(2026, 1, 2, tzinfo=UTC), UTC)
+        check_source(f"sqlite:///{tmp_path / 'none' / 'x.db'}", None)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres", "mariadb"])
+def test_chunks_stream_in_time_order_with_their_lookups(dialect, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 's.db'}" if dialect == "sqlite" else request.getfixturevalue(f"{dialect}_url")
+    write_sample(url, size=SIZE)
+    interval = Interval.days(date(2026, 9, 1), date(2026, 12, 1), UTC)
+    seen: list[str] = []
+    with SourceStream(url, CANONICAL, interval.start, interval.end, UTC, chunk_size=37) as stream:
+        while (frames := stream.next_chunk()) is not None:
+            assert len(frames.messages) <= 37
+            assert set(frames.messages["conversation_id"]) <= set(frames.conversations["id"])
+            assert set(frames.conversations["client_id"]) <= set(frames.clients["id"])
+            times = pd.to_datetime(frames.messages["created_at"].astype(str), format="ISO8601")
+            assert times.is_monotonic_increasing
+            seen += list(frames.messages["id"])
+        assert stream.chunks == -(-len(seen) // 37)
+    assert len(seen) == len(set(seen)) == len(dict(generate(7, SIZE))["messages"])
