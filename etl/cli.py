@@ -119,15 +119,17 @@ def sample_data(
     path: Annotated[Path, typer.Option(help="SQLite file to create")] = SAMPLE_DB,
     url: Annotated[str | None, typer.Option(help="SQLAlchemy URL instead of a SQLite file")] = None,
     seed: Annotated[int, typer.Option(help="same seed, same rows")] = 7,
+    messages: Annotated[int, typer.Option(min=1, max=50_000_000, help="messages in all (the rest scales with it)")
+                        ] = 3_000,
 ) -> None:
     """Create a deterministic sample source database in the canonical schema (data/schema.sql)."""
-    from .sample import write_sample
+    from .sample import SampleSize, write_sample
 
     if url is None:
         if path.exists():
             raise _fail(f"{path} exists; remove it first or choose another --path", 2)
         url = f"sqlite:///{path}"
-    counts = write_sample(url, seed=seed)
+    counts = write_sample(url, seed=seed, size=SampleSize(messages=messages))
     console.print(f"sample source written to {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 

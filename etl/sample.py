@@ -1,39 +1,41 @@
-"""A deterministic sample source database in the canonical schema: the same seed gives the same rows, always.
+"""A deterministic sample source database in the canonical schema: the same seed and size give the same rows.
 
-A month of client <-> manager chats in Russian and English, both directions, some media, several managers (one
-unknown to amoCRM, one without an amojo_id, some messages with no manager at all), and a few broken rows so
-that the demo shows its rejects.
+October 2026 of client <-> manager chats in Russian and English, both directions, some media, locations and
+contacts, five managers (one unknown to amoCRM, one without an amojo_id, some messages with no manager at all),
+and three broken rows so that the demo shows its rejects. Rows are generated column-wise with numpy, conversation
+batch by conversation batch, so 10 million messages take memory for one batch, not for all of them.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import sqlalchemy as sa
 
 from .source import create_schema
 
-MONTH_START = datetime(2026, 10, 1)
-DAYS = 31
+MONTH_START = np.datetime64("2026-10-01T00:00:00")
+OPENING_DAYS = 29
+MESSAGES_PER_CONVERSATION = 15
+CONVERSATIONS_PER_CLIENT = 2.5
+BATCH_CONVERSATIONS = 20_000
 
-MANAGERS = [
-    ("m1", "Анна Смирнова", "anna@example.com"),
-    ("m2", "Boris Petrov", "boris@example.com"),
-    ("m3", "Claire Martin", "claire@example.com"),
-    ("m4", "Дмитрий Орлов", "dmitry@example.com"),  # in amoCRM without an amojo_id: sent as the bot
-    ("m5", "Elena Volkova", "elena@example.com"),  # not in amoCRM at all: sent as the bot
-]
-
-FIRST_NAMES = ["Иван", "Мария", "Ольга", "Пётр", "Sergey", "Anna", "John", "Emma", "Liam", "Наталья", "Алексей",
-               "Sophie", "Olivia", "Михаил", "Татьяна", "Noah"]
-LAST_NAMES = ["Иванов", "Кузнецова", "Соколов", "Попова", "Smith", "Brown", "Taylor", "Wilson", "Лебедев",
-              "Новикова", "Miller", "Davis"]
-
-CLIENT_TEXTS = [
+MANAGERS = pd.DataFrame({
+    "id": ["m1", "m2", "m3", "m4", "m5"],
+    "name": ["Анна Смирнова", "Boris Petrov", "Claire Martin", "Дмитрий Орлов", "Elena Volkova"],
+    # dmitry has no amojo_id in amoCRM and elena no user at all: both are sent as the bot
+    "email": ["anna@example.com", "boris@example.com", "claire@example.com", "dmitry@example.com",
+              "elena@example.com"],
+})
+FIRST_NAMES = np.array(["Иван", "Мария", "Ольга", "Пётр", "Sergey", "Anna", "John", "Emma", "Liam", "Наталья",
+                        "Алексей", "Sophie", "Olivia", "Михаил", "Татьяна", "Noah"], dtype=object)
+LAST_NAMES = np.array(["Иванов", "Кузнецова", "Соколов", "Попова", "Smith", "Brown", "Taylor", "Wilson", "Лебедев",
+                       "Новикова", "Miller", "Davis"], dtype=object)
+CLIENT_TEXTS = np.array([
     "Здравствуйте! Можно ли оплатить заказ при получении?",
     "Когда приедет курьер?",
     "Hello, I'd like to change my delivery address.",
@@ -44,8 +46,8 @@ CLIENT_TEXTS = [
     "Хочу вернуть товар — что нужно сделать?",
     "Thanks, that works for me.",
     "А есть скидка для постоянных клиентов?",
-]
-MANAGER_TEXTS = [
+], dtype=object)
+MANAGER_TEXTS = np.array([
     "Да, конечно. Вы можете оплатить наличными или картой курьеру.",
     "Курьер будет у вас завтра с 10 до 14.",
     "Sure, I've updated the address on your order.",
@@ -56,96 +58,165 @@ MANAGER_TEXTS = [
     "Оформите возврат в личном кабинете, курьер заберёт товар.",
     "Great, have a nice day!",
     "Для постоянных клиентов действует скидка 5%.",
-]
-MEDIA = [
-    ("picture", "https://example.com/media/photo-{n}.jpg", "photo-{n}.jpg", 245_120),
-    ("file", "https://example.com/media/invoice-{n}.pdf", "invoice-{n}.pdf", 88_304),
-    ("voice", "https://example.com/media/voice-{n}.ogg", None, None),
-    ("video", "https://example.com/media/clip-{n}.mp4", "clip-{n}.mp4", 3_145_728),
-]
+], dtype=object)
+MEDIA = pd.DataFrame({
+    "type": ["picture", "file", "voice", "video"],
+    "stem": ["photo", "invoice", "voice", "clip"],
+    "ext": ["jpg", "pdf", "ogg", "mp4"],
+    "size": [245_120, 88_304, None, 3_145_728],
+    "named": [True, True, False, True],
+})
+MESSAGE_COLUMNS = ["id", "conversation_id", "created_at", "updated_at", "direction", "manager_id", "type", "text",
+                   "media_url", "file_name", "file_size", "lat", "lon", "contact_name", "contact_phone"]
 
 
 @dataclass(frozen=True)
 class SampleSize:
-    clients: int = 80
-    conversations: int = 200
-    messages_per_conversation: tuple[int, int] = (4, 26)
+    """How big a sample: messages in all; conversations and clients follow from it unless given."""
+
+    messages: int = 3_000
+    conversations: int | None = None
+    clients: int | None = None
+
+    @property
+    def conversation_count(self) -> int:
+        return self.conversations or max(1, self.messages // MESSAGES_PER_CONVERSATION)
+
+    @property
+    def client_count(self) -> int:
+        return self.clients or max(1, int(self.conversation_count / CONVERSATIONS_PER_CLIENT))
 
 
-def _phone(rng: random.Random, n: int) -> str:
-    digits = f"9{rng.randrange(10**8, 10**9):09d}"
-    styles = [f"+7 ({digits[:3]}) {digits[3:6]}-{digits[6:8]}-{digits[8:]}", f"8 {digits[:3]} {digits[3:6]} "
-              f"{digits[6:8]} {digits[8:]}", f"7{digits}"]
-    return styles[n % 3]
+def _clients(rng: np.random.Generator, count: int) -> pd.DataFrame:
+    n = np.arange(1, count + 1)
+    number = rng.integers(10**8, 10**9, size=count).astype(str)
+    digits = pd.Series(np.char.add("9", number))
+    styles = [
+        "+7 (" + digits.str[:3] + ") " + digits.str[3:6] + "-" + digits.str[6:8] + "-" + digits.str[8:],
+        "8 " + digits.str[:3] + " " + digits.str[3:6] + " " + digits.str[6:8] + " " + digits.str[8:],
+        "7" + digits,
+    ]
+    phone = pd.Series(np.select([n % 3 == 0, n % 3 == 1, n % 3 == 2], styles), dtype=object)
+    ids = pd.Series(n.astype(str), dtype=object)
+    return pd.DataFrame({
+        "id": "c" + ids,
+        "name": FIRST_NAMES[rng.integers(0, len(FIRST_NAMES), count)] + " " +
+                LAST_NAMES[rng.integers(0, len(LAST_NAMES), count)],
+        "phone": phone.where(n % 7 != 0, None),
+        "email": ("client" + ids + "@example.org").where((n % 3 == 0) | (n % 7 == 0), None),
+        "avatar_url": ("https://example.com/avatars/" + ids + ".png").where(n % 4 == 0, None),
+        "profile_url": ("https://example.com/clients/" + ids).where(n % 5 == 0, None),
+    })
 
 
-def generate(seed: int = 7, size: SampleSize | None = None) -> Iterator[tuple[str, list[dict]]]:
-    """Rows table by table, as (table, rows) batches, in a stable order for the same seed."""
+def _conversation_sizes(rng: np.random.Generator, messages: int, conversations: int) -> np.ndarray:
+    """Message counts per conversation, varied, adding up to exactly `messages`."""
+    conversations = min(conversations, messages)
+    base = np.full(conversations, messages // conversations)
+    base[: messages % conversations] += 1
+    shift = rng.integers(-(base.min() // 2), base.min() // 2 + 1, size=conversations) if base.min() > 1 else 0
+    sizes = base + shift
+    sizes[-1] += messages - sizes.sum()  # the last one takes the rounding
+    if sizes[-1] < 1:
+        return base
+    return rng.permutation(sizes)
+
+
+def _messages(rng: np.random.Generator, first: int, sizes: np.ndarray, clients: int) -> tuple[pd.DataFrame, ...]:
+    """Conversations `first`.. with `sizes` messages each, and their messages, in time order per conversation."""
+    count = len(sizes)
+    number = np.arange(first + 1, first + count + 1)
+    opened = MONTH_START + rng.integers(0, OPENING_DAYS * 86400, size=count).astype("timedelta64[s]")
+    conv_ids = pd.Series(number.astype(str), dtype=object).radd("v")
+    conversations = pd.DataFrame({
+        "id": conv_ids,
+        "client_id": pd.Series(((number * 37) % clients + 1).astype(str), dtype=object).radd("c"),
+        "created_at": opened,
+    })
+    owner = np.repeat(np.arange(count), sizes)
+    total = len(owner)
+    group_first = np.cumsum(sizes) - sizes  # index of each conversation's first message
+    position = np.arange(total) - np.repeat(group_first, sizes)
+    gaps = rng.integers(20, 6 * 3600, size=total)  # seconds since the previous message (or the opening)
+    running = np.cumsum(gaps)
+    elapsed = running - np.repeat(running[group_first] - gaps[group_first], sizes)
+    created = opened[owner] + elapsed.astype("timedelta64[s]")
+    roll, coin = rng.random(total), rng.random(total)
+    incoming = np.where(roll < 0.8, position % 2 == 0, coin < 0.5)
+    manager = MANAGERS["id"].to_numpy()[rng.integers(0, len(MANAGERS), size=count)][owner]
+    manager = np.where(incoming | (rng.random(total) < 0.1), None, manager)
+    kind = rng.random(total)
+    media = rng.integers(0, len(MEDIA), size=total)
+    is_media, is_location, is_contact = kind < 0.06, (kind >= 0.06) & (kind < 0.07), (kind >= 0.07) & (kind < 0.075)
+    text_index = rng.integers(0, len(CLIENT_TEXTS), size=total)
+    text = np.where(incoming, CLIENT_TEXTS[text_index], MANAGER_TEXTS[text_index])
+    msg_ids = conv_ids.to_numpy()[owner] + "-" + position.astype(str).astype(object)
+    media_row = MEDIA.iloc[media].reset_index(drop=True)
+    stem = media_row["stem"] + "-" + pd.Series(msg_ids, dtype=object) + "." + media_row["ext"]
+    messages = pd.DataFrame({
+        "id": msg_ids,
+        "conversation_id": conv_ids.to_numpy()[owner],
+        "created_at": created,
+        "updated_at": pd.NaT,
+        "direction": np.where(incoming, "in", "out").astype(object),
+        "manager_id": manager,
+        "type": np.select([is_media, is_location, is_contact], [media_row["type"].to_numpy(), "location", "contact"],
+                          "text").astype(object),
+        "text": np.where(is_media | is_location | is_contact, None, text),
+        "media_url": ("https://example.com/media/" + stem).where(is_media, None),
+        "file_name": stem.where(is_media & media_row["named"].to_numpy(), None),
+        "file_size": media_row["size"].where(is_media, None).astype("Int64"),
+        "lat": np.where(is_location, 55.75 + rng.random(total) / 10, np.nan),
+        "lon": np.where(is_location, 37.61 + rng.random(total) / 10, np.nan),
+        "contact_name": np.where(is_contact, "Служба доставки", None),
+        "contact_phone": np.where(is_contact, "+74951234567", None),
+    })
+    return conversations, messages
+
+
+def generate(seed: int = 7, size: SampleSize | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(table, rows) batches in a stable order: the same seed and size give the same rows."""
     size = size or SampleSize()
-    rng = random.Random(seed)
-    yield "managers", [{"id": i, "name": n, "email": e} for i, n, e in MANAGERS]
-
-    clients = []
-    for n in range(1, size.clients + 1):
-        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
-        clients.append({
-            "id": f"c{n}",
-            "name": name,
-            "phone": _phone(rng, n) if n % 7 else None,
-            "email": f"client{n}@example.org" if n % 3 == 0 or n % 7 == 0 else None,
-            "avatar_url": f"https://example.com/avatars/{n}.png" if n % 4 == 0 else None,
-            "profile_url": f"https://example.com/clients/{n}" if n % 5 == 0 else None,
-        })
-    yield "clients", clients
-
-    conversations, messages = [], []
-    for n in range(1, size.conversations + 1):
-        client = clients[(n * 37) % len(clients)]
-        opened = MONTH_START + timedelta(seconds=rng.randrange(0, (DAYS - 2) * 86400))
-        conversations.append({"id": f"v{n}", "client_id": client["id"], "created_at": opened})
-        manager = MANAGERS[rng.randrange(len(MANAGERS))][0]
-        at = opened
-        for k in range(rng.randint(*size.messages_per_conversation)):
-            at += timedelta(seconds=rng.randrange(20, 6 * 3600))
-            incoming = k % 2 == 0 if rng.random() < 0.8 else rng.random() < 0.5
-            row = {
-                "id": f"v{n}-{k}", "conversation_id": f"v{n}", "created_at": at, "updated_at": None,
-                "direction": "in" if incoming else "out",
-                "manager_id": None if incoming else (manager if rng.random() < 0.9 else None),
-                "type": "text", "text": rng.choice(CLIENT_TEXTS if incoming else MANAGER_TEXTS),
-                "media_url": None, "file_name": None, "file_size": None, "lat": None, "lon": None,
-                "contact_name": None, "contact_phone": None,
-            }
-            roll = rng.random()
-            if roll < 0.06:
-                kind, url, file_name, file_size = MEDIA[rng.randrange(len(MEDIA))]
-                row.update(type=kind, text=None, media_url=url.format(n=f"{n}-{k}"),
-                           file_name=file_name.format(n=f"{n}-{k}") if file_name else None, file_size=file_size)
-            elif roll < 0.07:
-                row.update(type="location", text=None, lat=55.75 + rng.random() / 10, lon=37.61 + rng.random() / 10)
-            elif roll < 0.075:
-                row.update(type="contact", text=None, contact_name="Служба доставки", contact_phone="+74951234567")
-            messages.append(row)
-    # A few rows that break the rules, as real databases do: the demo shows them as rejects.
-    messages[5]["text"] = None
-    messages[50]["text"] = "   "
-    messages[120]["type"] = "gif"
-    yield "conversations", conversations
-    yield "messages", messages
+    rng = np.random.default_rng(seed)
+    yield "managers", MANAGERS
+    yield "clients", _clients(rng, size.client_count)
+    sizes = _conversation_sizes(rng, size.messages, size.conversation_count)
+    for first in range(0, len(sizes), BATCH_CONVERSATIONS):
+        conversations, messages = _messages(rng, first, sizes[first:first + BATCH_CONVERSATIONS], size.client_count)
+        if first == 0:  # rows that break the rules, as real databases do: the demo shows them as rejects
+            for row, column, value in ((5, "text", None), (50, "text", "   "), (120, "type", "gif")):
+                if row < len(messages) and messages.at[row, "type"] == "text":
+                    messages.at[row, column] = value
+        yield "conversations", conversations
+        yield "messages", messages
 
 
-def _as_source_time(engine: sa.Engine, rows: list[dict]) -> list[dict]:
-    """SQLite keeps timestamps as text: write them in the form `etl.source.bound` compares with."""
-    if engine.dialect.name != "sqlite":
-        return rows
-    out = []
-    for row in rows:
-        row = dict(row)
-        for key in ("created_at", "updated_at"):
-            if isinstance(row.get(key), datetime):
-                row[key] = row[key].isoformat(sep=" ", timespec="seconds")
-        out.append(row)
-    return out
+def _rows(frame: pd.DataFrame, dialect: str) -> list[tuple]:
+    """Rows as the driver takes them: None for missing, timestamps as text for SQLite (see etl.source.bound)."""
+    out = frame.astype(object).where(frame.notna(), None)
+    for column in ("created_at", "updated_at"):
+        if column in out:
+            values = pd.to_datetime(frame[column])
+            if dialect == "sqlite":
+                out[column] = values.dt.strftime("%Y-%m-%d %H:%M:%S").astype(object).where(values.notna(), None)
+            else:
+                out[column] = values.dt.to_pydatetime() if values.notna().all() else \
+                    pd.Series(values.dt.to_pydatetime(), dtype=object).where(values.notna(), None)
+    return list(out.itertuples(index=False, name=None))
+
+
+def _insert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> None:
+    dialect = conn.engine.dialect.name
+    columns = list(frame.columns)
+    rows = _rows(frame, dialect)
+    if dialect == "postgresql":
+        with conn.connection.cursor() as cursor, cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    marker = "?" if dialect == "sqlite" else "%s"
+    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})",
+                         rows)
 
 
 def write_sample(url: str, seed: int = 7, size: SampleSize | None = None) -> dict[str, int]:
@@ -156,12 +227,8 @@ def write_sample(url: str, seed: int = 7, size: SampleSize | None = None) -> dic
     create_schema(engine)
     counts: dict[str, int] = {}
     with engine.begin() as conn:
-        for table, rows in generate(seed, size):
-            columns = list(rows[0])
-            statement = sa.text(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
-            )
-            conn.execute(statement, _as_source_time(engine, rows))
-            counts[table] = len(rows)
+        for table, frame in generate(seed, size):
+            _insert(conn, table, frame)
+            counts[table] = counts.get(table, 0) + len(frame)
     engine.dispose()
     return counts

@@ -43,7 +43,7 @@ def pipeline_env(emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.
     from etl.sample import SampleSize, write_sample
 
     source = tmp_path / "source.db"
-    write_sample(f"sqlite:///{source}", size=SampleSize(clients=15, conversations=30))
+    write_sample(f"sqlite:///{source}", size=SampleSize(messages=450, conversations=30, clients=15))
     config = emulator.emulator.config
     env = {
         "AMOJO_ETL_SOURCE_URL": f"sqlite:///{source}",

@@ -14,13 +14,17 @@ from etl.sample import SampleSize, generate, write_sample
 from etl.settings import ConfigurationError
 from etl.source import CANONICAL, SourceStream, check_source
 
-SIZE = SampleSize(clients=10, conversations=20)
+SIZE = SampleSize(messages=265, conversations=20, clients=10)
 UTC = ZoneInfo("UTC")
 
 
+def _sample_messages() -> pd.DataFrame:
+    return pd.concat([frame for table, frame in generate(7, SIZE) if table == "messages"], ignore_index=True)
+
+
 def _expected_ids(first: datetime, end: datetime) -> set[str]:
-    rows = dict(generate(7, SIZE))["messages"]
-    return {r["id"] for r in rows if first <= r["created_at"] < end}
+    messages = _sample_messages()
+    return set(messages.loc[(messages["created_at"] >= first) & (messages["created_at"] < end), "id"])
 
 
 def _read(url: str, interval: Interval, zone: ZoneInfo = UTC, chunk_size: int = 50_000) -> pd.DataFrame:
@@ -63,11 +67,11 @@ def test_message_on_a_boundary_belongs_to_exactly_one_interval(dialect, tmp_path
     value = datetime(2026, 10, 8, 0, 0, 0)
     stored = value.isoformat(sep=" ") if engine.dialect.name == "sqlite" else value
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE messages SET created_at = :at WHERE id = 'v1-0'"), {"at": stored})
+        conn.execute(sa.text("UPDATE messages SET created_at = :at WHERE id = 'v1-1'"), {"at": stored})
     engine.dispose()
     before = _read(url, Interval.days(date(2026, 10, 7), date(2026, 10, 8), UTC))
     after = _read(url, Interval.days(date(2026, 10, 8), date(2026, 10, 9), UTC))
-    assert "v1-0" not in set(before["id"]) and "v1-0" in set(after["id"])
+    assert "v1-1" not in set(before["id"]) and "v1-1" in set(after["id"])
 
 
 def test_naive_timestamps_are_read_in_the_source_zone(tmp_path):
@@ -114,4 +118,4 @@ def test_chunks_stream_in_time_order_with_their_lookups(dialect, tmp_path, reque
             assert times.is_monotonic_increasing
             seen += list(frames.messages["id"])
         assert stream.chunks == -(-len(seen) // 37)
-    assert len(seen) == len(set(seen)) == len(dict(generate(7, SIZE))["messages"])
+    assert len(seen) == len(set(seen)) == len(_sample_messages())
