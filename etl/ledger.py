@@ -48,8 +48,8 @@ messages = sa.Table(
     sa.Column("msgid", sa.String(255), primary_key=True),
     sa.Column("conversation_id", sa.String(255), nullable=False, index=True),
     sa.Column("msec", sa.BigInteger, nullable=False, index=True),
-    sa.Column("content_hash", sa.String(40), nullable=False),
-    sa.Column("text_hash", sa.String(16)),
+    sa.Column("content_hash", sa.BigInteger, nullable=False),
+    sa.Column("text_hash", sa.BigInteger),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("amojo_id", sa.String(64)),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -159,7 +159,7 @@ class Ledger:
             self._upsert(conn, contacts, rows, ["client_key"])
 
     # -- messages
-    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """msgid -> (status, content hash) for the messages the ledger knows."""
         return {row.msgid: (row.status, row.content_hash)
                 for row in self._rows_where_in(messages, messages.c.msgid, msgids)}

@@ -112,13 +112,12 @@ def _clients(rng: np.random.Generator, count: int) -> pd.DataFrame:
 def _conversation_sizes(rng: np.random.Generator, messages: int, conversations: int) -> np.ndarray:
     """Message counts per conversation, varied, adding up to exactly `messages`."""
     conversations = min(conversations, messages)
-    base = np.full(conversations, messages // conversations)
-    base[: messages % conversations] += 1
-    shift = rng.integers(-(base.min() // 2), base.min() // 2 + 1, size=conversations) if base.min() > 1 else 0
-    sizes = base + shift
-    sizes[-1] += messages - sizes.sum()  # the last one takes the rounding
-    if sizes[-1] < 1:
-        return base
+    sizes = np.full(conversations, messages // conversations)
+    sizes[: messages % conversations] += 1
+    half, spread = conversations // 2, int(sizes.min()) // 2
+    shift = rng.integers(-spread, spread + 1, size=half)
+    sizes[:half] += shift  # what one conversation gains its partner loses: the total stays exact
+    sizes[half:2 * half] -= shift
     return rng.permutation(sizes)
 
 

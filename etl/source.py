@@ -135,15 +135,67 @@ def _check_columns(columns: list[str], wanted: tuple[str, ...], entity: str) -> 
 
 
 def _frame(rows: list, columns: list[str], wanted: tuple[str, ...]) -> pd.DataFrame:
+    """Rows (tuples, or row objects) -> a frame of the wanted columns, every column as objects."""
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted})
-    return pd.DataFrame.from_records(rows, columns=columns)[list(wanted)]
+    if type(rows[0]) is not tuple:
+        rows = [tuple(row) for row in rows]
+    frame = pd.DataFrame(rows, columns=columns, dtype=object)
+    return frame[list(wanted)]
 
 
 def _unreadable(url: str | sa.URL, exc: Exception) -> ConfigurationError:
     shown = sa.make_url(url).render_as_string(hide_password=True)
     return ConfigurationError(f"cannot read the source database {shown}: {getattr(exc, 'orig', exc)}. "
                               "Check AMOJO_ETL_SOURCE_URL and AMOJO_ETL_MAPPING.")
+
+
+class _DriverCursor:
+    """A streaming cursor of the database driver itself: plain tuples, no per-row work between driver and pandas.
+
+    psycopg streams through a named (server-side) cursor, PyMySQL through an unbuffered one, sqlite3 always does.
+    Another driver streams through SQLAlchemy's own result, at the cost of its row objects.
+    """
+
+    def __init__(self, engine: sa.Engine, sql: str, params: dict[str, Any], chunk_size: int) -> None:
+        compiled = sa.text(sql).compile(dialect=engine.dialect)
+        driver = engine.dialect.driver
+        self._raw = engine.raw_connection()
+        self._result: sa.CursorResult | None = None
+        if driver in ("psycopg", "pymysql", "pysqlite"):
+            connection = self._raw.driver_connection
+            if driver == "psycopg":
+                self._cursor = connection.cursor(name="amojo_etl_source")
+                self._cursor.itersize = chunk_size
+            elif driver == "pymysql":
+                import pymysql.cursors
+
+                self._cursor = connection.cursor(pymysql.cursors.SSCursor)
+            else:
+                self._cursor = connection.cursor()
+            bound = compiled.construct_params(params)
+            args = [bound[name] for name in compiled.positiontup] if compiled.positional else bound
+            self._cursor.execute(compiled.string, args)
+            self.columns = [d[0] for d in self._cursor.description]
+        else:
+            self._raw.close()
+            self._raw = None
+            self._connection = engine.connect().execution_options(stream_results=True, yield_per=chunk_size)
+            self._result = self._connection.execute(sa.text(sql), params)
+            self.columns = list(self._result.keys())
+
+    def fetch(self, size: int) -> list[tuple]:
+        if self._result is not None:
+            return [tuple(row) for row in self._result.fetchmany(size)]
+        return self._cursor.fetchmany(size)
+
+    def close(self) -> None:
+        if self._result is not None:
+            self._result.close()
+            self._connection.close()
+        else:
+            self._cursor.close()
+            self._raw.close()
 
 
 class SourceStream:
@@ -164,12 +216,12 @@ class SourceStream:
         self.params = {"start": bound(start, self.engine.dialect.name, zone),
                        "end": bound(end, self.engine.dialect.name, zone)}
         self.chunks = 0
+        self._carried = {"conversations": _frame([], [], CONVERSATION_COLUMNS),
+                         "clients": _frame([], [], CLIENT_COLUMNS)}
         self._passes = [q for q in (queries.messages, queries.edits) if q]
-        self._result: sa.CursorResult | None = None
-        self._columns: list[str] = []
+        self._cursor: _DriverCursor | None = None
         try:
             self._lookup = self.engine.connect()
-            self._stream = self.engine.connect().execution_options(stream_results=True, yield_per=chunk_size)
             self.managers = self._select(queries.managers, MANAGER_COLUMNS, "managers")
         except sa.exc.SQLAlchemyError as exc:
             self.engine.dispose()
@@ -193,25 +245,34 @@ class SourceStream:
         return _frame(result.fetchall(), columns, wanted)
 
     def _by_ids(self, sql: str, ids: list[str], wanted: tuple[str, ...], entity: str) -> pd.DataFrame:
-        frames = [self._select(sql, wanted, entity, ids[i:i + self.LOOKUP_SLICE])
-                  for i in range(0, len(ids), self.LOOKUP_SLICE)]
-        return pd.concat(frames, ignore_index=True) if frames else _frame([], [], wanted)
+        """Rows of `entity` with these ids: those the previous chunk had are reused, the rest looked up.
 
-    def _next_rows(self) -> list:
+        Chunks follow each other in time, so most conversations (and their clients) of one chunk were in the
+        one before; carrying one chunk's worth keeps memory bounded and the lookups few.
+        """
+        carried = self._carried[entity]
+        carried = carried[carried["id"].astype(str).isin(ids)]
+        missing = sorted(set(ids) - set(carried["id"].astype(str)))
+        frames = [carried] + [self._select(sql, wanted, entity, missing[i:i + self.LOOKUP_SLICE])
+                              for i in range(0, len(missing), self.LOOKUP_SLICE)]
+        found = pd.concat(frames, ignore_index=True)
+        self._carried[entity] = found
+        return found
+
+    def _next_rows(self) -> list[tuple]:
         while True:
-            if self._result is None:
+            if self._cursor is None:
                 if not self._passes:
                     return []
                 sql = self._passes.pop(0)
-                self._result = self._stream.execute(
-                    sa.text(f"SELECT * FROM ({sql}) q ORDER BY q.created_at, q.id"), _bind(sql, self.params))
-                self._columns = list(self._result.keys())
-                _check_columns(self._columns, MESSAGE_COLUMNS, "messages")
-            rows = self._result.fetchmany(self.chunk_size)
+                self._cursor = _DriverCursor(self.engine, f"SELECT * FROM ({sql}) q ORDER BY q.created_at, q.id",
+                                             _bind(sql, self.params), self.chunk_size)
+                _check_columns(self._cursor.columns, MESSAGE_COLUMNS, "messages")
+            rows = self._cursor.fetch(self.chunk_size)
             if rows:
                 return rows
-            self._result.close()
-            self._result = None
+            self._cursor.close()
+            self._cursor = None
 
     def next_chunk(self) -> SourceFrames | None:
         """The next chunk of messages with what they refer to; None when the interval is exhausted."""
@@ -219,7 +280,7 @@ class SourceStream:
             rows = self._next_rows()
             if not rows:
                 return None
-            messages = _frame(rows, self._columns, MESSAGE_COLUMNS)
+            messages = _frame(rows, self._cursor.columns, MESSAGE_COLUMNS)
             conversation_ids = [str(v) for v in messages["conversation_id"].dropna().unique()]
             conversations = self._by_ids(self.queries.conversations, conversation_ids, CONVERSATION_COLUMNS,
                                          "conversations")
@@ -231,9 +292,8 @@ class SourceStream:
         return SourceFrames(messages, conversations, clients, self.managers)
 
     def close(self) -> None:
-        if self._result is not None:
-            self._result.close()
-        self._stream.close()
+        if self._cursor is not None:
+            self._cursor.close()
         self._lookup.close()
         self.engine.dispose()
 

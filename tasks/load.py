@@ -65,7 +65,7 @@ async def _bounded(limit: int, jobs: list[Awaitable[Any]]) -> list[Any]:
 
 def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
     return {"msgid": message.msgid, "conversation_id": message.conversation_id, "msec": int(message.msec),
-            "content_hash": message.content_hash, "text_hash": message.text_hash, **values}
+            "content_hash": int(message.content_hash), "text_hash": int(message.text_hash), **values}
 
 
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:

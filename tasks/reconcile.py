@@ -61,8 +61,8 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
                     break
                 await asyncio.sleep(reread_delay * 2**attempt)
         ids = [item.get("message", {}).get("client_id") for item in history]
-        hashes = dict(zip(ids, text_hash(pd.Series([item.get("message", {}).get("text", "") for item in history],
-                                                     dtype="string")), strict=True))
+        texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
+        hashes = dict(zip(ids, text_hash(texts), strict=True))
         confirmed = []
         for row in expected:
             if not seen[row.msgid]:
@@ -70,7 +70,7 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
                 continue
             if seen[row.msgid] > 1:
                 verdict.duplicates.append(row.msgid)
-            if row.text_hash and hashes.get(row.msgid) != row.text_hash:
+            if row.text_hash is not None and hashes.get(row.msgid) != row.text_hash:
                 verdict.mismatched.append(row.msgid)
             elif seen[row.msgid] == 1:
                 confirmed.append({"msgid": row.msgid, "conversation_id": row.conversation_id, "msec": row.msec,

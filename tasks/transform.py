@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,32 +79,62 @@ class SeenIds:
         return pd.Series(duplicate, index=ids.index)
 
 
+def _text(values: pd.Series) -> pd.Series:
+    """Any column as str values with None for missing, without touching columns that already are."""
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return values.where(values.notna(), None).astype(object)
+    return values.map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+
+
+def _per_value(values: pd.Series, normalise: Callable[[Any], Any]) -> pd.Series:
+    """Apply `normalise` once per distinct value: cheap on low-cardinality columns such as type or direction."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    mapped = np.array([normalise(u) for u in uniques] + [normalise(None)], dtype=object)
+    return pd.Series(mapped[codes], index=values.index)
+
+
 def normalise_phones(raw: pd.Series) -> pd.Series:
-    """`+7 (915) 111-22-33`, `8 915 111 22 33` and `79151112233` are one phone: `+79151112233`; else NA."""
+    """`+7 (915) 111-22-33`, `8 915 111 22 33` and `79151112233` are one phone: `+79151112233`; else None."""
     digits = raw.astype("string").str.replace(r"\D", "", regex=True)
     russian_trunk = (digits.str.len() == 11) & digits.str.startswith("8")
     digits = digits.mask(russian_trunk, "7" + digits.str[1:])
     local_mobile = (digits.str.len() == 10) & digits.str.startswith("9")
     digits = digits.mask(local_mobile, "7" + digits)
-    valid = digits.str.len().between(10, 15)
-    return ("+" + digits).where(valid.fillna(False).astype(bool))
+    valid = digits.str.len().between(10, 15).fillna(False).astype(bool)
+    return ("+" + digits).where(valid).astype(object).where(valid, None)
 
 
 def normalise_emails(raw: pd.Series) -> pd.Series:
     emails = raw.astype("string").str.strip().str.lower()
-    return emails.where(emails.str.match(EMAIL_RE).fillna(False).astype(bool))
+    valid = emails.str.match(EMAIL_RE).fillna(False).astype(bool)
+    return emails.astype(object).where(valid, None)
 
 
-def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Texts in NFC without control characters, and a mask of those that are still not valid UTF-8.
+_TEXT_OK, _TEXT_BLANK, _TEXT_INVALID, _TEXT_CONTROL = 0, 1, 2, 3
+_TEXT_FLAW = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _classify_text(value: Any) -> int:
+    if not isinstance(value, str) or not value.strip():
+        return _TEXT_BLANK
+    flaw = _TEXT_FLAW.search(value)
+    if flaw is None:
+        return _TEXT_OK
+    return _TEXT_INVALID if "\ud800" <= flaw.group() <= "\udfff" else _TEXT_CONTROL
+
+
+def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Texts without control characters; masks of blank texts and of those that are not valid UTF-8.
 
     Undecodable bytes arrive as lone surrogates (the source reads text with `surrogateescape`); those cannot be
-    repaired without guessing, so they are rejected rather than sent garbled.
+    repaired without guessing, so they are rejected rather than sent garbled. One pass over the column.
     """
-    text = raw.astype("string")
-    invalid = text.str.contains("[\ud800-\udfff]", regex=True).fillna(False).astype(bool)
-    repaired = text.where(invalid, text.str.replace(_CONTROL, "", regex=True).str.normalize("NFC"))
-    return repaired, invalid
+    kind = np.fromiter(map(_classify_text, raw), dtype=np.int8, count=len(raw))
+    text = raw.astype(object).where(kind != _TEXT_BLANK, None)
+    control = kind == _TEXT_CONTROL
+    if control.any():
+        text[control] = text[control].map(lambda s: _CONTROL.sub("", s))
+    return text, pd.Series(kind == _TEXT_BLANK, index=raw.index), pd.Series(kind == _TEXT_INVALID, index=raw.index)
 
 
 def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
@@ -114,8 +145,8 @@ def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
     """
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
-    else:  # text, as SQLite keeps it
-        parsed = pd.to_datetime(values.astype("string"), errors="coerce", format="ISO8601")
+    else:  # text (SQLite) or datetime objects (drivers)
+        parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
     if parsed.dt.tz is None:
         parsed = parsed.dt.tz_localize(zone, ambiguous=np.ones(len(parsed), dtype=bool),
                                        nonexistent="shift_forward")
@@ -123,17 +154,19 @@ def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
     return ((parsed.dt.tz_convert("UTC") - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
 
 
+def _digest(frame: pd.DataFrame | pd.Series) -> pd.Series:
+    return pd.Series(pd.util.hash_pandas_object(frame, index=False).to_numpy().view(np.int64), index=frame.index)
+
+
 def content_hash(frame: pd.DataFrame) -> pd.Series:
-    """A stable digest of what a message says, to tell an edited message from an unchanged one."""
-    digest = pd.util.hash_pandas_object(frame[CONTENT_COLUMNS].astype("string"), index=False)
-    return digest.map("{:016x}".format)
+    """A stable 64-bit digest of what a message says, to tell an edited message from an unchanged one."""
+    return _digest(frame[CONTENT_COLUMNS].astype(object).where(frame[CONTENT_COLUMNS].notna(), ""))
 
 
 def text_hash(texts: pd.Series) -> pd.Series:
-    """A digest of the text as sent (blank counts as none), comparable with what the chat history returns."""
-    texts = texts.astype("string").fillna("")
-    digest = pd.util.hash_pandas_object(texts.where(texts.str.strip() != "", ""), index=False)
-    return digest.map("{:016x}".format)
+    """A 64-bit digest of the text as sent (blank counts as none), comparable with what the chat history returns."""
+    texts = texts.astype(object).where(texts.notna(), "")
+    return _digest(texts.map(lambda t: t if t.strip() else ""))
 
 
 def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: ZoneInfo, *,
@@ -144,33 +177,38 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     warnings: Counter = Counter()
     rejects: list[pd.DataFrame] = []
     m = frames.messages.reset_index(drop=True)
-    m["id"] = m["id"].astype("string")
-    m["conversation_id"] = m["conversation_id"].astype("string")
-    m["type"] = m["type"].astype("string").fillna("text").str.strip().str.lower()
-    m["direction"] = m["direction"].astype("string").str.strip().str.lower()
+    raw = m.copy()
+    m["id"] = _text(m["id"])
+    m["conversation_id"] = _text(m["conversation_id"])
+    m["manager_id"] = _text(m["manager_id"])
+    m["type"] = _per_value(m["type"], lambda v: "text" if v is None or pd.isna(v) else str(v).strip().lower())
+    m["direction"] = _per_value(m["direction"], lambda v: None if v is None or pd.isna(v) else str(v).strip().lower())
     m["msec"] = to_utc_ms(m["created_at"], source_zone)
-    m["text"], bad_utf8 = repair_text(m["text"])
-    m["media_url"] = m["media_url"].astype("string").str.strip()
+    m["text"], blank_text, bad_utf8 = repair_text(m["text"])
+    m["media_url"] = _text(m["media_url"])
 
     def reject(mask: pd.Series, reason: str, detail: str) -> None:
         mask = mask.fillna(False).astype(bool)
         if mask.any():
-            rows = m.loc[mask]
+            rows = raw.loc[mask[mask].index]
             rejects.append(pd.DataFrame({
-                "source_key": "message:" + rows["id"].fillna("<null id>"),
+                "source_key": "message:" + m.loc[rows.index, "id"].fillna("<null id>"),
                 "reason": reason,
                 "detail": detail,
-                "row": rows.drop(columns=["msec"]).astype("string").to_json(orient="records", lines=True,
-                                                                            force_ascii=False).splitlines(),
+                "row": rows.astype(str).to_json(orient="records", lines=True,
+                                                force_ascii=False).splitlines(),
             }))
 
     duplicate = seen.split(m["id"].fillna(""))
     reject(duplicate, "duplicate_id", "another row has the same message id; the first is kept")
     m = m[~duplicate]
 
-    conversations = frames.conversations.astype({"id": "string", "client_id": "string"}).drop_duplicates("id")
-    text_type = m["type"] == "text"
+    conversations = frames.conversations.assign(id=_text(frames.conversations["id"]),
+                                                client_id=_text(frames.conversations["client_id"]))
+    conversations = conversations.drop_duplicates("id")
     media_type = m["type"].isin(MEDIA_TYPES)
+    media_url_ok = pd.Series(False, index=m.index)
+    media_url_ok[media_type] = m.loc[media_type, "media_url"].str.match(r"^https?://\S+$").fillna(False)
     checks = [
         (m["id"].isna() | (m["id"] == ""), "missing_id", "the message has no id"),
         (~m["conversation_id"].isin(conversations["id"]), "orphan_conversation",
@@ -180,10 +218,8 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
         (m["msec"].isna() | (m["msec"] < 0), "bad_timestamp", "created_at is missing, unreadable or before 1970"),
         (m["msec"] > now.timestamp() * 1000, "future_timestamp", "created_at is in the future"),
         (bad_utf8.loc[m.index], "invalid_utf8", "the text is not valid UTF-8"),
-        (text_type & (m["text"].isna() | (m["text"].str.strip() == "")), "empty_text",
-         "a text message with NULL or empty text"),
-        (media_type & ~m["media_url"].str.match(r"^https?://\S+$").fillna(False).astype(bool), "bad_media_url",
-         "a media message needs an http(s) media_url"),
+        ((m["type"] == "text") & blank_text.loc[m.index], "empty_text", "a text message with NULL or empty text"),
+        (media_type & ~media_url_ok, "bad_media_url", "a media message needs an http(s) media_url"),
         ((m["type"] == "location") & (m["lat"].isna() | m["lon"].isna()), "bad_location",
          "a location message needs lat and lon"),
         ((m["type"] == "contact") & (m["contact_name"].isna() | m["contact_phone"].isna()), "bad_contact",
@@ -199,51 +235,52 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
         bad |= mask
     m = m[~bad]
 
-    managers = frames.managers.astype({"id": "string"}).drop_duplicates("id").set_index("id")
-    manager_email = m["manager_id"].astype("string").map(managers["email"].astype("string").str.strip().str.lower())
-    ref_id = manager_email.map(senders.amojo_id_by_email).astype("string")
+    managers = frames.managers.assign(id=_text(frames.managers["id"])).drop_duplicates("id").set_index("id")
+    manager_email = m["manager_id"].map(_per_value(managers["email"], lambda v: str(v).strip().lower()
+                                                   if isinstance(v, str) else None))
+    ref_id = manager_email.map(senders.amojo_id_by_email)
     known_manager = ref_id.notna()
     if senders.bot_id:
         ref_id = ref_id.fillna(senders.bot_id)
     outgoing = m["direction"] == "out"
-    reject(outgoing & ref_id.isna(), "no_sender_ref",
+    no_sender = outgoing & ref_id.isna()
+    reject(no_sender, "no_sender_ref",
            "the manager has no amoCRM user with an amojo_id, and AMOJO_ETL_BOT_ID is not set")
-    keep = ~(outgoing & ref_id.isna())
-    m, ref_id, known_manager = m[keep], ref_id[keep], known_manager[keep]
+    keep = ~no_sender
+    m, ref_id, known_manager, outgoing = m[keep], ref_id[keep], known_manager[keep], outgoing[keep]
 
-    as_manager = outgoing[keep] & known_manager
-    manager_name = m["manager_id"].astype("string").map(managers["name"].astype("string"))
+    as_manager = (outgoing & known_manager).to_numpy()
+    manager_name = m["manager_id"].map(managers["name"])
     messages = pd.DataFrame({
         "msgid": prefix + m["id"],
         "source_id": m["id"],
         "conversation_id": prefix + m["conversation_id"],
         "msec": m["msec"].astype("int64"),
-        "outgoing": outgoing[keep],
-        "sender_id": np.where(as_manager, prefix + "manager-" + m["manager_id"].astype("string").fillna(""),
-                              prefix + "bot"),
+        "outgoing": outgoing,
+        "sender_id": np.where(as_manager, prefix + "manager-" + m["manager_id"].fillna(""), prefix + "bot"),
         "sender_name": manager_name.where(as_manager, senders.bot_name).fillna(senders.bot_name),
-        "ref_id": ref_id.where(outgoing[keep]),
+        "ref_id": ref_id.where(outgoing, None),
         "type": m["type"],
         "text": m["text"],
         "media_url": m["media_url"],
-        "file_name": m["file_name"].astype("string"),
+        "file_name": _text(m["file_name"]),
         "file_size": pd.to_numeric(m["file_size"], errors="coerce").astype("Int64"),
         "lat": pd.to_numeric(m["lat"], errors="coerce"),
         "lon": pd.to_numeric(m["lon"], errors="coerce"),
-        "contact_name": m["contact_name"].astype("string"),
-        "contact_phone": m["contact_phone"].astype("string"),
-    })
+        "contact_name": _text(m["contact_name"]),
+        "contact_phone": _text(m["contact_phone"]),
+    }).reset_index(drop=True)
     needs_name = messages["type"].isin(NEEDS_FILE_META) & messages["file_name"].isna()
-    messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].str.rsplit("/", n=1).str[-1]
+    if needs_name.any():
+        messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].str.rsplit("/", n=1).str[-1]
     messages["content_hash"] = content_hash(messages)
     messages["text_hash"] = text_hash(messages["text"])
-    messages = messages.sort_values(["conversation_id", "msec", "msgid"], kind="stable").reset_index(drop=True)
 
     chats = _conversations(conversations, frames.clients, messages["conversation_id"].unique(), prefix, warnings)
     reject_frame = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=REJECT_COLUMNS)
     repeat = reject_frame.groupby("source_key").cumcount()  # duplicates share an id: keep each row's key apart
-    reject_frame["source_key"] = reject_frame["source_key"].where(repeat == 0,
-                                                                  reject_frame["source_key"] + "#" + repeat.astype(str))
+    reject_frame["source_key"] = reject_frame["source_key"].where(
+        repeat == 0, reject_frame["source_key"] + "#" + repeat.astype(str))
     return Batch(chats, messages, reject_frame, warnings)
 
 
@@ -252,13 +289,14 @@ def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.
     """One row per conversation with messages in the chunk: its client, with phone and email normalised."""
     conv = conversations.assign(conversation_id=prefix + conversations["id"])
     conv = conv[conv["conversation_id"].isin(used)]
-    clients = clients.astype({"id": "string"}).drop_duplicates("id").rename(columns={"id": "client_id"})
+    clients = clients.assign(id=_text(clients["id"])).drop_duplicates("id").rename(columns={"id": "client_id"})
     chat = conv.merge(clients, on="client_id", how="left")
     phone = normalise_phones(chat["phone"])
     email = normalise_emails(chat["email"])
     warnings["invalid_phone_dropped"] += int((chat["phone"].notna() & phone.isna()).sum())
     warnings["invalid_email_dropped"] += int((chat["email"].notna() & email.isna()).sum())
-    name = chat["name"].astype("string").str.strip()
+    name = _text(chat["name"]).str.strip()
+    avatar = _text(chat["avatar_url"])
     return pd.DataFrame({
         "conversation_id": chat["conversation_id"],
         "source_id": chat["id"],
@@ -267,9 +305,8 @@ def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.
         "name": name.where(name.fillna("") != "", "Client " + chat["client_id"]),
         "phone": phone,
         "email": email,
-        "avatar": chat["avatar_url"].astype("string").where(
-            chat["avatar_url"].astype("string").str.match(r"^https?://").fillna(False).astype(bool)),
-        "profile_link": chat["profile_url"].astype("string"),
+        "avatar": avatar.where(avatar.str.match(r"^https?://").fillna(False).astype(bool), None),
+        "profile_link": _text(chat["profile_url"]),
     }).set_index("conversation_id")
 
 
