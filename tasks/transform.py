@@ -154,6 +154,13 @@ def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
     return ((parsed.dt.tz_convert("UTC") - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
 
 
+def _printable(value: Any) -> str | None:
+    """A source value as text that can be written anywhere: undecodable bytes shown as escapes."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _digest(frame: pd.DataFrame | pd.Series) -> pd.Series:
     return pd.Series(pd.util.hash_pandas_object(frame, index=False).to_numpy().view(np.int64), index=frame.index)
 
@@ -173,7 +180,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
               seen: SeenIds | None = None, text_limit: int | None = None, now: datetime | None = None) -> Batch:
     """Valid rows become conversations and messages ready to send; the others become rejects with their reason."""
     now = now or datetime.now(UTC)
-    seen = seen or SeenIds()
+    seen = SeenIds() if seen is None else seen
     warnings: Counter = Counter()
     rejects: list[pd.DataFrame] = []
     m = frames.messages.reset_index(drop=True)
@@ -195,8 +202,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
                 "source_key": "message:" + m.loc[rows.index, "id"].fillna("<null id>"),
                 "reason": reason,
                 "detail": detail,
-                "row": rows.astype(str).to_json(orient="records", lines=True,
-                                                force_ascii=False).splitlines(),
+                "row": rows.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines(),
             }))
 
     duplicate = seen.split(m["id"].fillna(""))

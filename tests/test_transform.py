@@ -1,0 +1,217 @@
+"""Transform: a hostile source yields payloads for exactly the valid rows and one reject per bad row, with reason."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from amojo.emulator import app as emulator_rules
+from etl.intervals import Interval
+from etl.source import CANONICAL, SourceStream
+from tasks.transform import (
+    Senders,
+    SeenIds,
+    client_participant,
+    message_payload,
+    normalise_phones,
+    to_utc_ms,
+    transform,
+)
+
+UTC = ZoneInfo("UTC")
+WIDE = Interval.days(date(1960, 1, 1), date(2100, 1, 1), UTC)
+SENDERS = Senders({"anna@example.com": "amojo-anna"}, bot_id=None)
+
+# The schema as a real database might have it: no constraint that the rows could break.
+HOSTILE_SCHEMA = """
+CREATE TABLE clients (id VARCHAR(64), name TEXT, phone TEXT, email TEXT, avatar_url TEXT, profile_url TEXT);
+CREATE TABLE managers (id VARCHAR(64), name TEXT, email TEXT);
+CREATE TABLE conversations (id VARCHAR(64), client_id VARCHAR(64), created_at {ts});
+CREATE TABLE messages (id VARCHAR(64), conversation_id VARCHAR(64), created_at {ts}, updated_at {ts},
+    direction VARCHAR(16), manager_id VARCHAR(64), type VARCHAR(16), text TEXT, media_url TEXT, file_name TEXT,
+    file_size BIGINT, lat DOUBLE PRECISION, lon DOUBLE PRECISION, contact_name TEXT, contact_phone TEXT)
+"""
+
+T = "2026-10-05 12:00:{:02d}"
+VALID = {  # id -> (direction, manager, type, fields)
+    "ok-text-in": ("in", None, "text", {"text": "Здравствуйте!"}),
+    "ok-text-out": ("out", "m1", "text", {"text": "Hello from Anna"}),
+    "ok-picture": ("in", None, "picture", {"media_url": "https://x.example/p.jpg", "file_name": "p.jpg",
+                                           "file_size": 10}),
+    "ok-video": ("in", None, "video", {"media_url": "https://x.example/v.mp4", "file_name": "v.mp4", "file_size": 9}),
+    "ok-file-unnamed": ("in", None, "file", {"media_url": "https://x.example/docs/invoice.pdf"}),
+    "ok-voice": ("in", None, "voice", {"media_url": "http://x.example/v.ogg"}),
+    "ok-audio": ("in", None, "audio", {"media_url": "https://x.example/a.mp3"}),
+    "ok-sticker": ("in", None, "sticker", {"media_url": "https://x.example/s.webp"}),
+    "ok-location": ("in", None, "location", {"lat": 55.75, "lon": 37.61}),
+    "ok-contact": ("in", None, "contact", {"contact_name": "Courier", "contact_phone": "+74950000000"}),
+    "dup": ("in", None, "text", {"text": "the first of two rows with this id"}),
+    "ok-control-chars": ("in", None, "text", {"text": "bell\x07 removed"}),
+}
+BAD = {  # id -> (reason, direction, manager, type, fields, overrides)
+    "bad-null-text": ("empty_text", "in", None, "text", {"text": None}, {}),
+    "bad-blank-text": ("empty_text", "in", None, "text", {"text": "   "}, {}),
+    "bad-no-url": ("bad_media_url", "in", None, "picture", {"file_name": "p.jpg", "file_size": 1}, {}),
+    "bad-ftp-url": ("bad_media_url", "in", None, "file", {"media_url": "ftp://x.example/f"}, {}),
+    "bad-type": ("unknown_type", "in", None, "gif", {"text": "x"}, {}),
+    "bad-direction": ("unknown_direction", "sideways", None, "text", {"text": "x"}, {}),
+    "bad-orphan": ("orphan_conversation", "in", None, "text", {"text": "x"}, {"conversation_id": "nowhere"}),
+    "bad-future": ("future_timestamp", "in", None, "text", {"text": "x"}, {"created_at": "2099-01-01 00:00:00"}),
+    "bad-1969": ("bad_timestamp", "in", None, "text", {"text": "x"}, {"created_at": "1969-12-31 23:00:00"}),
+    "bad-long": ("text_too_long", "in", None, "text", {"text": "x" * 101}, {}),
+    "bad-no-sender": ("no_sender_ref", "out", "m9", "text", {"text": "from a manager amoCRM does not know"}, {}),
+    "bad-location": ("bad_location", "in", None, "location", {"lat": 55.0}, {}),
+    "bad-contact": ("bad_contact", "in", None, "contact", {"contact_name": "n"}, {}),
+}
+
+
+def _hostile(url: str) -> int:
+    """Fill a hostile source at `url`; returns how many bad rows it holds."""
+    engine = sa.create_engine(url)
+    ts = "DATETIME(6)" if engine.dialect.name in ("mysql", "mariadb") else "TIMESTAMP"
+    columns = ["id", "conversation_id", "created_at", "updated_at", "direction", "manager_id", "type", "text",
+               "media_url", "file_name", "file_size", "lat", "lon", "contact_name", "contact_phone"]
+    rows = []
+    for n, (message_id, (direction, manager, kind, fields)) in enumerate(VALID.items()):
+        rows.append({"id": message_id, "conversation_id": "v1", "created_at": T.format(n), "direction": direction,
+                     "manager_id": manager, "type": kind, **fields})
+    rows.append({"id": "dup", "conversation_id": "v1", "created_at": T.format(40), "direction": "in",
+                 "type": "text", "text": "the second row with this id"})
+    for n, (message_id, (_, direction, manager, kind, fields, overrides)) in enumerate(BAD.items()):
+        rows.append({"id": message_id, "conversation_id": "v1", "created_at": T.format(20 + n), "direction": direction,
+                     "manager_id": manager, "type": kind, **fields, **overrides})
+    rows.append({"id": None, "conversation_id": "v1", "created_at": T.format(50), "direction": "in", "type": "text",
+                 "text": "a row without an id"})
+    with engine.begin() as conn:
+        for statement in HOSTILE_SCHEMA.format(ts=ts).split(";"):
+            conn.exec_driver_sql(statement)
+        conn.execute(sa.text("INSERT INTO clients VALUES ('c1', 'Вася', '8 (915) 111-22-33', 'NOT AN EMAIL', "
+                             "NULL, NULL)"))
+        conn.execute(sa.text("INSERT INTO managers VALUES ('m1', 'Anna', 'Anna@Example.com'), "
+                             "('m9', 'Ghost', 'ghost@example.com')"))
+        conn.execute(sa.text("INSERT INTO conversations VALUES ('v1', 'c1', '2026-10-05 11:00:00')"))
+        for row in rows:
+            full = {c: row.get(c) for c in columns}
+            conn.execute(sa.text(f"INSERT INTO messages ({', '.join(columns)}) VALUES "
+                                 f"({', '.join(':' + c for c in columns)})"), full)
+        bad = len(BAD) + 2  # the second "dup" and the row without an id
+        if engine.dialect.name == "sqlite":  # only SQLite lets a TEXT column hold bytes that are not UTF-8
+            conn.execute(sa.text("INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                                 "VALUES ('bad-utf8', 'v1', '2026-10-05 12:01:00', 'in', 'text', "
+                                 "CAST(X'48656C6C6FFF' AS TEXT))"))
+            bad += 1
+    engine.dispose()
+    return bad
+
+
+def _run(url: str, chunk_size: int = 7):
+    seen = SeenIds()
+    batches = []
+    with SourceStream(url, CANONICAL, WIDE.start, WIDE.end, UTC, chunk_size) as stream:
+        while (frames := stream.next_chunk()) is not None:
+            batches.append(transform(frames, SENDERS, "ae-", UTC, seen=seen, text_limit=100,
+                                     now=datetime(2026, 11, 25)))
+    return batches
+
+
+def _check_hostile(url: str) -> None:
+    bad_rows = _hostile(url)
+    batches = _run(url)
+    messages = pd.concat([b.messages for b in batches], ignore_index=True)
+    rejects = pd.concat([b.rejects for b in batches], ignore_index=True)
+    assert sorted(messages["source_id"]) == sorted(VALID)
+    assert len(rejects) == bad_rows
+    by_key = dict(zip(rejects["source_key"], rejects["reason"], strict=True))
+    for message_id, (reason, *_rest) in BAD.items():
+        assert by_key[f"message:{message_id}"] == reason, message_id
+    assert by_key["message:dup"] == "duplicate_id"
+    assert by_key["message:<null id>"] == "missing_id"
+    if "message:bad-utf8" in by_key:
+        assert by_key["message:bad-utf8"] == "invalid_utf8"
+    assert all(rejects["row"].str.startswith("{"))  # the row itself is kept, for the user
+
+    conversations = pd.concat([b.conversations for b in batches])
+    conversation = next(conversations.loc[["ae-v1"]].itertuples())
+    client = client_participant(conversation)
+    assert client["profile"] == {"phone": "+79151112233"}  # the bad email dropped, the phone normalised
+    assert sum(b.warnings["invalid_email_dropped"] for b in batches) >= 1
+    for message in messages.itertuples(index=False):
+        payload = message_payload(message, client)
+        # Every payload passes the emulator's reading of amojo-api.md §3.4.
+        emulator_rules._message_body(payload["message"], None, edit=False)
+        emulator_rules._participant(payload["sender"], "sender")
+        assert payload["silent"] is True and payload["msgid"] == f"ae-{message.source_id}"
+        if message.source_id == "ok-text-out":
+            assert payload["sender"]["ref_id"] == "amojo-anna" and payload["receiver"] == client
+        else:
+            assert "receiver" not in payload
+        if message.source_id == "ok-file-unnamed":
+            assert payload["message"]["file_name"] == "invoice.pdf"
+        if message.source_id == "ok-control-chars":
+            assert payload["message"]["text"] == "bell removed"
+        if message.source_id == "dup":
+            assert payload["message"]["text"] == "the first of two rows with this id"
+
+
+def test_hostile_sqlite(tmp_path):
+    _check_hostile(f"sqlite:///{tmp_path / 'hostile.db'}")
+
+
+@pytest.mark.postgres
+def test_hostile_postgres(postgres_url):
+    _check_hostile(postgres_url)
+
+
+@pytest.mark.mariadb
+def test_hostile_mariadb(mariadb_url):
+    _check_hostile(mariadb_url)
+
+
+def test_phones_in_every_notation_are_one():
+    phones = normalise_phones(pd.Series(["+7 (915) 111-22-33", "8 915 111 22 33", "79151112233", "9151112233",
+                                         "12345", None, "+44 20 7946 0958"]))
+    assert list(phones) == ["+79151112233"] * 4 + [None, None, "+442079460958"]
+
+
+def test_timestamps_across_a_dst_change():
+    berlin = ZoneInfo("Europe/Berlin")
+    values = pd.Series(["2026-10-25 02:30:00",  # happens twice: read as the first (CEST)
+                        "2026-03-29 02:30:00",  # never happens: moved forward to 03:00 CEST
+                        "2026-10-25 12:00:00"], dtype=object)
+    ms = to_utc_ms(values, berlin)
+    as_utc = [datetime.fromtimestamp(v / 1000, UTC).strftime("%Y-%m-%d %H:%M") for v in ms]
+    assert as_utc == ["2026-10-25 00:30", "2026-03-29 01:00", "2026-10-25 11:00"]
+
+
+def test_intervals_across_a_dst_change(tmp_path):
+    """The 25-hour day of 25 Oct 2026 in Berlin: a UTC source, intervals in Berlin time, bounds exact."""
+    berlin = ZoneInfo("Europe/Berlin")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for statement in HOSTILE_SCHEMA.format(ts="TIMESTAMP").split(";"):
+            conn.exec_driver_sql(statement)
+        conn.execute(sa.text("INSERT INTO conversations VALUES ('v1', 'c1', '2026-10-01 00:00:00')"))
+        for message_id, at in [("before", "2026-10-24 21:59:59"), ("first", "2026-10-24 22:00:00"),
+                               ("last", "2026-10-25 22:59:59"), ("after", "2026-10-25 23:00:00")]:
+            conn.execute(sa.text("INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                                 "VALUES (:id, 'v1', :at, 'in', 'text', 'x')"), {"id": message_id, "at": at})
+    engine.dispose()
+    day = Interval.days(date(2026, 10, 25), date(2026, 10, 26), berlin)
+    assert (day.end.astimezone(UTC) - day.start.astimezone(UTC)).total_seconds() == 25 * 3600
+    with SourceStream(url, CANONICAL, day.start, day.end, UTC) as stream:
+        ids = set(stream.next_chunk().messages["id"])
+    assert ids == {"first", "last"}
+
+
+def test_duplicates_are_found_across_chunks():
+    seen = SeenIds()
+    first = seen.split(pd.Series(["a", "b", "c"]))
+    second = seen.split(pd.Series(["d", "b", "d", "e"]))
+    assert list(first) == [False, False, False]
+    assert list(second) == [False, True, True, False]
+    assert len(seen) == 5
