@@ -13,8 +13,8 @@ from amojo.emulator import app as emulator_rules
 from etl.intervals import Interval
 from etl.source import CANONICAL, SourceStream
 from tasks.transform import (
-    Senders,
     SeenIds,
+    Senders,
     client_participant,
     message_payload,
     normalise_phones,
