@@ -142,3 +142,21 @@ async def test_task_runs_grow_with_chunks_not_messages(emulator, pipeline_env, m
     # extract runs once more than there are chunks: the last one finds the interval exhausted
     assert stages == {"extract": chunks + 1, "transform": chunks, "load": chunks, "resolve": 1, "reconcile": 1,
                       "publish": 1}
+
+
+async def test_a_message_edited_in_the_source_goes_out_as_edit_message(emulator, pipeline_env):
+    await import_chats(start=MONTH[0], end=MONTH[1])
+    engine = sa.create_engine(pipeline_env["AMOJO_ETL_SOURCE_URL"])
+    with engine.begin() as conn:
+        message_id = conn.execute(sa.text("SELECT id FROM messages WHERE type = 'text' AND text IS NOT NULL "
+                                          "AND TRIM(text) <> '' ORDER BY id LIMIT 1")).scalar()
+        conn.execute(sa.text("UPDATE messages SET text = 'исправлено', updated_at = '2026-11-15 10:00:00' "
+                             "WHERE id = :id"), {"id": message_id})
+    engine.dispose()
+    summary = await import_chats(start=date(2026, 11, 15), end=date(2026, 11, 16))
+    assert summary["messages_edited"] == 1 and summary["messages_sent"] == 0
+    stored = [m for ms in emulator.emulator.snapshot()["messages"].values() for m in ms
+              if m["msgid"] == f"ae-{message_id}"]
+    assert len(stored) == 1 and stored[0]["message"]["text"] == "исправлено"
+    again = await import_chats(start=date(2026, 11, 15), end=date(2026, 11, 16))
+    assert again["messages_edited"] == 0  # the ledger knows the new content now

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from etl.intervals import Interval
 from etl.settings import ConfigurationError
 from etl.source import check_source, load_queries, open_source
-from tasks.transform import Senders, SeenIds, transform
+from tasks.transform import SeenIds, Senders, transform
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "data" / "examples"
 MAPPING = EXAMPLES / "helpdesk_mapping.toml"
