@@ -114,6 +114,35 @@ def import_(start: StartOption, end: EndOption,
     _finish(*_run_import(start, end, dry_run), as_json)
 
 
+@app.command("rejects")
+def rejects_(
+    reason: Annotated[str | None, typer.Option(help="only this reason, e.g. empty_text")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many rows (0: all)")] = 50,
+    csv: Annotated[Path | None, typer.Option(help="write them to this CSV file instead")] = None,
+) -> None:
+    """Show the source rows that were not sent, with the reason, from the ledger (AMOJO_ETL_STATE_URL)."""
+    import pandas as pd
+
+    from .ledger import Ledger
+
+    try:
+        ledger = Ledger(load_settings().state_url)
+    except ConfigurationError as exc:
+        raise _fail(str(exc), 2) from None
+    rows = ledger.reject_rows(reason, limit or None)
+    ledger.close()
+    if csv:
+        pd.DataFrame(rows, columns=["source_key", "reason", "detail", "row", "updated_at"]).to_csv(csv, index=False)
+        console.print(f"{len(rows)} rejected rows written to {csv}")
+        return
+    table = Table(title=f"rejected rows ({len(rows)} shown)")
+    for column in ("source key", "reason", "detail", "row"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["source_key"], row["reason"], row["detail"], (row["row"] or "")[:200])
+    Console().print(table)
+
+
 @app.command("sample-data")
 def sample_data(
     path: Annotated[Path, typer.Option(help="SQLite file to create")] = SAMPLE_DB,

@@ -226,6 +226,16 @@ class Ledger:
             rows = conn.execute(sa.select(intervals).order_by(intervals.c.start))
             return [{**row._asdict(), "summary": json.loads(row.summary or "{}")} for row in rows]
 
+    def reject_rows(self, reason: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The rejected rows with their reason, newest first."""
+        query = sa.select(rejects).order_by(rejects.c.updated_at.desc(), rejects.c.source_key)
+        if reason:
+            query = query.where(rejects.c.reason == reason)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [row._asdict() for row in conn.execute(query)]
+
     def save_rejects(self, rows: list[dict[str, Any]]) -> None:
         """Keep each rejected row with its reason, for the user to fix at the source."""
         now = time.time()

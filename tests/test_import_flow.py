@@ -160,3 +160,18 @@ async def test_a_message_edited_in_the_source_goes_out_as_edit_message(emulator,
     assert len(stored) == 1 and stored[0]["message"]["text"] == "исправлено"
     again = await import_chats(start=date(2026, 11, 15), end=date(2026, 11, 16))
     assert again["messages_edited"] == 0  # the ledger knows the new content now
+
+
+async def test_rejected_rows_are_kept_and_shown(emulator, pipeline_env, tmp_path):
+    summary = await import_chats(start=MONTH[0], end=MONTH[1])
+    out = tmp_path / "rejects.csv"
+    result = _cli(pipeline_env, "rejects", "--csv", str(out))
+    assert result.returncode == 0, result.stderr
+    import pandas as pd
+
+    rows = pd.read_csv(out)
+    assert len(rows) == summary["rejected"] == 3
+    assert rows["reason"].value_counts().to_dict() == summary["rejects_by_reason"]
+    assert rows["row"].str.contains('"conversation_id"').all()  # the source row itself, to fix at the source
+    shown = _cli(pipeline_env, "rejects", "--reason", "unknown_type")
+    assert "unknown_type" in shown.stdout and "empty_text" not in shown.stdout
