@@ -79,8 +79,9 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
     edits = done & changed
     settled = (done & ~changed) | ((status == "rejected") & ~changed)
     ledger.add_pending([_ledger_row(m) for m in messages[status.isna()].itertuples(index=False)])
-    return (messages[~done & ~settled], messages[edits].assign(recorded_hash=recorded_hash[edits]),
-            int(settled.sum()))
+    to_send = ~done & ~settled
+    return (messages[to_send].assign(status=status[to_send]),
+            messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
 
 
 async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) -> LoadReport:
@@ -109,8 +110,8 @@ async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) ->
     edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
     empty = to_send.iloc[0:0]
     await _bounded(concurrency, [
-        _send_conversation(client_participant(c), sends.get(c.Index, empty), edits.get(c.Index, empty), api, ledger,
-                           report)
+        _send_conversation(states[c.Index].chat_id, client_participant(c), sends.get(c.Index, empty),
+                           edits.get(c.Index, empty), api, ledger, report)
         for c in conversations.loc[ready].itertuples()
     ])
     return report
@@ -192,17 +193,46 @@ async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, rep
     ])
 
 
-async def _send_conversation(client: dict[str, Any], pending: pd.DataFrame, edits: pd.DataFrame, api: Api,
-                             ledger: Ledger, report: LoadReport) -> None:
-    """Send one conversation's messages in time order; stop it at the first message that cannot be sent."""
+async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int) -> dict[str, str]:
+    """Which of these msgids the chat already holds (msgid -> amojo id), from its history back to `since_ms`."""
+    found: dict[str, str] = {}
+    async for item in api.chats.history(chat_id, older_than_ms=since_ms):
+        message = item.get("message", {})
+        if message.get("client_id") in msgids:
+            found[message["client_id"]] = message.get("id", "")
+    return found
+
+
+async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.DataFrame, edits: pd.DataFrame,
+                             api: Api, ledger: Ledger, report: LoadReport) -> None:
+    """Send one conversation's messages in time order; stop it at the first message that cannot be sent.
+
+    A message left `sending` (or `failed`) by an earlier run may have landed before its answer was lost: the chat
+    history is asked first, and only what is not there is sent again.
+    """
+    outcomes: list[dict[str, Any]] = []
+    uncertain = pending[pending["status"].isin(["sending", "failed"])]
+    if len(uncertain):
+        landed = await _landed(api, chat_id, set(uncertain["msgid"]), int(uncertain["msec"].min()))
+        for message in uncertain[uncertain["msgid"].isin(landed)].itertuples(index=False):
+            outcomes.append(_ledger_row(message, status="sent", amojo_id=landed[message.msgid], last_error=None))
+            report.messages_skipped += 1
+        pending = pending[~pending["msgid"].isin(landed)]
     if len(pending):
         ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
-    outcomes: list[dict[str, Any]] = []
     try:
         for message in pending.itertuples(index=False):
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
             except InvalidRequest as exc:
+                # A retry of a message whose first answer was lost can be refused as a duplicate: if the chat
+                # holds it, it was sent. Otherwise the API's reason stands.
+                landed = await _landed(api, chat_id, {message.msgid}, int(message.msec))
+                if landed:
+                    outcomes.append(_ledger_row(message, status="sent", amojo_id=landed[message.msgid],
+                                                last_error=None))
+                    report.messages_sent += 1
+                    continue
                 outcomes.append(_ledger_row(message, status="rejected", last_error=str(exc)))
                 report.api_rejected[f"api_{exc.code or exc.status}"] += 1
                 continue
