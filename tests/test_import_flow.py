@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -209,3 +210,31 @@ async def test_exactly_once_through_faults_of_every_kind(emulator_config, duplic
     assert snapshot["leads"] == [] and snapshot["notifications"] == []
     faults = sum(n for key, n in counts.items() if key.split()[-1] in ("500", "502", "503", "429", "504", "0"))
     assert faults > 10, counts  # the faults really happened
+
+
+@pytest.mark.postgres
+async def test_ledger_in_postgres(emulator, pipeline_env, postgres_url, monkeypatch):
+    monkeypatch.setenv("AMOJO_ETL_STATE_URL", postgres_url)
+    first = await import_chats(start=MONTH[0], end=MONTH[1])
+    second = await import_chats(start=MONTH[0], end=MONTH[1])
+    assert first["verdict"] == second["verdict"] == "complete"
+    assert first["messages_sent"] > 0 and second["messages_sent"] == 0
+    landed = Counter(m["msgid"] for ms in emulator.emulator.snapshot()["messages"].values() for m in ms)
+    assert set(landed.values()) == {1} and len(landed) == first["messages_valid"]
+
+
+async def test_no_secret_in_logs_summary_or_artifacts(emulator, pipeline_env, caplog):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    secrets = [pipeline_env["AMOJO_ETL_CHANNEL_SECRET"], pipeline_env["AMOJO_ETL_AMOCRM_TOKEN"]]
+    caplog.set_level("DEBUG")
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    summary = await state.aresult()
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert {a.key for a in artifacts} >= {"import-summary", "import-rejects", "import-verdict"}
+    seen = caplog.text + json.dumps(summary, default=str) + "".join(str(a.data) for a in artifacts)
+    for secret in secrets:
+        assert secret not in seen
