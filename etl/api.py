@@ -34,10 +34,8 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
         max_connections=settings.concurrency * 2,
         rate=settings.amojo_rate,
     )
-    rest = RestClient(
-        settings.amocrm_url, settings.amocrm_token.get_secret_value(), rate=settings.rest_rate,
-        timeout=settings.timeout_s,
-    )
+    rest = rest_client(settings)
+    assert rest is not None
     try:
         account_id = settings.account_id or await rest.account_amojo_id()
         scope_id = await chats.connect(account_id)
@@ -46,3 +44,11 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
     finally:
         await chats.aclose()
         await rest.aclose()
+
+
+def rest_client(settings: Settings) -> RestClient | None:
+    """The REST v4 client, or None when its credentials are not configured."""
+    if not (settings.amocrm_url and settings.amocrm_token):
+        return None
+    return RestClient(settings.amocrm_url, settings.amocrm_token.get_secret_value(), rate=settings.rest_rate,
+                      timeout=settings.timeout_s)

@@ -42,13 +42,14 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _preflight() -> None:
+def _preflight(api: bool = True) -> None:
     """Configuration and source checks before the first request (exit 2 when they fail)."""
     from .source import check_source
 
     try:
         settings = load_settings()
-        settings.require_api()
+        if api:
+            settings.require_api()
         check_source(settings.source_url, settings.mapping)
     except ConfigurationError as exc:
         raise _fail(str(exc), 2) from None
@@ -89,9 +90,20 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         ("verdict", "[green]complete[/]" if summary["verdict"] == "complete" else f"[red]{summary['verdict']}[/]"),
         ("duration", f"{summary['duration_s']} s"),
     ]
+    if summary.get("dry_run"):
+        plan = summary["plan"]
+        rows = rows[:1] + [
+            ("chats to create", plan["chats_to_create"]),
+            ("messages to send", plan["messages_to_send"]),
+            ("messages to edit", plan["messages_to_edit"]),
+            ("messages already in amoCRM", plan["messages_to_skip"]),
+        ] + [r for r in rows if r[0].startswith(("rejected", "  "))] + [("verdict", "dry run: nothing sent")]
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+    if summary.get("dry_run") and summary["plan"]["sample_payloads"]:
+        Console().print("sample payloads, exactly as they would be sent:")
+        Console().print_json(json.dumps(summary["plan"]["sample_payloads"], ensure_ascii=False))
 
 
 def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool) -> None:
@@ -110,7 +122,7 @@ def import_(start: StartOption, end: EndOption,
     """Import one data interval [start, end) into amoCRM, then read the chats back and verify them."""
     if end <= start:
         raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
-    _preflight()
+    _preflight(api=not dry_run)
     _finish(*_run_import(start, end, dry_run), as_json)
 
 

@@ -33,6 +33,7 @@ class RunSummary:
     verdict: str = "incomplete"
     duration_s: float = 0.0
     reject_samples: list[dict[str, Any]] = field(default_factory=list)
+    plan: dict[str, Any] = field(default_factory=dict)  # a dry run's: what would be created and sent
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

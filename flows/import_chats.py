@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -12,16 +13,16 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from amojo.errors import FATAL
-from etl.api import open_api
+from etl.api import open_api, rest_client
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings
 from etl.source import open_source
 from tasks.extract import extract_task
-from tasks.load import load_task, resolve_senders_task
+from tasks.load import DryRun, load_task, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import RunTotals, publish_artifacts
-from tasks.transform import SeenIds, Senders, transform_task
+from tasks.transform import SeenIds, transform_task
 
 
 def _run_name() -> str:
@@ -74,13 +75,23 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
     ledger = Ledger(settings.state_url)
     try:
         if dry_run:
-            senders = Senders({}, settings.bot_id)
+            rest = rest_client(settings)
+            try:
+                senders = await resolve_senders_task(rest, settings.bot_id)
+            finally:
+                if rest is not None:
+                    await rest.aclose()
+            plan = DryRun()
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
-                totals.add_batch(transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                                                settings.text_limit, label=f"{interval.label}#{source.chunks}"))
-            return totals.summary(None, time.monotonic() - began)
+                batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                                       settings.text_limit, label=f"{interval.label}#{source.chunks}")
+                totals.add_batch(batch)
+                plan.add(batch, ledger)
+            summary = totals.summary(None, time.monotonic() - began)
+            summary.plan = asdict(plan)
+            return summary
         async with open_api(settings, ledger) as api:
-            senders = await resolve_senders_task(api, settings.bot_id)
+            senders = await resolve_senders_task(api.rest, settings.bot_id)
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
                 chunk = f"{interval.label}#{source.chunks}"
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,

@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
-from amojo.rest import ChatLink
+from amojo.rest import ChatLink, RestClient
 from etl.api import Api
 from etl.ledger import DONE, ChatState, Ledger
 
@@ -47,9 +47,12 @@ class LoadReport:
         self.quarantined.update(other.quarantined)
 
 
-async def resolve_senders(api: Api, bot_id: str | None) -> Senders:
-    """Manager email -> the amoCRM user's amojo_id (users without one fall back to the bot)."""
-    users = await api.rest.users()
+async def resolve_senders(rest: RestClient | None, bot_id: str | None) -> Senders:
+    """Manager email -> the amoCRM user's amojo_id (users without one fall back to the bot); without REST
+    credentials (a dry run may have none), every manager message goes as the bot."""
+    if rest is None:
+        return Senders({}, bot_id)
+    users = await rest.users()
     return Senders({u.email.strip().lower(): u.amojo_id for u in users if u.email and u.amojo_id}, bot_id)
 
 
@@ -69,7 +72,7 @@ def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
 
 
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """What to send and what to edit, from what the ledger says; and how many need nothing."""
+    """What to send and what to edit, from what the ledger says; and how many need nothing. Reads only."""
     messages = batch.messages
     known = ledger.message_states(messages["msgid"])
     status = messages["msgid"].map(lambda m: known.get(m, (None, None))[0])
@@ -78,7 +81,6 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
     changed = recorded_hash != messages["content_hash"]
     edits = done & changed
     settled = (done & ~changed) | ((status == "rejected") & ~changed)
-    ledger.add_pending([_ledger_row(m) for m in messages[status.isna()].itertuples(index=False)])
     to_send = ~done & ~settled
     return (messages[to_send].assign(status=status[to_send]),
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
@@ -89,6 +91,7 @@ async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) ->
     report = LoadReport()
     ledger.save_rejects(batch.rejects.to_dict("records"))
     to_send, to_edit, report.messages_skipped = plan(batch, ledger)
+    ledger.add_pending([_ledger_row(m) for m in to_send[to_send["status"].isna()].itertuples(index=False)])
     active = sorted(set(to_send["conversation_id"]) | set(to_edit["conversation_id"]))
     if not active:
         return report
@@ -261,11 +264,36 @@ async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.D
         ledger.record_messages(outcomes)
 
 
+@dataclass
+class DryRun:
+    """What a run would do, without doing it: counts, and a few payloads exactly as they would be sent."""
+
+    chats_to_create: int = 0
+    messages_to_send: int = 0
+    messages_to_edit: int = 0
+    messages_to_skip: int = 0
+    sample_payloads: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, batch: Batch, ledger: Ledger, samples: int = 3) -> None:
+        to_send, to_edit, settled = plan(batch, ledger)
+        states = ledger.chat_states(batch.conversations.index)
+        self.chats_to_create += sum(1 for c in batch.conversations.index if not (c in states and states[c].chat_id))
+        self.messages_to_send += len(to_send)
+        self.messages_to_edit += len(to_edit)
+        self.messages_to_skip += settled
+        for message in to_send.head(max(0, samples - len(self.sample_payloads))).itertuples(index=False):
+            conversation = next(batch.conversations.loc[[message.conversation_id]].itertuples())
+            if not self.sample_payloads:
+                self.sample_payloads.append({"create_chat": chat_payload(conversation.Index, conversation),
+                                             "contact": contact_body(conversation)})
+            self.sample_payloads.append({"new_message": message_payload(message, client_participant(conversation))})
+
+
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
 async def load_task(batch: Batch, api: Api, ledger: Ledger, concurrency: int, label: str) -> LoadReport:
     return await load(batch, api, ledger, concurrency)
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)
-async def resolve_senders_task(api: Api, bot_id: str | None) -> Senders:
-    return await resolve_senders(api, bot_id)
+async def resolve_senders_task(rest: RestClient | None, bot_id: str | None) -> Senders:
+    return await resolve_senders(rest, bot_id)

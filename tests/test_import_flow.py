@@ -238,3 +238,16 @@ async def test_no_secret_in_logs_summary_or_artifacts(emulator, pipeline_env, ca
     seen = caplog.text + json.dumps(summary, default=str) + "".join(str(a.data) for a in artifacts)
     for secret in secrets:
         assert secret not in seen
+
+
+async def test_dry_run_sends_nothing_and_says_what_it_would(emulator, pipeline_env):
+    dry = await import_chats(start=MONTH[0], end=MONTH[1], dry_run=True)
+    assert not any(key.startswith("amojo") for key in emulator.emulator.request_counts())  # no Chats API call
+    assert emulator.emulator.store.messages() == [] and emulator.emulator.store.contacts() == []
+    assert dry["plan"]["messages_to_send"] == dry["messages_valid"] > 0
+    assert dry["plan"]["chats_to_create"] == dry["conversations"]
+    samples = dry["plan"]["sample_payloads"]
+    assert "create_chat" in samples[0] and samples[1]["new_message"]["silent"] is True
+    await import_chats(start=MONTH[0], end=MONTH[1])
+    after = await import_chats(start=MONTH[0], end=MONTH[1], dry_run=True)
+    assert after["plan"]["messages_to_send"] == 0 and after["plan"]["chats_to_create"] == 0
