@@ -88,9 +88,9 @@ def source_url(kind: str, messages: int) -> str:
 
 
 def vectorised(url: str) -> int:
-    seen = SeenIds()
     count = 0
     with SourceStream(url, CANONICAL, MONTH.start, MONTH.end, UTC, chunk_size=50_000) as stream:
+        seen = SeenIds(stream.repeated_ids())
         while (frames := stream.next_chunk()) is not None:
             batch = transform(frames, SENDERS, "ae-", UTC, seen=seen)
             count += batch.message_count + len(batch.rejects)

@@ -233,6 +233,18 @@ class SourceStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def repeated_ids(self) -> set[str]:
+        """Message ids that occur more than once in the interval, found by the database, which sees all of it."""
+        repeated: set[str] = set()
+        try:
+            for sql in (q for q in (self.queries.messages, self.queries.edits) if q):
+                result = self._lookup.execute(
+                    sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"), _bind(sql, self.params))
+                repeated.update(str(row[0]) for row in result if row[0] is not None)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _unreadable(self.engine.url, exc) from None
+        return repeated
+
     def _select(self, sql: str, wanted: tuple[str, ...], entity: str, ids: list[str] | None = None) -> pd.DataFrame:
         statement = sa.text(f"SELECT * FROM ({sql}) q" + (" WHERE q.id IN :ids" if ids is not None else ""))
         params = _bind(sql, self.params)

@@ -69,9 +69,9 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
 async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float):
     """extract -> transform -> load, chunk by chunk, then reconcile the whole interval."""
     totals = RunTotals(interval.label, dry_run=dry_run)
-    seen = SeenIds()
     source = open_source(settings.source_url, settings.mapping, interval.start, interval.end,
                          settings.source_zone, settings.chunk_size)
+    seen = SeenIds(source.repeated_ids())
     ledger = Ledger(settings.state_url)
     try:
         if dry_run:

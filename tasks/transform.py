@@ -59,24 +59,29 @@ class Batch:
 
 
 class SeenIds:
-    """Message ids already met in this interval, as sorted 64-bit hashes: duplicates across chunks, 8 bytes an id."""
+    """The first row of each message id, across the chunks of one interval.
 
-    def __init__(self) -> None:
-        self._sorted = np.empty(0, dtype=np.uint64)
+    The source tells beforehand which ids occur more than once in the interval (`SourceStream.repeated_ids`), so
+    only those are remembered: memory follows the number of repeated ids, not the size of the interval. Without
+    that list every id is remembered.
+    """
+
+    def __init__(self, repeated: set[str] | None = None) -> None:
+        self._repeated = repeated
+        self._kept: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._sorted)
+        return len(self._kept)
 
     def split(self, ids: pd.Series) -> pd.Series:
         """True where the id was met before (in an earlier chunk or earlier in this one); remembers the rest."""
-        hashes = pd.util.hash_pandas_object(ids, index=False).to_numpy()
-        at = np.searchsorted(self._sorted, hashes)
-        before = (at < len(self._sorted)) & (self._sorted[np.minimum(at, len(self._sorted) - 1)] == hashes) \
-            if len(self._sorted) else np.zeros(len(hashes), dtype=bool)
-        duplicate = before | pd.Series(hashes).duplicated(keep="first").to_numpy()
-        fresh = np.sort(hashes[~duplicate])
-        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, fresh), fresh)
-        return pd.Series(duplicate, index=ids.index)
+        watched = ids.isin(self._repeated) if self._repeated is not None else pd.Series(True, index=ids.index)
+        duplicate = pd.Series(False, index=ids.index)
+        if watched.any():
+            candidates = ids[watched]
+            duplicate[watched] = candidates.isin(self._kept) | candidates.duplicated(keep="first")
+            self._kept.update(candidates[~duplicate[watched]])
+        return duplicate
 
 
 def _text(values: pd.Series) -> pd.Series:

@@ -109,9 +109,10 @@ def _hostile(url: str) -> int:
 
 
 def _run(url: str, chunk_size: int = 7):
-    seen = SeenIds()
     batches = []
     with SourceStream(url, CANONICAL, WIDE.start, WIDE.end, UTC, chunk_size) as stream:
+        seen = SeenIds(stream.repeated_ids())
+        assert len(seen) == 0
         while (frames := stream.next_chunk()) is not None:
             batches.append(transform(frames, SENDERS, "ae-", UTC, seen=seen, text_limit=100,
                                      now=datetime(2026, 11, 25)))
@@ -208,10 +209,11 @@ def test_intervals_across_a_dst_change(tmp_path):
     assert ids == {"first", "last"}
 
 
-def test_duplicates_are_found_across_chunks():
-    seen = SeenIds()
+@pytest.mark.parametrize("repeated", [None, {"b", "d"}])
+def test_duplicates_are_found_across_chunks(repeated):
+    seen = SeenIds(repeated)
     first = seen.split(pd.Series(["a", "b", "c"]))
     second = seen.split(pd.Series(["d", "b", "d", "e"]))
     assert list(first) == [False, False, False]
     assert list(second) == [False, True, True, False]
-    assert len(seen) == 5
+    assert len(seen) == (5 if repeated is None else 2)  # told which ids repeat, it remembers only those
