@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 
+from .errors import Unauthorized
 from .transport import RetryPolicy, TokenBucket, Transport
 
 USERS_PAGE = 250
@@ -29,25 +33,121 @@ class ChatLink:
     id: int | None = None
 
 
-class _BearerAuth(httpx.Auth):
+class BearerAuth(httpx.Auth):
+    """A long-lived token (§6.7), sent as it is."""
+
     def __init__(self, token: str) -> None:
         self._token = token
 
     def __repr__(self) -> str:
-        return "_BearerAuth(token=***)"
+        return "BearerAuth(token=***)"
 
-    def auth_flow(self, request: httpx.Request):  # type: ignore[override]
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self._token}"
         yield request
 
 
+class TokenPair(NamedTuple):
+    access_token: str
+    refresh_token: str
+    expires_at: float
+
+
+class TokenStore(Protocol):
+    """Where the current OAuth pair lives between runs (and between workers)."""
+
+    def load(self) -> TokenPair | None: ...
+
+    def save(self, pair: TokenPair) -> None: ...
+
+
+@dataclass(frozen=True)
+class OAuthApp:
+    """The integration's OAuth identity (§6.6)."""
+
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+
+
+class RefreshingAuth(httpx.Auth):
+    """An OAuth pair whose refresh token is single-use (§6.6).
+
+    Each new pair is saved to the store the moment it arrives, before it is used, so that a run that dies
+    afterwards leaves the valid pair behind. One refresh at a time; a refresh that another worker already made is
+    picked up from the store instead of spending a token that is no longer valid.
+    """
+
+    def __init__(self, base_url: str, app: OAuthApp, store: TokenStore, first_refresh_token: str | None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._base_url = base_url
+        self._app = app
+        self._store = store
+        self._first = first_refresh_token
+        self._transport = transport
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return "RefreshingAuth(***)"
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError("RefreshingAuth works with httpx.AsyncClient only")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        pair = await self._current()
+        request.headers["Authorization"] = f"Bearer {pair.access_token}"
+        response = yield request
+        if response.status_code == 401:
+            pair = await self._renew(stale=pair)
+            request.headers["Authorization"] = f"Bearer {pair.access_token}"
+            yield request
+
+    async def _current(self) -> TokenPair:
+        async with self._lock:
+            pair = self._store.load()
+            if pair is None:
+                return await self._refresh(self._first, known=None)
+            if pair.expires_at - 60 < time.time():
+                return await self._refresh(pair.refresh_token, known=pair)
+            return pair
+
+    async def _renew(self, stale: TokenPair) -> TokenPair:
+        async with self._lock:
+            pair = self._store.load()
+            if pair is not None and pair.access_token != stale.access_token:
+                return pair  # renewed meanwhile, by another request or another worker
+            return await self._refresh(pair.refresh_token if pair else self._first, known=pair)
+
+    async def _refresh(self, refresh_token: str | None, known: TokenPair | None) -> TokenPair:
+        if not refresh_token:
+            raise Unauthorized("no OAuth pair yet: set AMOJO_ETL_OAUTH_REFRESH_TOKEN to the integration's refresh "
+                               "token (it is used once, then the ledger keeps the pairs that follow)")
+        body = {"client_id": self._app.client_id, "client_secret": self._app.client_secret,
+                "grant_type": "refresh_token", "refresh_token": refresh_token, "redirect_uri": self._app.redirect_uri}
+        async with httpx.AsyncClient(base_url=self._base_url, transport=self._transport, timeout=30) as client:
+            response = await client.post("/oauth2/access_token", json=body)
+        if response.status_code == 200:
+            answer = response.json()
+            pair = TokenPair(answer["access_token"], answer["refresh_token"],
+                             time.time() + float(answer.get("expires_in", 86400)))
+            self._store.save(pair)
+            return pair
+        latest = self._store.load()
+        if latest is not None and latest.refresh_token != refresh_token:
+            return latest  # another worker spent it first and saved the pair that came back
+        raise Unauthorized(
+            f"the OAuth refresh was refused ({response.status_code}): the refresh token is spent, expired or revoked."
+            " Authorise the integration again and set AMOJO_ETL_OAUTH_REFRESH_TOKEN to the new refresh token.",
+            status=response.status_code)
+
+
 class RestClient:
-    """Async REST v4 client behind a bearer token, held to `rate` requests per second (7 by amoCRM's rule)."""
+    """Async REST v4 client behind a long-lived token or an OAuth pair, held to `rate` requests per second."""
 
     def __init__(
         self,
         base_url: str,
-        token: str,
+        auth: httpx.Auth | str,
         *,
         rate: float = 7.0,
         timeout: float = 30.0,
@@ -56,7 +156,7 @@ class RestClient:
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url,
-            auth=_BearerAuth(token),
+            auth=BearerAuth(auth) if isinstance(auth, str) else auth,
             timeout=timeout,
             headers={"Content-Type": "application/json"},
             transport=transport,

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
+
 from amojo.chats import ChatsClient
-from amojo.rest import RestClient
+from amojo.rest import OAuthApp, RefreshingAuth, RestClient, TokenPair
 
 from .ledger import Ledger
 from .settings import Settings
@@ -25,7 +27,7 @@ class Api:
 async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
     """Open both clients, find the account's amojo_id if not configured, and connect the channel (idempotent)."""
     settings.require_api()
-    assert settings.channel_id and settings.channel_secret and settings.amocrm_url and settings.amocrm_token
+    assert settings.channel_id and settings.channel_secret and settings.amocrm_url
     chats = ChatsClient(
         settings.amojo_url,
         settings.channel_id,
@@ -34,7 +36,7 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
         max_connections=settings.concurrency * 2,
         rate=settings.amojo_rate,
     )
-    rest = rest_client(settings)
+    rest = rest_client(settings, ledger)
     assert rest is not None
     try:
         account_id = settings.account_id or await rest.account_amojo_id()
@@ -46,9 +48,32 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
         await rest.aclose()
 
 
-def rest_client(settings: Settings) -> RestClient | None:
-    """The REST v4 client, or None when its credentials are not configured."""
-    if not (settings.amocrm_url and settings.amocrm_token):
+class LedgerTokenStore:
+    """The OAuth pair of one account, kept in the ledger so that every run and every worker shares it."""
+
+    def __init__(self, ledger: Ledger, account: str) -> None:
+        self._ledger = ledger
+        self._account = account
+
+    def load(self) -> TokenPair | None:
+        pair = self._ledger.oauth_pair(self._account)
+        return TokenPair(*pair) if pair else None
+
+    def save(self, pair: TokenPair) -> None:
+        self._ledger.save_oauth_pair(self._account, *pair)
+
+
+def rest_client(settings: Settings, ledger: Ledger | None = None) -> RestClient | None:
+    """The REST v4 client with a long-lived token or an OAuth pair; None when neither is configured."""
+    if not settings.amocrm_url:
         return None
-    return RestClient(settings.amocrm_url, settings.amocrm_token.get_secret_value(), rate=settings.rest_rate,
-                      timeout=settings.timeout_s)
+    if settings.amocrm_token:
+        auth: httpx.Auth | str = settings.amocrm_token.get_secret_value()
+    elif settings.oauth_client_id and settings.oauth_client_secret and ledger is not None:
+        app = OAuthApp(settings.oauth_client_id, settings.oauth_client_secret.get_secret_value(),
+                       settings.oauth_redirect_uri or "")
+        first = settings.oauth_refresh_token.get_secret_value() if settings.oauth_refresh_token else None
+        auth = RefreshingAuth(settings.amocrm_url, app, LedgerTokenStore(ledger, settings.amocrm_url), first)
+    else:
+        return None
+    return RestClient(settings.amocrm_url, auth, rate=settings.rest_rate, timeout=settings.timeout_s)

@@ -73,6 +73,15 @@ rejects = sa.Table(
     sa.Column("updated_at", sa.Float),
 )
 
+oauth_tokens = sa.Table(
+    "oauth_tokens", metadata,
+    sa.Column("account", sa.String(255), primary_key=True),
+    sa.Column("access_token", sa.Text, nullable=False),
+    sa.Column("refresh_token", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float),
+)
+
 DONE = ("sent", "confirmed")
 IN_SLICE = 500
 
@@ -213,6 +222,18 @@ class Ledger:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(messages.c.status, sa.func.count()).group_by(messages.c.status))
             return {status: count for status, count in rows}
+
+    # -- OAuth pairs: a refresh token is single-use, so each new pair is committed the moment it arrives
+    def oauth_pair(self, account: str) -> tuple[str, str, float] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(oauth_tokens).where(oauth_tokens.c.account == account)).first()
+        return (row.access_token, row.refresh_token, row.expires_at) if row else None
+
+    def save_oauth_pair(self, account: str, access_token: str, refresh_token: str, expires_at: float) -> None:
+        with self.engine.begin() as conn:
+            self._upsert(conn, oauth_tokens, [{"account": account, "access_token": access_token,
+                                               "refresh_token": refresh_token, "expires_at": expires_at,
+                                               "updated_at": time.time()}], ["account"])
 
     # -- intervals and rejects
     def save_interval(self, start: str, end: str, status: str, summary: dict[str, Any]) -> None:

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     account_id: str | None = Field(default=None, description="the account's amojo_id; looked up when unset")
     amocrm_url: str | None = None
     amocrm_token: SecretStr | None = None
+    oauth_client_id: str | None = Field(default=None, description="OAuth integration id, instead of a long-lived token")
+    oauth_client_secret: SecretStr | None = None
+    oauth_redirect_uri: str | None = None
+    oauth_refresh_token: SecretStr | None = Field(
+        default=None, description="the first refresh token; the ledger keeps every pair that follows")
     bot_id: str | None = None
     id_prefix: str = "ae-"
     rest_rate: float = Field(default=7.0, gt=0, description="REST v4 requests per second")
@@ -83,9 +88,12 @@ class Settings(BaseSettings):
         """Fail before the first request when a credential is missing, naming the variable to set."""
         missing = [
             f"AMOJO_ETL_{name.upper()}"
-            for name in ("channel_id", "channel_secret", "amocrm_url", "amocrm_token")
+            for name in ("channel_id", "channel_secret", "amocrm_url")
             if not getattr(self, name)
         ]
+        if not self.amocrm_token and not (self.oauth_client_id and self.oauth_client_secret):
+            missing.append("AMOJO_ETL_AMOCRM_TOKEN (or the OAuth pair: AMOJO_ETL_OAUTH_CLIENT_ID and "
+                           "AMOJO_ETL_OAUTH_CLIENT_SECRET)")
         if missing:
             raise ConfigurationError(
                 f"missing {', '.join(missing)}: set them in the environment or in the TOML file named by "

@@ -75,7 +75,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
     ledger = Ledger(settings.state_url)
     try:
         if dry_run:
-            rest = rest_client(settings)
+            rest = rest_client(settings, ledger)
             try:
                 senders = await resolve_senders_task(rest, settings.bot_id)
             finally:

@@ -251,3 +251,39 @@ async def test_dry_run_sends_nothing_and_says_what_it_would(emulator, pipeline_e
     await import_chats(start=MONTH[0], end=MONTH[1])
     after = await import_chats(start=MONTH[0], end=MONTH[1], dry_run=True)
     assert after["plan"]["messages_to_send"] == 0 and after["plan"]["chats_to_create"] == 0
+
+
+async def test_oauth_pairs_rotate_through_the_ledger(emulator_config, tmp_path, monkeypatch):
+    """Access tokens expire mid-run; each single-use refresh token is spent once, and the pair that comes back
+    is in the ledger before it is used, so the next run carries on where this one left off."""
+    from amojo.emulator.server import start
+    from etl.ledger import Ledger
+    from etl.sample import SampleSize, write_sample
+
+    emulator_config.access_token_ttl_s = 1.0
+    write_sample(f"sqlite:///{tmp_path / 's.db'}", size=SampleSize(messages=300, conversations=20, clients=12))
+    with start(emulator_config) as running:
+        config = running.emulator.config
+        env = {"AMOJO_ETL_SOURCE_URL": f"sqlite:///{tmp_path / 's.db'}",
+               "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'l.db'}", "AMOJO_ETL_AMOJO_URL": running.url,
+               "AMOJO_ETL_AMOCRM_URL": running.url, "AMOJO_ETL_CHANNEL_ID": config.channel_id,
+               "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret, "AMOJO_ETL_BOT_ID": config.bot_id,
+               "AMOJO_ETL_OAUTH_CLIENT_ID": config.oauth_client_id,
+               "AMOJO_ETL_OAUTH_CLIENT_SECRET": config.oauth_client_secret,
+               "AMOJO_ETL_OAUTH_REDIRECT_URI": "https://example.com/oauth",
+               "AMOJO_ETL_OAUTH_REFRESH_TOKEN": config.oauth_refresh_token}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AMOJO_ETL_AMOCRM_TOKEN", raising=False)
+        first = await import_chats(start=MONTH[0], end=MONTH[1])
+        assert first["verdict"] == "complete"
+        counts = running.emulator.request_counts()
+        assert counts.get("rest oauth 200", 0) >= 2  # the first pair, then at least one refresh on expiry
+        assert "rest oauth 400" not in counts  # never a spent token
+        ledger = Ledger(env["AMOJO_ETL_STATE_URL"])
+        _, refresh, _ = ledger.oauth_pair(running.url)
+        ledger.close()
+        assert refresh != config.oauth_refresh_token
+        assert running.emulator.store.token_state(config.oauth_refresh_token) == ("refresh", False)  # spent
+        second = await import_chats(start=MONTH[0], end=MONTH[1])  # the env still names the spent token
+        assert second["verdict"] == "complete" and second["messages_sent"] == 0

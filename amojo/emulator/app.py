@@ -578,10 +578,10 @@ class Emulator:
         if not self.store.spend_refresh_token(str(body.get("refresh_token", ""))):
             raise ApiError(400, "refresh token is invalid, expired or already used")
         access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        self.store.put_token(access, "access")
+        self.store.put_token(access, "access", self.config.access_token_ttl_s)
         self.store.put_token(refresh, "refresh")
-        return JSONResponse({"token_type": "Bearer", "expires_in": 86400, "server_time": int(time.time()),
-                             "access_token": access, "refresh_token": refresh})
+        return JSONResponse({"token_type": "Bearer", "expires_in": int(self.config.access_token_ttl_s),
+                             "server_time": int(time.time()), "access_token": access, "refresh_token": refresh})
 
     # -- admin
     async def admin_state(self, request: Request) -> Response:

@@ -66,6 +66,7 @@ class EmulatorConfig:
     oauth_client_id: str = "demo-client-id"
     oauth_client_secret: str = "demo-client-secret"
     oauth_refresh_token: str | None = "demo-refresh-token-0"
+    access_token_ttl_s: float = 86400.0  # §6.6: an OAuth access token lives 24 hours
     # ⚠️ switches (amojo-api.md §9), defaults as recommended there.
     duplicate_msgid: Literal["idempotent", "reject"] = "idempotent"  # Q1
     content_md5: Literal["strict", "lenient"] = "strict"  # Q6

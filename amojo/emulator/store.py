@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS leads (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id 
     status TEXT, created_at REAL);
 CREATE TABLE IF NOT EXISTS notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
     kind TEXT, created_at REAL);
-CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, kind TEXT, valid INTEGER);
+CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, kind TEXT, valid INTEGER, expires_at REAL);
 """
 
 CONTACT_ID_START = 3_100_000
@@ -251,12 +251,16 @@ class Store:
 
     # -- OAuth tokens
     def token_state(self, token: str) -> tuple[str, bool] | None:
-        row = self._one("SELECT kind, valid FROM tokens WHERE token = ?", token)
-        return (row["kind"], bool(row["valid"])) if row else None
+        """(kind, usable): an access token past its expiry is no longer usable."""
+        row = self._one("SELECT kind, valid, expires_at FROM tokens WHERE token = ?", token)
+        if not row:
+            return None
+        return row["kind"], bool(row["valid"]) and (row["expires_at"] is None or row["expires_at"] > time.time())
 
-    def put_token(self, token: str, kind: str) -> None:
+    def put_token(self, token: str, kind: str, ttl_s: float | None = None) -> None:
+        expires_at = time.time() + ttl_s if ttl_s else None
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?, 1)", (token, kind))
+            db.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?, 1, ?)", (token, kind, expires_at))
 
     def spend_refresh_token(self, token: str) -> bool:
         """Single use: True the first time a valid refresh token is spent, False ever after."""

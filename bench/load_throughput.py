@@ -1,0 +1,165 @@
+"""End-to-end sending against the emulator: messages/s of the loader beside a naive one-at-a-time loop.
+
+The emulator runs as its own process with 50 ms of latency on every answer. Printed:
+(i)  the loader's messages/s over the sending phase, with no rate limit, beside a naive loop that sends one
+     message at a time with the same client, in the same process, and the ratio;
+(ii) the same under a configured Chats API rate limit, as a fraction of that limit;
+and where the loader's time goes (ledger writes against the rest), and requests per message.
+
+    ./uvw run python bench/load_throughput.py [--conversations 64] [--messages 40] [--limit 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from amojo.chats import ChatsClient  # noqa: E402
+from amojo.emulator import config as demo  # noqa: E402
+from etl.api import open_api  # noqa: E402
+from etl.intervals import Interval  # noqa: E402
+from etl.ledger import Ledger  # noqa: E402
+from etl.sample import SampleSize, write_sample  # noqa: E402
+from etl.settings import Settings  # noqa: E402
+from etl.source import CANONICAL, SourceStream  # noqa: E402
+from tasks.load import load, resolve_senders  # noqa: E402
+from tasks.transform import SeenIds, transform  # noqa: E402
+
+UTC = ZoneInfo("UTC")
+MONTH = Interval.days(date(2026, 9, 1), date(2026, 12, 1), UTC)
+
+
+def start_emulator(latency_ms: float, amojo_rate: float) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cli = Path(sys.executable).parent / "amojo-etl"
+    process = subprocess.Popen([str(cli), "emulator", "--port", str(port), "--latency-ms", str(latency_ms),
+                                "--amojo-rate", str(amojo_rate), "--rest-rate", "0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(f"{url}/_emulator/faults", timeout=1)
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("the emulator did not start")
+
+
+def message_rate(url: str) -> tuple[float, Counter]:
+    """new_message requests per second between the first and the last, from the emulator's own log."""
+    state = httpx.get(f"{url}/_emulator/state", timeout=60).json()
+    counts = Counter({k: v for k, v in state["request_counts"].items()})
+    sent = sum(len(messages) for messages in state["messages"].values())
+    return sent, counts
+
+
+class Timed:
+    """Wall time spent inside a ledger's methods."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.seconds = 0.0
+        for name in ("record_messages", "add_pending", "message_states", "chat_states", "save_chats",
+                     "save_contacts", "contact_ids", "save_rejects"):
+            original = getattr(ledger, name)
+
+            def timed(*args, _original=original, **kwargs):
+                began = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - began
+
+            setattr(ledger, name, timed)
+
+
+async def pipeline(url: str, source: str, workdir: str, amojo_rate: float | None, concurrency: int) -> dict:
+    settings = Settings(source_url=source, state_url=f"sqlite:///{workdir}/ledger-{time.time_ns()}.db",
+                        amojo_url=url, amocrm_url=url, channel_id=demo.DEMO_CHANNEL_ID,
+                        channel_secret=demo.DEMO_CHANNEL_SECRET, amocrm_token=demo.DEMO_TOKEN, bot_id=demo.DEMO_BOT_ID,
+                        amojo_rate=amojo_rate, rest_rate=1000, concurrency=concurrency)
+    ledger = Ledger(settings.state_url)
+    timed = Timed(ledger)
+    sent = 0
+    async with open_api(settings, ledger) as api:
+        senders = await resolve_senders(api.rest, settings.bot_id)
+        with SourceStream(source, CANONICAL, MONTH.start, MONTH.end, UTC) as stream:
+            seen = SeenIds(stream.repeated_ids())
+            began = time.perf_counter()
+            while (frames := stream.next_chunk()) is not None:
+                batch = transform(frames, senders, "ae-", UTC, seen=seen)
+                sent += (await load(batch, api, ledger, concurrency)).messages_sent
+            seconds = time.perf_counter() - began
+    ledger.close()
+    return {"sent": sent, "seconds": seconds, "ledger_seconds": timed.seconds}
+
+
+async def naive(url: str, count: int) -> float:
+    """One message at a time, each awaited before the next: what a plain loop over rows does."""
+    async with ChatsClient(url, demo.DEMO_CHANNEL_ID, demo.DEMO_CHANNEL_SECRET) as client:
+        await client.connect(demo.DEMO_ACCOUNT_ID)
+        await client.create_chat({"conversation_id": "naive", "user": {"id": "naive-client", "name": "Client"}})
+        began = time.perf_counter()
+        for n in range(count):
+            await client.new_message({"timestamp": 1_700_000_000 + n, "msgid": f"naive-{n}",
+                                      "conversation_id": "naive", "silent": True,
+                                      "sender": {"id": "naive-client", "name": "Client"},
+                                      "message": {"type": "text", "text": f"message {n}"}})
+        return count / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--conversations", type=int, default=64)
+    parser.add_argument("--messages", type=int, default=40, help="per conversation")
+    parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--limit", type=float, default=100, help="Chats API requests/s for part (ii)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    total = args.conversations * args.messages
+    print(f"loader against the emulator, {args.latency_ms:.0f} ms latency, {total} messages in "
+          f"{args.conversations} conversations, concurrency {args.concurrency}, {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as workdir:
+        source = f"sqlite:///{workdir}/source.db"
+        write_sample(source, size=SampleSize(messages=total, conversations=args.conversations,
+                                             clients=args.conversations))
+        for label, rate in (("no rate limit", 0.0), (f"limit {args.limit:.0f}/s", args.limit)):
+            process, url = start_emulator(args.latency_ms, rate)
+            try:
+                result = asyncio.run(pipeline(url, source, workdir, rate or None, args.concurrency))
+                landed, counts = message_rate(url)
+                loader = result["sent"] / result["seconds"]
+                requests = sum(counts.values())
+                print(f"  {label}: loader {loader:7.1f} msg/s ({result['sent']} sent in {result['seconds']:.1f} s,"
+                      f" {landed} in the emulator); ledger {result['ledger_seconds']:.2f} s of it "
+                      f"({100 * result['ledger_seconds'] / result['seconds']:.0f}%); {requests / landed:.2f} "
+                      f"requests per message")
+                if rate:
+                    print(f"    {loader / rate:.0%} of the configured {rate:.0f}/s (the Chats API budget also "
+                          "carries chat creation, history reads and connect)")
+                else:
+                    baseline = asyncio.run(naive(url, 100))
+                    print(f"  naive loop, same client:  {baseline:7.1f} msg/s;  loader / naive = "
+                          f"{loader / baseline:.1f}x")
+            finally:
+                process.terminate()
+                process.wait(10)
+
+
+if __name__ == "__main__":
+    main()
