@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,14 +55,18 @@ def _preflight(api: bool = True) -> None:
         raise _fail(str(exc), 2) from None
 
 
-def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] | None, str | None]:
-    """Run the import flow; (summary, None) when it finished, (None, reason) when it failed."""
-    from flows.import_chats import import_chats
-
-    state = asyncio.run(import_chats(start=start, end=end, dry_run=dry_run, return_state=True))
+def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Run a flow here, as a deployment would; (summary, None) when it finished, (None, reason) when it failed."""
+    state = asyncio.run(flow(**parameters, return_state=True))
     if state.is_failed() or state.is_crashed():
         return None, state.message or "the run failed"
     return state.result(), None
+
+
+def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] | None, str | None]:
+    from flows.import_chats import import_chats
+
+    return _run(import_chats, start=start, end=end, dry_run=dry_run)
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -124,6 +128,96 @@ def import_(start: StartOption, end: EndOption,
         raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
     _preflight(api=not dry_run)
     _finish(*_run_import(start, end, dry_run), as_json)
+
+
+class Reprocess(StrEnum):
+    missing = "missing"
+    failed = "failed"
+    all = "all"
+
+
+@app.command()
+def backfill(start: StartOption, end: EndOption,
+             reprocess: Annotated[Reprocess, typer.Option(
+                 help="missing: days never run; failed: those and the failed or incomplete ones; all: every day")
+             ] = Reprocess.missing,
+             max_parallel: Annotated[int, typer.Option(min=1, max=32, help="days imported at once")] = 2,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="transform and report; send nothing")] = False,
+             as_json: JsonOption = False) -> None:
+    """Import every day of [start, end) the ledger does not have yet (see --reprocess), a few days at a time."""
+    from flows.backfill import backfill as backfill_flow
+
+    if end <= start:
+        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+    _preflight(api=not dry_run)
+    summary, error = _run(backfill_flow, start=start, end=end, reprocess=reprocess.value, max_parallel=max_parallel,
+                          dry_run=dry_run)
+    if summary is None:
+        raise _fail(error or "the backfill failed", 1)
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, default=str))
+    else:
+        table = Table(title=f"backfill {start}..{end} ({summary['ran']} days run, {summary['skipped']} skipped)")
+        table.add_column("day")
+        table.add_column("outcome")
+        for day, outcome in summary["outcomes"].items():
+            table.add_row(day, outcome)
+        Console().print(table)
+    raise typer.Exit(0 if summary["verdict"] == "complete" else 1)
+
+
+@app.command()
+def reconcile(start: StartOption, end: EndOption,
+              repair: Annotated[bool, typer.Option("--repair", help="send the missing messages again")] = False,
+              as_json: JsonOption = False) -> None:
+    """Read the chats of [start, end) back from amoCRM and compare them with the ledger, day by day."""
+    from flows.reconcile import reconcile as reconcile_flow
+
+    if end <= start:
+        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+    _preflight()
+    summary, error = _run(reconcile_flow, start=start, end=end, repair=repair)
+    if summary is None:
+        raise _fail(error or "the reconciliation failed", 1)
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, default=str))
+    else:
+        table = Table(title=f"reconcile {start}..{end}")
+        for column in ("day", "expected", "confirmed", "missing", "duplicates", "mismatched", "repaired", "verdict"):
+            table.add_column(column)
+        for row in summary["by_day"]:
+            table.add_row(*(str(row[c]) for c in ("day", "expected", "confirmed", "missing", "duplicates",
+                                                  "mismatched", "repaired", "verdict")))
+        Console().print(table)
+    raise typer.Exit(0 if summary["verdict"] == "complete" else 1)
+
+
+@app.command()
+def status(as_json: JsonOption = False) -> None:
+    """The ledger's view of each interval: done or not, messages sent, rejects, verdict."""
+    from .ledger import Ledger
+
+    try:
+        ledger = Ledger(load_settings().state_url)
+    except ConfigurationError as exc:
+        raise _fail(str(exc), 2) from None
+    rows = ledger.interval_rows()
+    counts = ledger.status_counts()
+    ledger.close()
+    if as_json:
+        print(json.dumps({"intervals": rows, "messages_by_status": counts}, ensure_ascii=False, default=str))
+        return
+    table = Table(title="intervals in the ledger")
+    for column in ("interval", "status", "sent", "skipped", "rejected", "missing", "updated"):
+        table.add_column(column)
+    for row in rows:
+        summary = row["summary"]
+        updated = datetime.fromtimestamp(row["updated_at"]).strftime("%Y-%m-%d %H:%M") if row["updated_at"] else ""
+        table.add_row(summary.get("interval", f"{row['start']}..{row['end']}"), row["status"],
+                      str(summary.get("messages_sent", "")), str(summary.get("messages_skipped", "")),
+                      str(summary.get("rejected", "")), str(summary.get("missing", "")), updated)
+    Console().print(table)
+    Console().print("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
 @app.command("rejects")

@@ -242,6 +242,18 @@ class Ledger:
         with self.engine.begin() as conn:
             self._upsert(conn, intervals, [row], ["start", "end"])
 
+    def interval_statuses(self) -> dict[tuple[str, str], str]:
+        """(start, end) -> status of every interval the ledger has seen."""
+        with self.engine.connect() as conn:
+            return {(r.start, r.end): r.status for r in conn.execute(sa.select(intervals))}
+
+    def mark_messages(self, msgids: list[str], status: str) -> None:
+        """Set these messages' status (reconcile's repair marks the missing ones `failed`, to be sent again)."""
+        with self.engine.begin() as conn:
+            for first in range(0, len(msgids), IN_SLICE):
+                conn.execute(messages.update().where(messages.c.msgid.in_(msgids[first:first + IN_SLICE]))
+                             .values(status=status, updated_at=time.time()))
+
     def interval_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(intervals).order_by(intervals.c.start))

@@ -59,11 +59,28 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
     except (ConfigurationError, *FATAL) as exc:
         # Expected ways to fail: say what to fix, without a traceback, and stop the run.
         logger.error("%s", exc)
+        _record_failure(settings, interval, dry_run, exc)
         return Failed(message=str(exc))
+    except BaseException as exc:
+        _record_failure(settings, interval, dry_run, exc)
+        raise
     await publish_artifacts(summary)
     logger.info("import %s: %s sent, %s skipped, %s rejected, verdict %s", interval.label, summary.messages_sent,
                 summary.messages_skipped, summary.rejected, summary.verdict)
     return summary.as_dict()
+
+
+def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error: BaseException) -> None:
+    """A failed interval is marked so in the ledger: a backfill with reprocess=failed takes it again."""
+    if dry_run:
+        return
+    try:
+        ledger = Ledger(settings.state_url)
+        ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), "failed",
+                             {"interval": interval.label, "error": f"{type(error).__name__}: {error}"})
+        ledger.close()
+    except Exception:  # noqa: BLE001 - the ledger itself may be what failed; the run's own error matters more
+        get_run_logger().warning("could not record the failure in the ledger")
 
 
 async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float):

@@ -175,6 +175,11 @@ class Store:
             )
         return self.message(message_id)  # type: ignore[return-value]
 
+    def drop_message(self, msgid: str) -> None:
+        """Lose a message, as a test of what reconciliation finds (amoCRM has no such call)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM messages WHERE msgid = ?", (msgid,))
+
     def chat_messages(self, chat_id: str, visible_before: float | None = None) -> list[dict]:
         """Messages of a chat in arrival order; with `visible_before`, only those stored before that moment."""
         sql = "SELECT * FROM messages WHERE chat_id = ?"
