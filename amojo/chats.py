@@ -49,7 +49,7 @@ class ChatsClient:
             transport=transport,
         )
         self._transport = Transport(
-            self._http, "amojo", retry=retry, limiter=TokenBucket(rate, burst=max(1, int(rate))) if rate else None
+            self._http, "amojo", retry=retry, limiter=TokenBucket(rate, burst=max(1, int(rate) // 10)) if rate else None
         )
 
     async def __aenter__(self) -> ChatsClient:

@@ -98,7 +98,7 @@ async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) ->
     conversations = batch.conversations.loc[active]
 
     await _create_chats(conversations, api, ledger, concurrency, report)
-    await _resolve_contacts(conversations, api, ledger, report)
+    await _resolve_contacts(conversations, api, ledger, concurrency, report)
     await _link_chats(conversations, api, ledger, report)
 
     states = ledger.chat_states(active)
@@ -134,7 +134,8 @@ async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, c
     report.chats_created += len(rows)
 
 
-async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledger, report: LoadReport) -> None:
+async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
+                            report: LoadReport) -> None:
     """Find each client's contact by normalised phone, then email; create the rest in batches.
 
     A search that matches several contacts quarantines the client's conversations: sending them to the wrong
@@ -147,16 +148,18 @@ async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledge
     known = ledger.contact_ids(clients["client_key"])
     to_create: list[Any] = []
     ambiguous: dict[str, str] = {}
-    for client in clients.itertuples():
-        if client.client_key in known:
-            continue
-        found: list[int] = []
+    async def search(client: Any) -> tuple[Any, list[int]]:
         for query in (client.phone.lstrip("+") if isinstance(client.phone, str) else None,
                       client.email if isinstance(client.email, str) else None):
             if query:
                 found = await api.rest.search_contacts(query)
                 if found:
-                    break
+                    return client, found
+        return client, []
+
+    # Searches overlap their latency; the REST client's token bucket still keeps them under the rate limit.
+    unknown = [c for c in clients.itertuples() if c.client_key not in known]
+    for client, found in await _bounded(concurrency, [search(c) for c in unknown]):
         if len(found) == 1:
             known[client.client_key] = found[0]
             ledger.save_contacts([{"client_key": client.client_key, "contact_id": found[0], "created": False}])

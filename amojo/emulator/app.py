@@ -162,6 +162,7 @@ class Emulator:
         routes += [
             Route("/_emulator/state", self.admin_state, methods=["GET"]),
             Route("/_emulator/faults", self.admin_faults, methods=["GET", "POST"]),
+            Route("/_emulator/requests", self.admin_requests, methods=["GET"]),
             Route("/_emulator/clock", self.admin_clock, methods=["POST"]),
             Route("/_emulator/reset", self.admin_reset, methods=["POST"]),
         ]
@@ -586,6 +587,13 @@ class Emulator:
     # -- admin
     async def admin_state(self, request: Request) -> Response:
         return JSONResponse(self.snapshot())
+
+    async def admin_requests(self, request: Request) -> Response:
+        """The request log, `[time, api, endpoint, status]` each, optionally for one endpoint."""
+        endpoint = request.query_params.get("endpoint")
+        with self._log_lock:
+            log = [list(entry) for entry in self.request_log if endpoint in (None, entry[2])]
+        return JSONResponse(log)
 
     async def admin_faults(self, request: Request) -> Response:
         if request.method == "POST":
