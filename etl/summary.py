@@ -30,6 +30,7 @@ class RunSummary:
     missing: int = 0
     duplicates: int = 0
     mismatched: int = 0
+    surplus: int = 0
     verdict: str = "incomplete"
     duration_s: float = 0.0
     reject_samples: list[dict[str, Any]] = field(default_factory=list)

@@ -40,7 +40,8 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                 verdict = await reconcile_task(api, ledger, day.start_ms, day.end_ms, label=day.label)
                 row = {"day": day.label, "expected": verdict.expected, "confirmed": verdict.confirmed,
                        "missing": len(verdict.missing), "duplicates": len(verdict.duplicates),
-                       "mismatched": len(verdict.mismatched), "verdict": verdict.verdict, "repaired": 0}
+                       "mismatched": len(verdict.mismatched), "surplus": len(verdict.surplus),
+                       "verdict": verdict.verdict, "repaired": 0}
                 if repair and verdict.missing:
                     # Marked failed, a message is first looked up in the chat, then sent if it is not there.
                     ledger.mark_messages(verdict.missing, "failed")

@@ -149,7 +149,8 @@ async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledge
     to_create: list[Any] = []
     ambiguous: dict[str, str] = {}
     async def search(client: Any) -> tuple[Any, list[int]]:
-        for query in (client.phone.lstrip("+") if isinstance(client.phone, str) else None,
+        # The last ten digits find the contact however its phone was typed into amoCRM (+7…, 8…, spaces).
+        for query in (client.phone[-10:] if isinstance(client.phone, str) else None,
                       client.email if isinstance(client.email, str) else None):
             if query:
                 found = await api.rest.search_contacts(query)

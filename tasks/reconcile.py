@@ -32,10 +32,15 @@ class Verdict:
     missing: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    surplus: list[str] = field(default_factory=list)  # in the chat with our kind of id, unknown to the ledger
 
     @property
     def verdict(self) -> str:
         return "incomplete" if self.missing or self.duplicates or self.mismatched else "complete"
+
+
+def _msec(item: dict) -> int:
+    return int(item.get("msec_timestamp") or int(item.get("timestamp", 0)) * 1000)
 
 
 async def _history(api: Api, chat_id: str, since_ms: int) -> list[dict]:
@@ -49,7 +54,7 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
     semaphore = asyncio.Semaphore(concurrency)
     conversations = ledger.conversations_between(start_ms, end_ms)
 
-    async def check(chat_id: str | None, expected: list) -> list[dict]:
+    async def check(chat_id: str | None, expected: list, known: set[str]) -> list[dict]:
         if not chat_id:
             verdict.missing.extend(row.msgid for row in expected)
             return []
@@ -61,6 +66,9 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
                     break
                 await asyncio.sleep(reread_delay * 2**attempt)
         ids = [item.get("message", {}).get("client_id") for item in history]
+        verdict.surplus.extend(
+            client_id for client_id, item in zip(ids, history, strict=True)
+            if client_id and client_id not in known and start_ms <= _msec(item) < end_ms)
         texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
         hashes = dict(zip(ids, text_hash(texts), strict=True))
         confirmed = []
@@ -79,12 +87,16 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
 
     for first in range(0, len(conversations), CONVERSATIONS_PER_BATCH):
         part = conversations[first:first + CONVERSATIONS_PER_BATCH]
-        rows = [r for r in ledger.messages_between([c for c, _ in part], start_ms, end_ms) if r.status != "rejected"]
+        rows = ledger.messages_between([c for c, _ in part], start_ms, end_ms)
         by_conversation: dict[str, list] = {}
+        known: dict[str, set[str]] = {}
         for row in rows:
-            by_conversation.setdefault(row.conversation_id, []).append(row)
-        verdict.expected += len(rows)
-        results = await asyncio.gather(*(check(chat_id, by_conversation.get(c, [])) for c, chat_id in part))
+            known.setdefault(row.conversation_id, set()).add(row.msgid)
+            if row.status != "rejected":
+                by_conversation.setdefault(row.conversation_id, []).append(row)
+        verdict.expected += sum(len(v) for v in by_conversation.values())
+        results = await asyncio.gather(*(check(chat_id, by_conversation.get(c, []), known.get(c, set()))
+                                         for c, chat_id in part))
         confirmed = [row for result in results for row in result]
         ledger.record_messages(confirmed)
         verdict.confirmed += len(confirmed)

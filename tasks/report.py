@@ -76,6 +76,7 @@ class RunTotals:
             summary.missing = len(verdict.missing)
             summary.duplicates = len(verdict.duplicates)
             summary.mismatched = len(verdict.mismatched)
+            summary.surplus = len(verdict.surplus)
             summary.verdict = verdict.verdict
         return summary
 
@@ -109,6 +110,7 @@ async def publish_artifacts(summary: RunSummary) -> None:
         f"- confirmed in amoCRM: {summary.confirmed} of {summary.expected}\n"
         f"- missing: {summary.missing}\n- duplicates: {summary.duplicates}\n"
         f"- content mismatches: {summary.mismatched}\n- quarantined conversations: {len(summary.quarantined)}\n"
+        f"- surplus (in amoCRM with an id of ours the ledger does not know): {summary.surplus}\n"
         f"- warnings: {json.dumps(summary.warnings, ensure_ascii=False)}\n",
         key="import-verdict",
         description="What the chat history read-back found",

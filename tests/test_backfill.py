@@ -65,3 +65,21 @@ async def test_reconcile_finds_a_lost_message_and_repair_sends_it_once(emulator,
     assert repaired["repaired"] == 1 and repaired["verdict"] == "complete"
     landed = _landed(emulator)
     assert landed[lost] == 1 and set(landed.values()) == {1}
+
+
+async def test_reconcile_reports_surplus_messages(emulator, pipeline_env):
+    from amojo.chats import ChatsClient
+
+    day = (date(2026, 10, 12), date(2026, 10, 13))
+    await import_chats(start=day[0], end=day[1])
+    chat = emulator.emulator.store.chats()[0]
+    config = emulator.emulator.config
+    async with ChatsClient(emulator.url, config.channel_id, config.channel_secret) as client:
+        await client.connect(config.account_id)
+        at = 1_791_800_000  # 2026-10-12 13:33 UTC
+        await client.new_message({"timestamp": at, "msec_timestamp": at * 1000, "msgid": "ae-ghost",
+                                  "conversation_id": chat["conversation_id"], "silent": True,
+                                  "sender": chat["user"], "message": {"type": "text", "text": "not in the source"}})
+    found = await reconcile(start=day[0], end=day[1])
+    assert found["by_day"][0]["surplus"] == 1
+    assert found["verdict"] == "complete"  # surplus is reported, not held against the import

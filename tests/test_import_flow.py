@@ -287,3 +287,38 @@ async def test_oauth_pairs_rotate_through_the_ledger(emulator_config, tmp_path, 
         assert running.emulator.store.token_state(config.oauth_refresh_token) == ("refresh", False)  # spent
         second = await import_chats(start=MONTH[0], end=MONTH[1])  # the env still names the spent token
         assert second["verdict"] == "complete" and second["messages_sent"] == 0
+
+
+async def test_ambiguous_contact_quarantines_until_resolved(emulator, pipeline_env):
+    import httpx
+
+    engine = sa.create_engine(pipeline_env["AMOJO_ETL_SOURCE_URL"])
+    with engine.connect() as conn:
+        client_id, phone = conn.execute(sa.text("SELECT id, phone FROM clients WHERE phone IS NOT NULL "
+                                                "ORDER BY id LIMIT 1")).one()
+        conversations = {f"ae-{c}" for (c,) in conn.execute(
+            sa.text("SELECT id FROM conversations WHERE client_id = :c"), {"c": client_id})}
+    engine.dispose()
+    twins = [{"name": f"Twin {n}", "custom_fields_values": [{"field_code": "PHONE", "values": [{"value": phone}]}]}
+             for n in (1, 2)]
+    created = httpx.post(f"{emulator.url}/api/v4/contacts", json=twins,
+                         headers={"Authorization": f"Bearer {pipeline_env['AMOJO_ETL_AMOCRM_TOKEN']}"}).json()
+    first = await import_chats(start=MONTH[0], end=MONTH[1])
+    assert set(first["quarantined"]) == conversations and first["verdict"] == "incomplete"
+    assert all("ambiguous contact" in reason for reason in first["quarantined"].values())
+    held = {chat["conversation_id"] for chat in emulator.emulator.store.chats()
+            if emulator.emulator.store.chat_messages(chat["id"])}
+    assert not held & conversations  # none of its messages went anywhere
+    emulator.emulator.store.drop_contact(created["_embedded"]["contacts"][1]["id"])  # a person merges the twins
+    second = await import_chats(start=MONTH[0], end=MONTH[1])
+    assert second["quarantined"] == {} and second["verdict"] == "complete"
+    links = {link["chat_id"]: link["contact_id"] for link in emulator.emulator.store.links()}
+    twin = created["_embedded"]["contacts"][0]["id"]
+    assert sum(1 for contact in links.values() if contact == twin) == len(conversations)
+
+
+async def test_wrong_token_stops_the_run_at_the_first_refusal(emulator, pipeline_env, monkeypatch):
+    monkeypatch.setenv("AMOJO_ETL_AMOCRM_TOKEN", "not-the-token")
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    assert state.is_failed() and "AMOJO_ETL_AMOCRM_TOKEN" in state.message and "not-the-token" not in state.message
+    assert emulator.emulator.request_counts() == {"rest account 401": 1}

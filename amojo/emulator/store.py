@@ -210,6 +210,11 @@ class Store:
         row = self._one("SELECT * FROM contacts WHERE id = ?", contact_id)
         return _contact(row) if row else None
 
+    def drop_contact(self, contact_id: int) -> None:
+        """Delete a contact, as a person tidying duplicates in amoCRM would."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+
     def link(self, chat_id: str, contact_id: int) -> int:
         """Link a chat to a contact; a chat already linked elsewhere moves, with a new link id (Q15)."""
         with self.transaction() as db:
