@@ -11,6 +11,7 @@ class AmojoError(Exception):
     """Anything amoCRM (or the way to it) refused."""
 
     retryable = False
+    attempts = 1  # how many times the request was sent before this answer
 
     def __init__(self, message: str, *, status: int | None = None, code: int | str | None = None) -> None:
         super().__init__(message)

@@ -167,5 +167,6 @@ class Transport:
                     return response
                 error = error_for(response, self.api)
             if not (retry and error.retryable and attempt < self.retry.attempts):
+                error.attempts = attempt  # a refusal after a retry may be about a request that did land
                 raise error
             await asyncio.sleep(self.retry.delay(attempt, error))

@@ -200,13 +200,21 @@ async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, rep
     ])
 
 
-async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int) -> dict[str, str]:
-    """Which of these msgids the chat already holds (msgid -> amojo id), from its history back to `since_ms`."""
+async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int, patience: int = 0) -> dict[str, str]:
+    """Which of these msgids the chat already holds (msgid -> amojo id), from its history back to `since_ms`.
+
+    With `patience`, a msgid not found is looked for again that many times, with backoff: amojo stores messages
+    asynchronously, so one accepted a moment ago may not be in the history yet.
+    """
     found: dict[str, str] = {}
-    async for item in api.chats.history(chat_id, older_than_ms=since_ms):
-        message = item.get("message", {})
-        if message.get("client_id") in msgids:
-            found[message["client_id"]] = message.get("id", "")
+    for attempt in range(patience + 1):
+        async for item in api.chats.history(chat_id, older_than_ms=since_ms):
+            message = item.get("message", {})
+            if message.get("client_id") in msgids:
+                found[message["client_id"]] = message.get("id", "")
+        if len(found) == len(msgids) or attempt == patience:
+            return found
+        await asyncio.sleep(0.25 * 2**attempt)
     return found
 
 
@@ -234,7 +242,8 @@ async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.D
             except InvalidRequest as exc:
                 # A retry of a message whose first answer was lost can be refused as a duplicate: if the chat
                 # holds it, it was sent. Otherwise the API's reason stands.
-                landed = await _landed(api, chat_id, {message.msgid}, int(message.msec))
+                landed = await _landed(api, chat_id, {message.msgid}, int(message.msec),
+                                       patience=4 if exc.attempts > 1 else 0)
                 if landed:
                     outcomes.append(_ledger_row(message, status="sent", amojo_id=landed[message.msgid],
                                                 last_error=None))

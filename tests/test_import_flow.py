@@ -178,8 +178,10 @@ async def test_rejected_rows_are_kept_and_shown(emulator, pipeline_env, tmp_path
     assert "unknown_type" in shown.stdout and "empty_text" not in shown.stdout
 
 
-@pytest.mark.parametrize("duplicate_msgid", ["idempotent", "reject"])
-async def test_exactly_once_through_faults_of_every_kind(emulator_config, duplicate_msgid, tmp_path, monkeypatch):
+@pytest.mark.parametrize("duplicate_msgid, ledger", [("idempotent", "sqlite"), ("reject", "sqlite"),
+                                                     ("reject", "postgres")])
+async def test_exactly_once_through_faults_of_every_kind(emulator_config, duplicate_msgid, ledger, tmp_path,
+                                                         monkeypatch, request):
     """10% of answers fail — 500, 502, 503, 429, lost after the message was stored, hangs past the client's
     timeout — and still every valid message lands exactly once, under both readings of a repeated msgid."""
     from amojo.emulator.config import Faults
@@ -188,13 +190,15 @@ async def test_exactly_once_through_faults_of_every_kind(emulator_config, duplic
 
     emulator_config.duplicate_msgid = duplicate_msgid
     emulator_config.faults = Faults(seed=11, error_rates={500: 0.02, 502: 0.02, 503: 0.02, 429: 0.01},
-                                    lost_answer_rate=0.02, hang_rate=0.01, hang_seconds=1.5)
+                                    lost_answer_rate=0.02, hang_rate=0.01, hang_seconds=1.5, history_lag_ms=200)
     source = tmp_path / "source.db"
     write_sample(f"sqlite:///{source}", size=SampleSize(messages=450, conversations=30, clients=15))
     with start(emulator_config) as running:
         config = running.emulator.config
         for key, value in {
-            "AMOJO_ETL_SOURCE_URL": f"sqlite:///{source}", "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'l.db'}",
+            "AMOJO_ETL_SOURCE_URL": f"sqlite:///{source}",
+            "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'l.db'}" if ledger == "sqlite"
+            else request.getfixturevalue("postgres_url"),
             "AMOJO_ETL_AMOJO_URL": running.url, "AMOJO_ETL_AMOCRM_URL": running.url,
             "AMOJO_ETL_CHANNEL_ID": config.channel_id, "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
             "AMOJO_ETL_AMOCRM_TOKEN": config.token, "AMOJO_ETL_BOT_ID": config.bot_id, "AMOJO_ETL_TIMEOUT_S": "0.5",

@@ -20,12 +20,12 @@ from etl.sample import SampleSize, write_sample
 CLI = str(Path(sys.executable).parent / "amojo-etl")
 
 
-def _env(running, tmp_path: Path) -> dict[str, str]:
+def _env(running, tmp_path: Path, ledger_url: str) -> dict[str, str]:
     config = running.emulator.config
     return {
         **os.environ,
         "AMOJO_ETL_SOURCE_URL": f"sqlite:///{tmp_path / 'source.db'}",
-        "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "AMOJO_ETL_STATE_URL": ledger_url,
         "AMOJO_ETL_AMOJO_URL": running.url, "AMOJO_ETL_AMOCRM_URL": running.url,
         "AMOJO_ETL_CHANNEL_ID": config.channel_id, "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
         "AMOJO_ETL_AMOCRM_TOKEN": config.token, "AMOJO_ETL_BOT_ID": config.bot_id,
@@ -36,12 +36,14 @@ def _env(running, tmp_path: Path) -> dict[str, str]:
 ARGS = ["import", "--start", "2026-10-01", "--end", "2026-11-10", "--json"]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_killed_run_resumes_without_duplicates(seed, emulator_config, tmp_path):
+@pytest.mark.parametrize("seed, ledger", [(1, "sqlite"), (2, "sqlite"), (3, "postgres")])
+def test_killed_run_resumes_without_duplicates(seed, ledger, emulator_config, tmp_path, request):
     write_sample(f"sqlite:///{tmp_path / 'source.db'}", size=SampleSize(messages=600, conversations=40, clients=20))
     emulator_config.duplicate_msgid = "reject" if seed % 2 else "idempotent"
     with start(emulator_config) as running:
-        env = _env(running, tmp_path)
+        ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}" if ledger == "sqlite" else \
+            request.getfixturevalue("postgres_url")
+        env = _env(running, tmp_path, ledger_url)
         kill_after = random.Random(seed).randint(20, 500)  # messages the emulator has taken when the kill comes
         process = subprocess.Popen([CLI, *ARGS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True)
