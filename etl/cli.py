@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -69,10 +70,7 @@ def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] |
     return _run(import_chats, start=start, end=end, dry_run=dry_run)
 
 
-def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary, ensure_ascii=False, default=str))
-        return
+def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title=f"amojo-etl import {summary['interval']}", show_header=False)
     rows = [
         ("conversations", summary["conversations"]),
@@ -110,13 +108,30 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         Console().print_json(json.dumps(summary["plan"]["sample_payloads"], ensure_ascii=False))
 
 
-def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool) -> None:
+def _check_range(start: date, end: date) -> None:
+    if end <= start:
+        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+
+
+def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool,
+            render: Callable[[dict[str, Any]], None] = _print_summary) -> None:
+    """Print the summary (a table, or one JSON object) and exit 0 only when the verdict is complete."""
     if summary is None:
         raise _fail(error or "the run failed", 1)
-    _print_summary(summary, as_json)
-    if summary.get("dry_run"):
-        raise typer.Exit(0)
-    raise typer.Exit(0 if summary["verdict"] == "complete" else 1)
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, default=str))
+    else:
+        render(summary)
+    raise typer.Exit(0 if summary.get("dry_run") or summary["verdict"] == "complete" else 1)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(value) for value in row))
+    Console().print(table)
 
 
 @app.command("import")
@@ -124,8 +139,7 @@ def import_(start: StartOption, end: EndOption,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="transform and report; send nothing")] = False,
             as_json: JsonOption = False) -> None:
     """Import one data interval [start, end) into amoCRM, then read the chats back and verify them."""
-    if end <= start:
-        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+    _check_range(start, end)
     _preflight(api=not dry_run)
     _finish(*_run_import(start, end, dry_run), as_json)
 
@@ -147,23 +161,12 @@ def backfill(start: StartOption, end: EndOption,
     """Import every day of [start, end) the ledger does not have yet (see --reprocess), a few days at a time."""
     from flows.backfill import backfill as backfill_flow
 
-    if end <= start:
-        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+    _check_range(start, end)
     _preflight(api=not dry_run)
-    summary, error = _run(backfill_flow, start=start, end=end, reprocess=reprocess.value, max_parallel=max_parallel,
-                          dry_run=dry_run)
-    if summary is None:
-        raise _fail(error or "the backfill failed", 1)
-    if as_json:
-        print(json.dumps(summary, ensure_ascii=False, default=str))
-    else:
-        table = Table(title=f"backfill {start}..{end} ({summary['ran']} days run, {summary['skipped']} skipped)")
-        table.add_column("day")
-        table.add_column("outcome")
-        for day, outcome in summary["outcomes"].items():
-            table.add_row(day, outcome)
-        Console().print(table)
-    raise typer.Exit(0 if summary["verdict"] == "complete" else 1)
+    _finish(*_run(backfill_flow, start=start, end=end, reprocess=reprocess.value, max_parallel=max_parallel,
+                  dry_run=dry_run), as_json,
+            lambda summary: _table(f"backfill {start}..{end} ({summary['ran']} days run, {summary['skipped']} skipped)",
+                                   ["day", "outcome"], [list(item) for item in summary["outcomes"].items()]))
 
 
 @app.command()
@@ -173,23 +176,12 @@ def reconcile(start: StartOption, end: EndOption,
     """Read the chats of [start, end) back from amoCRM and compare them with the ledger, day by day."""
     from flows.reconcile import reconcile as reconcile_flow
 
-    if end <= start:
-        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
+    _check_range(start, end)
     _preflight()
-    summary, error = _run(reconcile_flow, start=start, end=end, repair=repair)
-    if summary is None:
-        raise _fail(error or "the reconciliation failed", 1)
-    if as_json:
-        print(json.dumps(summary, ensure_ascii=False, default=str))
-    else:
-        table = Table(title=f"reconcile {start}..{end}")
-        for column in ("day", "expected", "confirmed", "missing", "duplicates", "mismatched", "repaired", "verdict"):
-            table.add_column(column)
-        for row in summary["by_day"]:
-            table.add_row(*(str(row[c]) for c in ("day", "expected", "confirmed", "missing", "duplicates",
-                                                  "mismatched", "repaired", "verdict")))
-        Console().print(table)
-    raise typer.Exit(0 if summary["verdict"] == "complete" else 1)
+    columns = ["day", "expected", "confirmed", "missing", "duplicates", "mismatched", "surplus", "repaired", "verdict"]
+    _finish(*_run(reconcile_flow, start=start, end=end, repair=repair), as_json,
+            lambda summary: _table(f"reconcile {start}..{end}", columns,
+                                   [[row[c] for c in columns] for row in summary["by_day"]]))
 
 
 @app.command()
@@ -201,22 +193,21 @@ def status(as_json: JsonOption = False) -> None:
         ledger = Ledger(load_settings().state_url)
     except ConfigurationError as exc:
         raise _fail(str(exc), 2) from None
-    rows = ledger.interval_rows()
+    intervals = ledger.interval_rows()
     counts = ledger.status_counts()
     ledger.close()
     if as_json:
-        print(json.dumps({"intervals": rows, "messages_by_status": counts}, ensure_ascii=False, default=str))
+        print(json.dumps({"intervals": intervals, "messages_by_status": counts}, ensure_ascii=False, default=str))
         return
-    table = Table(title="intervals in the ledger")
-    for column in ("interval", "status", "sent", "skipped", "rejected", "missing", "updated"):
-        table.add_column(column)
-    for row in rows:
+    rows = []
+    for row in intervals:
         summary = row["summary"]
         updated = datetime.fromtimestamp(row["updated_at"]).strftime("%Y-%m-%d %H:%M") if row["updated_at"] else ""
-        table.add_row(summary.get("interval", f"{row['start']}..{row['end']}"), row["status"],
-                      str(summary.get("messages_sent", "")), str(summary.get("messages_skipped", "")),
-                      str(summary.get("rejected", "")), str(summary.get("missing", "")), updated)
-    Console().print(table)
+        rows.append([summary.get("interval", f"{row['start']}..{row['end']}"), row["status"],
+                     summary.get("messages_sent", ""), summary.get("messages_skipped", ""),
+                     summary.get("rejected", ""), summary.get("missing", ""), updated])
+    _table("intervals in the ledger", ["interval", "status", "sent", "skipped", "rejected", "missing", "updated"],
+           rows)
     Console().print("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
@@ -241,12 +232,8 @@ def rejects_(
         pd.DataFrame(rows, columns=["source_key", "reason", "detail", "row", "updated_at"]).to_csv(csv, index=False)
         console.print(f"{len(rows)} rejected rows written to {csv}")
         return
-    table = Table(title=f"rejected rows ({len(rows)} shown)")
-    for column in ("source key", "reason", "detail", "row"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(row["source_key"], row["reason"], row["detail"], (row["row"] or "")[:200])
-    Console().print(table)
+    _table(f"rejected rows ({len(rows)} shown)", ["source key", "reason", "detail", "row"],
+           [[r["source_key"], r["reason"], r["detail"], (r["row"] or "")[:200]] for r in rows])
 
 
 @app.command("sample-data")

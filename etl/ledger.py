@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-SCHEMA_VERSION = 1
+from .settings import ConfigurationError
+
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -73,6 +75,9 @@ rejects = sa.Table(
     sa.Column("updated_at", sa.Float),
 )
 
+# Reconciliation reads a conversation's messages of one interval: (conversation_id, msec). Added in version 2.
+messages_by_conversation_time = sa.Index("messages_conversation_msec", messages.c.conversation_id, messages.c.msec)
+
 oauth_tokens = sa.Table(
     "oauth_tokens", metadata,
     sa.Column("account", sa.String(255), primary_key=True),
@@ -95,6 +100,12 @@ class ChatState:
     quarantine: str | None
 
 
+UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
+    2: lambda conn: messages_by_conversation_time.create(conn, checkfirst=True),
+}
+"""Schema version -> the step that brings a ledger of the version before up to it."""
+
+
 class Ledger:
     """The state database behind one account's imports (SQLite file by default, PostgreSQL for many workers)."""
 
@@ -104,11 +115,34 @@ class Ledger:
         if engine.get_backend_name() == "sqlite" and engine.database and engine.database != ":memory:":
             Path(engine.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(url, future=True)
-        metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Create a new ledger at the current version, or bring an older one up to it, step by step.
+
+        The version row is locked while upgrading, so that workers starting together upgrade once.
+        """
+        metadata.create_all(self.engine, tables=[meta])
         with self.engine.begin() as conn:
-            version = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-            if version is None:
+            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")
+                                 .with_for_update()).scalar()
+            if found is None:
+                metadata.create_all(conn)
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            version = int(found)
+            if version > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    f"the ledger at AMOJO_ETL_STATE_URL is at schema version {version}, written by a newer "
+                    f"amojo-etl (this one knows {SCHEMA_VERSION}): upgrade amojo-etl")
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                UPGRADES[step](conn)
+            metadata.create_all(conn)  # tables added since, if any
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar())
 
     def close(self) -> None:
         self.engine.dispose()

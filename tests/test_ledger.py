@@ -1,0 +1,48 @@
+"""The ledger's schema: created at the current version, older ones upgraded in place, newer ones refused."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from etl.ledger import SCHEMA_VERSION, Ledger, meta
+from etl.settings import ConfigurationError
+
+
+def _indexes(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    names = {index["name"] for index in sa.inspect(engine).get_indexes("messages")}
+    engine.dispose()
+    return names
+
+
+def _set_version(url: str, version: int, drop_index: bool = False) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version)))
+        if drop_index:
+            conn.execute(sa.text("DROP INDEX messages_conversation_msec"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}" if database == "sqlite" else request.getfixturevalue("postgres_url")
+    ledger = Ledger(url)
+    ledger.record_messages([{"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sent"}])
+    ledger.close()
+    _set_version(url, 1, drop_index=True)  # as version 1 left it
+    assert "messages_conversation_msec" not in _indexes(url)
+    upgraded = Ledger(url)
+    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert "messages_conversation_msec" in _indexes(url)
+    assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7)}  # the data stays
+    upgraded.close()
+
+
+def test_a_ledger_from_a_newer_version_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).close()
+    _set_version(url, SCHEMA_VERSION + 1)
+    with pytest.raises(ConfigurationError, match="newer amojo-etl"):
+        Ledger(url)
