@@ -35,9 +35,13 @@ class Settings(BaseSettings):
     amojo_url: str = Field(default="https://amojo.amocrm.ru", description="Chats API base URL")
     channel_id: str | None = None
     channel_secret: SecretStr | None = None
+    channel_secret_block: str | None = Field(
+        default=None, description="name of a Prefect Secret block that holds the channel secret")
     account_id: str | None = Field(default=None, description="the account's amojo_id; looked up when unset")
     amocrm_url: str | None = None
     amocrm_token: SecretStr | None = None
+    amocrm_token_block: str | None = Field(
+        default=None, description="name of a Prefect Secret block that holds the REST v4 token")
     oauth_client_id: str | None = Field(default=None, description="OAuth integration id, instead of a long-lived token")
     oauth_client_secret: SecretStr | None = None
     oauth_redirect_uri: str | None = None
@@ -86,19 +90,37 @@ class Settings(BaseSettings):
 
     def require_api(self) -> None:
         """Fail before the first request when a credential is missing, naming the variable to set."""
-        missing = [
-            f"AMOJO_ETL_{name.upper()}"
-            for name in ("channel_id", "channel_secret", "amocrm_url")
-            if not getattr(self, name)
-        ]
-        if not self.amocrm_token and not (self.oauth_client_id and self.oauth_client_secret):
-            missing.append("AMOJO_ETL_AMOCRM_TOKEN (or the OAuth pair: AMOJO_ETL_OAUTH_CLIENT_ID and "
-                           "AMOJO_ETL_OAUTH_CLIENT_SECRET)")
+        missing = [f"AMOJO_ETL_{name.upper()}" for name in ("channel_id", "amocrm_url") if not getattr(self, name)]
+        if not (self.channel_secret or self.channel_secret_block):
+            missing.append("AMOJO_ETL_CHANNEL_SECRET (or AMOJO_ETL_CHANNEL_SECRET_BLOCK)")
+        if not (self.amocrm_token or self.amocrm_token_block or (self.oauth_client_id and self.oauth_client_secret)):
+            missing.append("AMOJO_ETL_AMOCRM_TOKEN (or AMOJO_ETL_AMOCRM_TOKEN_BLOCK, or the OAuth pair: "
+                           "AMOJO_ETL_OAUTH_CLIENT_ID and AMOJO_ETL_OAUTH_CLIENT_SECRET)")
         if missing:
             raise ConfigurationError(
                 f"missing {', '.join(missing)}: set them in the environment or in the TOML file named by "
                 "AMOJO_ETL_CONFIG (see README, Configuration)"
             )
+
+
+def with_secret_blocks(settings: Settings) -> Settings:
+    """Fill the channel secret and the token from the Prefect Secret blocks named, where the environment gave none.
+
+    Called inside a flow run, where the Prefect API is at hand; the environment wins over a block.
+    """
+    from prefect.blocks.system import Secret
+
+    updates: dict[str, SecretStr] = {}
+    for field, block in (("channel_secret", settings.channel_secret_block),
+                         ("amocrm_token", settings.amocrm_token_block)):
+        if block and getattr(settings, field) is None:
+            try:
+                updates[field] = SecretStr(str(Secret.load(block, _sync=True).get()))
+            except ValueError as exc:
+                raise ConfigurationError(f"no Prefect Secret block named {block!r} (AMOJO_ETL_{field.upper()}_BLOCK): "
+                                         f"create it in the UI (Blocks -> Secret) or with Secret(value=...).save()") \
+                    from exc
+    return settings.model_copy(update=updates) if updates else settings
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -233,6 +233,17 @@ class SourceStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def count(self) -> int:
+        """How many message rows the interval holds (both passes), for progress."""
+        total = 0
+        try:
+            for sql in (q for q in (self.queries.messages, self.queries.edits) if q):
+                total += self._lookup.execute(sa.text(f"SELECT COUNT(*) FROM ({sql}) q"),
+                                              _bind(sql, self.params)).scalar() or 0
+        except sa.exc.SQLAlchemyError as exc:
+            raise _unreadable(self.engine.url, exc) from None
+        return total
+
     def repeated_ids(self) -> set[str]:
         """Message ids that occur more than once in the interval, found by the database, which sees all of it."""
         repeated: set[str] = set()

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
@@ -16,7 +17,7 @@ from amojo.errors import FATAL
 from etl.api import open_api, rest_client
 from etl.intervals import Interval
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, Settings, load_settings
+from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
 from etl.source import open_source
 from tasks.extract import extract_task
 from tasks.load import DryRun, load_task, resolve_senders_task
@@ -49,7 +50,7 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
     logger = get_run_logger()
     began = time.monotonic()
     try:
-        settings = load_settings()
+        settings = with_secret_blocks(load_settings())
         interval = data_interval(start, end, settings.timezone)
     except (ConfigurationError, ValueError) as exc:
         logger.error("configuration: %s", exc)
@@ -107,6 +108,10 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             summary = totals.summary(None, time.monotonic() - began)
             summary.plan = asdict(plan)
             return summary
+        total = source.count()
+        progress = await acreate_progress_artifact(0.0, key="import-progress",
+                                                   description=f"Source rows of {interval.label} sent or rejected")
+        read = 0
         async with open_api(settings, ledger) as api:
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
@@ -115,6 +120,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                                        settings.text_limit, label=chunk)
                 totals.add_batch(batch)
                 totals.load.add(await load_task(batch, api, ledger, settings.concurrency, label=chunk))
+                read += len(frames.messages)
+                await aupdate_progress_artifact(progress, min(100.0, 100.0 * read / max(1, total)))
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
         summary = totals.summary(verdict, time.monotonic() - began)
         ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict, summary.as_dict())

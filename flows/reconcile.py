@@ -13,7 +13,7 @@ from amojo.errors import FATAL
 from etl.api import open_api
 from etl.intervals import Interval
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, load_settings
+from etl.settings import ConfigurationError, load_settings, with_secret_blocks
 from tasks.reconcile import reconcile_task
 
 from .backfill import validate_range
@@ -25,7 +25,7 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
     """Compare each day of [start, end) in amoCRM with the ledger; repair sends the missing messages again."""
     logger = get_run_logger()
     try:
-        settings = load_settings()
+        settings = with_secret_blocks(load_settings())
         settings.require_api()
         validate_range(start, end, datetime.now(settings.zone).date())
         days = Interval.days(start, end, settings.zone).daily()

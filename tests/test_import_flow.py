@@ -238,7 +238,8 @@ async def test_no_secret_in_logs_summary_or_artifacts(emulator, pipeline_env, ca
     async with get_client() as client:
         artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    assert {a.key for a in artifacts} >= {"import-summary", "import-rejects", "import-verdict"}
+    assert {a.key for a in artifacts} >= {"import-summary", "import-rejects", "import-verdict", "import-progress"}
+    assert next(a for a in artifacts if a.key == "import-progress").data == 100.0
     seen = caplog.text + json.dumps(summary, default=str) + "".join(str(a.data) for a in artifacts)
     for secret in secrets:
         assert secret not in seen
@@ -326,3 +327,19 @@ async def test_wrong_token_stops_the_run_at_the_first_refusal(emulator, pipeline
     state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
     assert state.is_failed() and "AMOJO_ETL_AMOCRM_TOKEN" in state.message and "not-the-token" not in state.message
     assert emulator.emulator.request_counts() == {"rest account 401": 1}
+
+
+async def test_credentials_from_prefect_secret_blocks(emulator, pipeline_env, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    await Secret(value=pipeline_env["AMOJO_ETL_CHANNEL_SECRET"]).save("amojo-channel-secret", overwrite=True)
+    await Secret(value=pipeline_env["AMOJO_ETL_AMOCRM_TOKEN"]).save("amocrm-token", overwrite=True)
+    monkeypatch.delenv("AMOJO_ETL_CHANNEL_SECRET")
+    monkeypatch.delenv("AMOJO_ETL_AMOCRM_TOKEN")
+    monkeypatch.setenv("AMOJO_ETL_CHANNEL_SECRET_BLOCK", "amojo-channel-secret")
+    monkeypatch.setenv("AMOJO_ETL_AMOCRM_TOKEN_BLOCK", "amocrm-token")
+    summary = await import_chats(start=MONTH[0], end=MONTH[1])
+    assert summary["verdict"] == "complete" and summary["messages_sent"] > 0
+    monkeypatch.setenv("AMOJO_ETL_CHANNEL_SECRET_BLOCK", "no-such-block")
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    assert state.is_failed() and "no-such-block" in state.message
