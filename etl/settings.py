@@ -51,7 +51,10 @@ class Settings(BaseSettings):
     id_prefix: str = "ae-"
     rest_rate: float = Field(default=7.0, gt=0, description="REST v4 requests per second")
     amojo_rate: float | None = Field(default=None, gt=0, description="Chats API requests per second (none: unlimited)")
-    concurrency: int = Field(default=16, ge=1, le=256, description="conversations sent at once")
+    concurrency: int = Field(default=32, ge=1, le=256, description="conversations sent at once")
+    shared_rate_limit: str | None = Field(
+        default=None, description="name of a Prefect global concurrency limit (slot decay = requests/s) that all runs "
+                                  "for this account draw their Chats API budget from")
     timeout_s: float = Field(default=30.0, gt=0)
     chunk_size: int = Field(default=50_000, ge=100, description="source messages read and transformed at a time")
     text_limit: int | None = Field(default=None, ge=1, description="longest text sent; longer ones are rejected")

@@ -119,7 +119,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                        settings.text_limit, label=chunk)
                 totals.add_batch(batch)
-                totals.load.add(await load_task(batch, api, ledger, settings.concurrency, label=chunk))
+                totals.load.add(await load_task(batch, api, ledger, settings.concurrency, settings.shared_rate_limit,
+                                                label=chunk))
                 read += len(frames.messages)
                 await aupdate_progress_artifact(progress, min(100.0, 100.0 * read / max(1, total)))
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)

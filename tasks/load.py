@@ -21,6 +21,7 @@ from amojo.errors import FATAL, AmojoError, InvalidRequest
 from amojo.rest import ChatLink, RestClient
 from etl.api import Api
 from etl.ledger import DONE, ChatState, Ledger
+from etl.settings import ConfigurationError
 
 from .transform import Batch, Senders, chat_payload, client_participant, contact_body, edit_payload, message_payload
 
@@ -66,6 +67,31 @@ async def _bounded(limit: int, jobs: list[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*(run(job) for job in jobs))
 
 
+class SharedBudget:
+    """The account's request budget shared by every run, as a Prefect global concurrency limit used as a rate
+    limit. Taken a batch at a time: one round trip to the Prefect server per batch, never per request
+    (prefect-notes.md). `strict`: a limit that does not exist stops the run instead of being skipped silently."""
+
+    BATCH = 20
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+
+    async def take(self, requests: int) -> None:
+        if not self.name:
+            return
+        from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
+
+        for first in range(0, requests, self.BATCH):
+            try:
+                await rate_limit(self.name, occupy=min(self.BATCH, requests - first), strict=True)
+            except ConcurrencySlotAcquisitionError as exc:
+                raise ConfigurationError(
+                    f"the Prefect global concurrency limit {self.name!r} (AMOJO_ETL_SHARED_RATE_LIMIT) cannot be used "
+                    f"({exc}); create it: prefect gcl create {self.name} --limit 100 --slot-decay-per-second 50"
+                ) from None
+
+
 def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
     return {"msgid": message.msgid, "conversation_id": message.conversation_id, "msec": int(message.msec),
             "content_hash": int(message.content_hash), "text_hash": int(message.text_hash), **values}
@@ -86,7 +112,8 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
 
 
-async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) -> LoadReport:
+async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 32,
+               budget: SharedBudget | None = None) -> LoadReport:
     """Send what the ledger has not seen sent; edit what changed since it was sent."""
     report = LoadReport()
     ledger.save_rejects(batch.rejects.to_dict("records"))
@@ -114,7 +141,7 @@ async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 16) ->
     empty = to_send.iloc[0:0]
     await _bounded(concurrency, [
         _send_conversation(states[c.Index].chat_id, client_participant(c), sends.get(c.Index, empty),
-                           edits.get(c.Index, empty), api, ledger, report)
+                           edits.get(c.Index, empty), api, ledger, report, budget or SharedBudget(None))
         for c in conversations.loc[ready].itertuples()
     ])
     return report
@@ -219,7 +246,7 @@ async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int, patie
 
 
 async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.DataFrame, edits: pd.DataFrame,
-                             api: Api, ledger: Ledger, report: LoadReport) -> None:
+                             api: Api, ledger: Ledger, report: LoadReport, budget: SharedBudget) -> None:
     """Send one conversation's messages in time order; stop it at the first message that cannot be sent.
 
     A message left `sending` (or `failed`) by an earlier run may have landed before its answer was lost: the chat
@@ -236,7 +263,9 @@ async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.D
     if len(pending):
         ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
     try:
-        for message in pending.itertuples(index=False):
+        for number, message in enumerate(pending.itertuples(index=False)):
+            if number % SharedBudget.BATCH == 0:
+                await budget.take(min(SharedBudget.BATCH, len(pending) - number))
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
             except InvalidRequest as exc:
@@ -303,8 +332,9 @@ class DryRun:
 
 
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
-async def load_task(batch: Batch, api: Api, ledger: Ledger, concurrency: int, label: str) -> LoadReport:
-    return await load(batch, api, ledger, concurrency)
+async def load_task(batch: Batch, api: Api, ledger: Ledger, concurrency: int, shared_rate_limit: str | None,
+                    label: str) -> LoadReport:
+    return await load(batch, api, ledger, concurrency, SharedBudget(shared_rate_limit))
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)

@@ -343,3 +343,19 @@ async def test_credentials_from_prefect_secret_blocks(emulator, pipeline_env, mo
     monkeypatch.setenv("AMOJO_ETL_CHANNEL_SECRET_BLOCK", "no-such-block")
     state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
     assert state.is_failed() and "no-such-block" in state.message
+
+
+async def test_runs_share_the_account_budget_through_a_prefect_limit(emulator, pipeline_env, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="amojo-budget", limit=200, slot_decay_per_second=400))
+    monkeypatch.setenv("AMOJO_ETL_SHARED_RATE_LIMIT", "amojo-budget")
+    summary = await import_chats(start=MONTH[0], end=MONTH[1])
+    assert summary["verdict"] == "complete" and summary["messages_sent"] > 0
+    monkeypatch.setenv("AMOJO_ETL_SHARED_RATE_LIMIT", "no-such-limit")
+    monkeypatch.setenv("AMOJO_ETL_STATE_URL", pipeline_env["AMOJO_ETL_STATE_URL"] + ".2")
+    state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
+    assert state.is_failed() and "no-such-limit" in state.message and "prefect gcl create" in state.message
