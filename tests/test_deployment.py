@@ -109,12 +109,17 @@ def test_backfill_through_server_deployment_and_worker(prefect_database, emulato
         prefect = [str(BIN / "prefect")]
         subprocess.run([*prefect, "work-pool", "create", "amojo-etl", "--type", "process"], env=env, cwd=ROOT,
                        check=True, capture_output=True, timeout=120)
+        subprocess.run([*prefect, "work-queue", "create", "account", "--pool", "amojo-etl", "--limit", "1"], env=env,
+                       cwd=ROOT, check=True, capture_output=True, timeout=120)
         deployed = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT,
                                   capture_output=True, text=True, timeout=300)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
         assert set(deployments) == {"nightly-import", "backfill", "reconcile"}
         assert deployments["nightly-import"]["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+        assert {d["work_queue_name"] for d in deployments.values()} == {"account"}
+        queue = httpx.get(f"{api}/work_pools/amojo-etl/queues/account").json()
+        assert queue["concurrency_limit"] == 1  # one importing run at a time for the account
 
         worker_env = {
             **env,
