@@ -112,6 +112,14 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
         progress = await acreate_progress_artifact(0.0, key="import-progress",
                                                    description=f"Source rows of {interval.label} sent or rejected")
         read = 0
+        shown = time.monotonic()
+
+        async def sent_so_far(in_chunk: int) -> None:
+            nonlocal shown
+            if time.monotonic() - shown >= 2:  # a round trip to the server: now and then, not per message
+                shown = time.monotonic()
+                await aupdate_progress_artifact(progress, min(99.0, 100.0 * (read + in_chunk) / max(1, total)))
+
         async with open_api(settings, ledger) as api:
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
@@ -120,9 +128,9 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                                        settings.text_limit, label=chunk)
                 totals.add_batch(batch)
                 totals.load.add(await load_task(batch, api, ledger, settings.concurrency, settings.shared_rate_limit,
-                                                label=chunk))
+                                                sent_so_far, label=chunk))
                 read += len(frames.messages)
-                await aupdate_progress_artifact(progress, min(100.0, 100.0 * read / max(1, total)))
+                await aupdate_progress_artifact(progress, 100.0 * read / max(1, total))
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
         summary = totals.summary(verdict, time.monotonic() - began)
         ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict, summary.as_dict())

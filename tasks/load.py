@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,8 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
 
 
 async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 32,
-               budget: SharedBudget | None = None) -> LoadReport:
+               budget: SharedBudget | None = None,
+               progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
     """Send what the ledger has not seen sent; edit what changed since it was sent."""
     report = LoadReport()
     ledger.save_rejects(batch.rejects.to_dict("records"))
@@ -139,11 +140,14 @@ async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 32,
     sends = dict(tuple(to_send.groupby("conversation_id", sort=False)))
     edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
     empty = to_send.iloc[0:0]
-    await _bounded(concurrency, [
-        _send_conversation(states[c.Index].chat_id, client_participant(c), sends.get(c.Index, empty),
-                           edits.get(c.Index, empty), api, ledger, report, budget or SharedBudget(None))
-        for c in conversations.loc[ready].itertuples()
-    ])
+    async def send(conversation: Any) -> None:
+        await _send_conversation(states[conversation.Index].chat_id, client_participant(conversation),
+                                 sends.get(conversation.Index, empty), edits.get(conversation.Index, empty), api,
+                                 ledger, report, budget or SharedBudget(None))
+        if progress is not None:
+            await progress(report.messages_sent + report.messages_edited)
+
+    await _bounded(concurrency, [send(c) for c in conversations.loc[ready].itertuples()])
     return report
 
 
@@ -333,8 +337,8 @@ class DryRun:
 
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
 async def load_task(batch: Batch, api: Api, ledger: Ledger, concurrency: int, shared_rate_limit: str | None,
-                    label: str) -> LoadReport:
-    return await load(batch, api, ledger, concurrency, SharedBudget(shared_rate_limit))
+                    progress: Callable[[int], Awaitable[None]] | None, label: str) -> LoadReport:
+    return await load(batch, api, ledger, concurrency, SharedBudget(shared_rate_limit), progress)
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)
