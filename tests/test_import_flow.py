@@ -359,3 +359,12 @@ async def test_runs_share_the_account_budget_through_a_prefect_limit(emulator, p
     monkeypatch.setenv("AMOJO_ETL_STATE_URL", pipeline_env["AMOJO_ETL_STATE_URL"] + ".2")
     state = await import_chats(start=MONTH[0], end=MONTH[1], return_state=True)
     assert state.is_failed() and "no-such-limit" in state.message and "prefect gcl create" in state.message
+
+
+async def test_without_dates_an_import_takes_the_day_before_its_scheduled_time(emulator, pipeline_env):
+    from datetime import UTC, datetime, timedelta
+
+    summary = await import_chats()
+    today = datetime.now(UTC).date()
+    assert summary["interval"] == f"{today - timedelta(days=1)}..{today}"
+    assert summary["verdict"] == "complete"  # the sample has no messages then: nothing to send, nothing missing
