@@ -103,6 +103,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     Console().print(table)
+    if summary["reject_samples"]:
+        _table("rejected rows (first of them; all are in the ledger: amojo-etl rejects)",
+               ["source key", "reason", "detail"],
+               [[r["source_key"], r["reason"], r["detail"]] for r in summary["reject_samples"][:5]])
     if summary.get("dry_run") and summary["plan"]["sample_payloads"]:
         Console().print("sample payloads, exactly as they would be sent:")
         Console().print_json(json.dumps(summary["plan"]["sample_payloads"], ensure_ascii=False))
