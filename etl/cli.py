@@ -104,7 +104,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         table.add_row(name, str(value))
     Console().print(table)
     if summary["reject_samples"]:
-        _table("rejected rows (first of them; all are in the ledger: amojo-etl rejects)",
+        _table("rejected rows (the first few; `amojo-etl rejects` lists all of them from the ledger)",
                ["source key", "reason", "detail"],
                [[r["source_key"], r["reason"], r["detail"]] for r in summary["reject_samples"][:5]])
     if summary.get("dry_run") and summary["plan"]["sample_payloads"]:
