@@ -9,7 +9,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
@@ -18,11 +17,12 @@ from etl.api import open_api, rest_client
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
-from etl.source import open_source
+from etl.source import SourceStream, open_source
+from etl.summary import RunSummary
 from tasks.extract import extract_task
 from tasks.load import DryRun, load_task, resolve_senders_task
 from tasks.reconcile import reconcile_task
-from tasks.report import RunTotals, publish_artifacts
+from tasks.report import ImportProgress, RunTotals, publish_artifacts
 from tasks.transform import SeenIds, transform_task
 
 
@@ -84,42 +84,17 @@ def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error
         get_run_logger().warning("could not record the failure in the ledger")
 
 
-async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float):
+async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float) -> RunSummary:
     """extract -> transform -> load, chunk by chunk, then reconcile the whole interval."""
-    totals = RunTotals(interval.label, dry_run=dry_run)
     source = open_source(settings.source_url, settings.mapping, interval.start, interval.end,
                          settings.source_zone, settings.chunk_size)
-    seen = SeenIds(source.repeated_ids())
     ledger = Ledger(settings.state_url)
     try:
         if dry_run:
-            rest = rest_client(settings, ledger)
-            try:
-                senders = await resolve_senders_task(rest, settings.bot_id)
-            finally:
-                if rest is not None:
-                    await rest.aclose()
-            plan = DryRun()
-            while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
-                batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                                       settings.text_limit, label=f"{interval.label}#{source.chunks}")
-                totals.add_batch(batch)
-                plan.add(batch, ledger)
-            summary = totals.summary(None, time.monotonic() - began)
-            summary.plan = asdict(plan)
-            return summary
-        total = source.count()
-        progress = await acreate_progress_artifact(0.0, key="import-progress",
-                                                   description=f"Source rows of {interval.label} sent or rejected")
-        read = 0
-        shown = time.monotonic()
-
-        async def sent_so_far(in_chunk: int) -> None:
-            nonlocal shown
-            if time.monotonic() - shown >= 2:  # a round trip to the server: now and then, not per message
-                shown = time.monotonic()
-                await aupdate_progress_artifact(progress, min(99.0, 100.0 * (read + in_chunk) / max(1, total)))
-
+            return await _rehearse(settings, interval, source, ledger, began)
+        totals = RunTotals(interval.label)
+        seen = SeenIds(source.repeated_ids())
+        progress = await ImportProgress.start(interval.label, source.count())
         async with open_api(settings, ledger) as api:
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
@@ -128,9 +103,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                                        settings.text_limit, label=chunk)
                 totals.add_batch(batch)
                 totals.load.add(await load_task(batch, api, ledger, settings.concurrency, settings.shared_rate_limit,
-                                                sent_so_far, label=chunk))
-                read += len(frames.messages)
-                await aupdate_progress_artifact(progress, 100.0 * read / max(1, total))
+                                                progress.sending, label=chunk))
+                await progress.chunk_done(len(frames.messages))
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
         summary = totals.summary(verdict, time.monotonic() - began)
         ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict, summary.as_dict())
@@ -138,3 +112,25 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
     finally:
         source.close()
         ledger.close()
+
+
+async def _rehearse(settings: Settings, interval: Interval, source: SourceStream, ledger: Ledger,
+                    began: float) -> RunSummary:
+    """A dry run: extract and transform, and say what load would do; no Chats API call, nothing written."""
+    totals = RunTotals(interval.label, dry_run=True)
+    seen = SeenIds(source.repeated_ids())
+    rest = rest_client(settings, ledger)
+    try:
+        senders = await resolve_senders_task(rest, settings.bot_id)
+    finally:
+        if rest is not None:
+            await rest.aclose()
+    plan = DryRun()
+    while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
+        batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                               settings.text_limit, label=f"{interval.label}#{source.chunks}")
+        totals.add_batch(batch)
+        plan.add(batch, ledger)
+    summary = totals.summary(None, time.monotonic() - began)
+    summary.plan = asdict(plan)
+    return summary

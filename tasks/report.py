@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from uuid import UUID
 
 import pandas as pd
 from prefect import task
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from etl.summary import RunSummary
@@ -79,6 +86,34 @@ class RunTotals:
             summary.surplus = len(verdict.surplus)
             summary.verdict = verdict.verdict
         return summary
+
+
+class ImportProgress:
+    """The `import-progress` artifact: source rows handled out of the interval's, moved chunk by chunk and, while
+    a chunk is being sent, at most every two seconds (each update is a round trip to the Prefect server)."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, artifact_id: UUID, total: int) -> None:
+        self._id = artifact_id
+        self._total = max(1, total)
+        self._done = 0
+        self._shown = time.monotonic()
+
+    @classmethod
+    async def start(cls, label: str, total: int) -> ImportProgress:
+        artifact_id = await acreate_progress_artifact(0.0, key="import-progress",
+                                                      description=f"Source rows of {label} sent or rejected")
+        return cls(artifact_id, total)
+
+    async def sending(self, sent_in_chunk: int) -> None:
+        if time.monotonic() - self._shown >= self.EVERY_S:
+            self._shown = time.monotonic()
+            await aupdate_progress_artifact(self._id, min(99.0, 100.0 * (self._done + sent_in_chunk) / self._total))
+
+    async def chunk_done(self, rows: int) -> None:
+        self._done += rows
+        await aupdate_progress_artifact(self._id, min(100.0, 100.0 * self._done / self._total))
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
