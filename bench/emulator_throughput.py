@@ -11,40 +11,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emulator_process import start_emulator  # noqa: E402
 
 from amojo.chats import ChatsClient  # noqa: E402
 from amojo.emulator.config import DEMO_ACCOUNT_ID, DEMO_CHANNEL_ID, DEMO_CHANNEL_SECRET  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_emulator(port: int, state: str | None) -> subprocess.Popen:
-    cli = Path(sys.executable).parent / "amojo-etl"
-    args = [str(cli), "emulator", "--port", str(port)] + (["--state", state] if state else [])
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/_emulator/faults", timeout=1)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the emulator did not start")
 
 
 async def drive(url: str, messages: int, concurrency: int, chats: int = 100) -> float:
@@ -81,10 +58,9 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as workdir:
         for label, state in (("in memory", None), ("SQLite file", f"{workdir}/state.db")):
-            port = free_port()
-            process = start_emulator(port, state)
+            process, url = start_emulator(*(["--state", state] if state else []))
             try:
-                rate = asyncio.run(drive(f"http://127.0.0.1:{port}", args.messages, args.concurrency))
+                rate = asyncio.run(drive(url, args.messages, args.concurrency))
             finally:
                 process.terminate()
                 process.wait(10)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +25,8 @@ from zoneinfo import ZoneInfo
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from emulator_process import start_emulator  # noqa: E402
 
 from amojo.chats import ChatsClient  # noqa: E402
 from amojo.emulator import config as demo  # noqa: E402
@@ -41,24 +41,6 @@ from tasks.transform import SeenIds, transform  # noqa: E402
 
 UTC = ZoneInfo("UTC")
 MONTH = Interval.days(date(2026, 9, 1), date(2026, 12, 1), UTC)
-
-
-def start_emulator(latency_ms: float, amojo_rate: float) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cli = Path(sys.executable).parent / "amojo-etl"
-    process = subprocess.Popen([str(cli), "emulator", "--port", str(port), "--latency-ms", str(latency_ms),
-                                "--amojo-rate", str(amojo_rate), "--rest-rate", "0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/_emulator/faults", timeout=1)
-            return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("the emulator did not start")
 
 
 def emulator_view(url: str) -> tuple[int, float, Counter]:
@@ -141,7 +123,8 @@ def main() -> None:
         write_sample(source, size=SampleSize(messages=total, conversations=args.conversations,
                                              clients=args.conversations))
         for label, rate in (("no rate limit", 0.0), (f"limit {args.limit:.0f}/s", args.limit)):
-            process, url = start_emulator(args.latency_ms, rate)
+            process, url = start_emulator("--latency-ms", str(args.latency_ms), "--amojo-rate", str(rate),
+                                          "--rest-rate", "0")
             try:
                 result = asyncio.run(pipeline(url, source, workdir, rate or None, args.concurrency))
                 landed, sending, counts = emulator_view(url)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from load_throughput import start_emulator  # noqa: E402
+from emulator_process import start_emulator  # noqa: E402
 
 from amojo.emulator import config as demo  # noqa: E402
 from etl.sample import SampleSize, write_sample  # noqa: E402
@@ -96,7 +96,7 @@ def main() -> None:
         for size in args.sizes:
             source = f"sqlite:///{workdir}/source-{size}.db"
             write_sample(source, size=SampleSize(messages=size))
-            process, url = start_emulator(0, 0)
+            process, url = start_emulator("--rest-rate", "0")
             try:
                 environment(url, source, f"sqlite:///{workdir}/ledger-{size}.db")
                 dry = size > args.largest_real

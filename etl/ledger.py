@@ -162,12 +162,6 @@ class Ledger:
                          rows)
 
     # -- channel
-    def scope(self, channel_id: str) -> tuple[str, str] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(channel.c.account_id, channel.c.scope_id)
-                               .where(channel.c.channel_id == channel_id)).first()
-        return (row.account_id, row.scope_id) if row else None
-
     def save_scope(self, channel_id: str, account_id: str, scope_id: str) -> None:
         with self.engine.begin() as conn:
             self._upsert(conn, channel, [{"channel_id": channel_id, "account_id": account_id, "scope_id": scope_id}],

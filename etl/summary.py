@@ -38,7 +38,3 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict == "complete"

@@ -100,11 +100,13 @@ def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """What to send and what to edit, from what the ledger says; and how many need nothing. Reads only."""
     messages = batch.messages
-    known = ledger.message_states(messages["msgid"])
-    status = messages["msgid"].map(lambda m: known.get(m, (None, None))[0])
-    recorded_hash = messages["msgid"].map(lambda m: known.get(m, (None, None))[1])
+    known = pd.DataFrame.from_dict(ledger.message_states(messages["msgid"]), orient="index",
+                                   columns=["status", "content_hash"])
+    status = messages["msgid"].map(known["status"])
+    # Int64 keeps 64-bit hashes exact where some messages are unknown to the ledger (a float would round them).
+    recorded_hash = messages["msgid"].map(known["content_hash"].astype("Int64"))
     done = status.isin(DONE)
-    changed = recorded_hash != messages["content_hash"]
+    changed = (recorded_hash != messages["content_hash"]).fillna(True).astype(bool)
     edits = done & changed
     settled = (done & ~changed) | ((status == "rejected") & ~changed)
     to_send = ~done & ~settled
@@ -300,7 +302,7 @@ async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.D
                 raise
             except AmojoError as exc:
                 # Keep the old hash so that the next run tries the edit again.
-                outcomes.append(_ledger_row(message, status="sent", content_hash=message.recorded_hash,
+                outcomes.append(_ledger_row(message, status="sent", content_hash=int(message.recorded_hash),
                                             last_error=str(exc)))
                 report.failed += 1
                 continue

@@ -178,7 +178,7 @@ def content_hash(frame: pd.DataFrame) -> pd.Series:
 def text_hash(texts: pd.Series) -> pd.Series:
     """A 64-bit digest of the text as sent (blank counts as none), comparable with what the chat history returns."""
     texts = texts.astype(object).where(texts.notna(), "")
-    return _digest(texts.map(lambda t: t if t.strip() else ""))
+    return _digest(texts.where(texts.str.strip() != "", ""))
 
 
 def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: ZoneInfo, *,

@@ -37,6 +37,21 @@ def emulator(emulator_config: EmulatorConfig) -> Iterator[RunningEmulator]:
         yield running
 
 
+def etl_env(running: RunningEmulator, source_url: str, ledger_url: str) -> dict[str, str]:
+    """AMOJO_ETL_* for a pipeline that reads `source_url`, keeps its ledger at `ledger_url` and talks to `running`."""
+    config = running.emulator.config
+    return {
+        "AMOJO_ETL_SOURCE_URL": source_url,
+        "AMOJO_ETL_STATE_URL": ledger_url,
+        "AMOJO_ETL_AMOJO_URL": running.url,
+        "AMOJO_ETL_AMOCRM_URL": running.url,
+        "AMOJO_ETL_CHANNEL_ID": config.channel_id,
+        "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
+        "AMOJO_ETL_AMOCRM_TOKEN": config.token,
+        "AMOJO_ETL_BOT_ID": config.bot_id,
+    }
+
+
 @pytest.fixture
 def pipeline_env(emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """AMOJO_ETL_* pointing at the emulator, a fresh sample source and a fresh ledger."""
@@ -44,17 +59,7 @@ def pipeline_env(emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.
 
     source = tmp_path / "source.db"
     write_sample(f"sqlite:///{source}", size=SampleSize(messages=450, conversations=30, clients=15))
-    config = emulator.emulator.config
-    env = {
-        "AMOJO_ETL_SOURCE_URL": f"sqlite:///{source}",
-        "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-        "AMOJO_ETL_AMOJO_URL": emulator.url,
-        "AMOJO_ETL_AMOCRM_URL": emulator.url,
-        "AMOJO_ETL_CHANNEL_ID": config.channel_id,
-        "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
-        "AMOJO_ETL_AMOCRM_TOKEN": config.token,
-        "AMOJO_ETL_BOT_ID": config.bot_id,
-    }
+    env = etl_env(emulator, f"sqlite:///{source}", f"sqlite:///{tmp_path / 'ledger.db'}")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import POSTGRES_URL, REQUIRE_DATABASES
+from conftest import POSTGRES_URL, REQUIRE_DATABASES, etl_env
 
 from etl.sample import SampleSize, write_sample
 
@@ -86,7 +86,6 @@ def test_backfill_through_server_deployment_and_worker(prefect_database, emulato
     write_sample(f"sqlite:///{tmp_path / 'source.db'}", size=SampleSize(messages=600, conversations=40, clients=20))
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    config = emulator.emulator.config
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
@@ -121,14 +120,8 @@ def test_backfill_through_server_deployment_and_worker(prefect_database, emulato
         queue = httpx.get(f"{api}/work_pools/amojo-etl/queues/account").json()
         assert queue["concurrency_limit"] == 1  # one importing run at a time for the account
 
-        worker_env = {
-            **env,
-            "AMOJO_ETL_SOURCE_URL": f"sqlite:///{tmp_path / 'source.db'}",
-            "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-            "AMOJO_ETL_AMOJO_URL": emulator.url, "AMOJO_ETL_AMOCRM_URL": emulator.url,
-            "AMOJO_ETL_CHANNEL_ID": config.channel_id, "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
-            "AMOJO_ETL_AMOCRM_TOKEN": config.token, "AMOJO_ETL_BOT_ID": config.bot_id,
-        }
+        worker_env = {**env, **etl_env(emulator, f"sqlite:///{tmp_path / 'source.db'}",
+                                       f"sqlite:///{tmp_path / 'ledger.db'}")}
         worker = _start([*prefect, "worker", "start", "--pool", "amojo-etl"], worker_env, tmp_path / "worker.log")
 
         backfill = deployments["backfill"]["id"]

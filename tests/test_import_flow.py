@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import etl_env
 
 from flows.import_chats import import_chats
 
@@ -194,15 +195,8 @@ async def test_exactly_once_through_faults_of_every_kind(emulator_config, duplic
     source = tmp_path / "source.db"
     write_sample(f"sqlite:///{source}", size=SampleSize(messages=450, conversations=30, clients=15))
     with start(emulator_config) as running:
-        config = running.emulator.config
-        for key, value in {
-            "AMOJO_ETL_SOURCE_URL": f"sqlite:///{source}",
-            "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'l.db'}" if ledger == "sqlite"
-            else request.getfixturevalue("postgres_url"),
-            "AMOJO_ETL_AMOJO_URL": running.url, "AMOJO_ETL_AMOCRM_URL": running.url,
-            "AMOJO_ETL_CHANNEL_ID": config.channel_id, "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
-            "AMOJO_ETL_AMOCRM_TOKEN": config.token, "AMOJO_ETL_BOT_ID": config.bot_id, "AMOJO_ETL_TIMEOUT_S": "0.5",
-        }.items():
+        ledger_url = f"sqlite:///{tmp_path / 'l.db'}" if ledger == "sqlite" else request.getfixturevalue("postgres_url")
+        for key, value in {**etl_env(running, f"sqlite:///{source}", ledger_url), "AMOJO_ETL_TIMEOUT_S": "0.5"}.items():
             monkeypatch.setenv(key, value)
         summary = await import_chats(start=MONTH[0], end=MONTH[1])
         snapshot = running.emulator.snapshot()
@@ -269,14 +263,12 @@ async def test_oauth_pairs_rotate_through_the_ledger(emulator_config, tmp_path, 
     write_sample(f"sqlite:///{tmp_path / 's.db'}", size=SampleSize(messages=300, conversations=20, clients=12))
     with start(emulator_config) as running:
         config = running.emulator.config
-        env = {"AMOJO_ETL_SOURCE_URL": f"sqlite:///{tmp_path / 's.db'}",
-               "AMOJO_ETL_STATE_URL": f"sqlite:///{tmp_path / 'l.db'}", "AMOJO_ETL_AMOJO_URL": running.url,
-               "AMOJO_ETL_AMOCRM_URL": running.url, "AMOJO_ETL_CHANNEL_ID": config.channel_id,
-               "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret, "AMOJO_ETL_BOT_ID": config.bot_id,
+        env = {**etl_env(running, f"sqlite:///{tmp_path / 's.db'}", f"sqlite:///{tmp_path / 'l.db'}"),
                "AMOJO_ETL_OAUTH_CLIENT_ID": config.oauth_client_id,
                "AMOJO_ETL_OAUTH_CLIENT_SECRET": config.oauth_client_secret,
                "AMOJO_ETL_OAUTH_REDIRECT_URI": "https://example.com/oauth",
                "AMOJO_ETL_OAUTH_REFRESH_TOKEN": config.oauth_refresh_token}
+        env.pop("AMOJO_ETL_AMOCRM_TOKEN")  # the OAuth pair instead
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("AMOJO_ETL_AMOCRM_TOKEN", raising=False)

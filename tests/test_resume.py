@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import etl_env
 
 from amojo.emulator.server import start
 from etl.sample import SampleSize, write_sample
@@ -21,16 +22,8 @@ CLI = str(Path(sys.executable).parent / "amojo-etl")
 
 
 def _env(running, tmp_path: Path, ledger_url: str) -> dict[str, str]:
-    config = running.emulator.config
-    return {
-        **os.environ,
-        "AMOJO_ETL_SOURCE_URL": f"sqlite:///{tmp_path / 'source.db'}",
-        "AMOJO_ETL_STATE_URL": ledger_url,
-        "AMOJO_ETL_AMOJO_URL": running.url, "AMOJO_ETL_AMOCRM_URL": running.url,
-        "AMOJO_ETL_CHANNEL_ID": config.channel_id, "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
-        "AMOJO_ETL_AMOCRM_TOKEN": config.token, "AMOJO_ETL_BOT_ID": config.bot_id,
-        "AMOJO_ETL_CHUNK_SIZE": "200", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    return {**os.environ, **etl_env(running, f"sqlite:///{tmp_path / 'source.db'}", ledger_url),
+            "AMOJO_ETL_CHUNK_SIZE": "200", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 ARGS = ["import", "--start", "2026-10-01", "--end", "2026-11-10", "--json"]
