@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from .signing import AmojoAuth
-from .transport import RetryPolicy, TokenBucket, Transport
+from .transport import Limiter, RetryPolicy, TokenBucket, Transport
 
 BASE_PATH = "/v2/origin/custom"
 HISTORY_PAGE = 50
@@ -37,6 +37,7 @@ class ChatsClient:
         max_connections: int = 64,
         retry: RetryPolicy | None = None,
         rate: float | None = None,
+        budget: Limiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.channel_id = channel_id
@@ -48,9 +49,10 @@ class ChatsClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
         )
-        self._transport = Transport(
-            self._http, "amojo", retry=retry, limiter=TokenBucket(rate, burst=max(1, int(rate) // 10)) if rate else None
-        )
+        limiters: list[Limiter] = [TokenBucket(rate, burst=max(1, int(rate) // 10))] if rate else []
+        if budget is not None:
+            limiters.append(budget)
+        self._transport = Transport(self._http, "amojo", retry=retry, limiters=limiters)
 
     async def __aenter__(self) -> ChatsClient:
         return self

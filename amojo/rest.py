@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Protocol
 import httpx
 
 from .errors import Unauthorized
-from .transport import RetryPolicy, TokenBucket, Transport
+from .transport import Limiter, RetryPolicy, TokenBucket, Transport
 
 USERS_PAGE = 250
 CONTACTS_BATCH = 50
@@ -142,7 +142,8 @@ class RefreshingAuth(httpx.Auth):
 
 
 class RestClient:
-    """Async REST v4 client behind a long-lived token or an OAuth pair, held to `rate` requests per second."""
+    """Async REST v4 client behind a long-lived token or an OAuth pair, held to `rate` requests per second (and to
+    `budget`, when the account's budget is shared with other processes)."""
 
     def __init__(
         self,
@@ -152,6 +153,7 @@ class RestClient:
         rate: float = 7.0,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        budget: Limiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
@@ -161,7 +163,10 @@ class RestClient:
             headers={"Content-Type": "application/json"},
             transport=transport,
         )
-        self._transport = Transport(self._http, "REST v4", retry=retry, limiter=TokenBucket(rate, burst=1))
+        limiters: list[Limiter] = [TokenBucket(rate, burst=1)]
+        if budget is not None:
+            limiters.append(budget)
+        self._transport = Transport(self._http, "REST v4", retry=retry, limiters=limiters)
 
     async def __aenter__(self) -> RestClient:
         return self

@@ -6,9 +6,9 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -42,6 +42,13 @@ class RetryPolicy:
             return min(error.retry_after, self.max_delay * 3)
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+class Limiter(Protocol):
+    """Something that lets one request go when the budget allows: an in-process bucket, or a budget shared by
+    every process of the account."""
+
+    async def acquire(self) -> None: ...
 
 
 class TokenBucket:
@@ -125,7 +132,10 @@ def error_for(response: httpx.Response, api: str) -> AmojoError:
 
 
 class Transport:
-    """Sends JSON requests through one `httpx.AsyncClient` with a rate limit and retries."""
+    """Sends JSON requests through one `httpx.AsyncClient` with rate limits and retries.
+
+    Every attempt, retries included, passes each of `limiters` in turn: what a retry sends counts too.
+    """
 
     def __init__(
         self,
@@ -133,12 +143,12 @@ class Transport:
         api: str,
         *,
         retry: RetryPolicy | None = None,
-        limiter: TokenBucket | None = None,
+        limiters: Sequence[Limiter] = (),
     ) -> None:
         self.client = client
         self.api = api
         self.retry = retry or RetryPolicy()
-        self.limiter = limiter
+        self.limiters = tuple(limiters)
 
     async def request(
         self,
@@ -154,8 +164,8 @@ class Transport:
         attempt = 0
         while True:
             attempt += 1
-            if self.limiter is not None:
-                await self.limiter.acquire()
+            for limiter in self.limiters:
+                await limiter.acquire()
             try:
                 response = await self.client.request(method, path, content=content, params=params)
             except httpx.TimeoutException as exc:

@@ -11,6 +11,7 @@ import httpx
 from amojo.chats import ChatsClient
 from amojo.rest import OAuthApp, RefreshingAuth, RestClient, TokenPair
 
+from .budget import CHATS_BATCH, REST_BATCH, SharedBudget
 from .ledger import Ledger
 from .settings import Settings
 
@@ -35,6 +36,8 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
         timeout=settings.timeout_s,
         max_connections=settings.concurrency * 2,
         rate=settings.amojo_rate,
+        budget=SharedBudget(settings.shared_rate_limit, CHATS_BATCH, "AMOJO_ETL_SHARED_RATE_LIMIT")
+        if settings.shared_rate_limit else None,
     )
     rest = rest_client(settings, ledger)
     assert rest is not None
@@ -76,4 +79,6 @@ def rest_client(settings: Settings, ledger: Ledger | None = None) -> RestClient 
         auth = RefreshingAuth(settings.amocrm_url, app, LedgerTokenStore(ledger, settings.amocrm_url), first)
     else:
         return None
-    return RestClient(settings.amocrm_url, auth, rate=settings.rest_rate, timeout=settings.timeout_s)
+    budget = (SharedBudget(settings.shared_rest_rate_limit, REST_BATCH, "AMOJO_ETL_SHARED_REST_RATE_LIMIT")
+              if settings.shared_rest_rate_limit else None)
+    return RestClient(settings.amocrm_url, auth, rate=settings.rest_rate, timeout=settings.timeout_s, budget=budget)

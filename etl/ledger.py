@@ -18,7 +18,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .settings import ConfigurationError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -87,7 +87,22 @@ oauth_tokens = sa.Table(
     sa.Column("updated_at", sa.Float),
 )
 
+# Who is doing what right now, so that concurrent runs on one ledger never do the same work twice. A claim is a lease:
+# its holder renews it while alive; once expired, another run takes it over. Added in version 3.
+claims = sa.Table(
+    "claims", metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # interval | conversation | client
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("holder", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    # An interval claim's span, and how far into it the holder has registered its messages as pending.
+    sa.Column("start_ms", sa.BigInteger),
+    sa.Column("end_ms", sa.BigInteger),
+    sa.Column("frontier_ms", sa.BigInteger),
+)
+
 DONE = ("sent", "confirmed")
+UNSENT = ("pending", "sending", "failed")
 IN_SLICE = 500
 
 
@@ -102,6 +117,7 @@ class ChatState:
 
 UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
     2: lambda conn: messages_by_conversation_time.create(conn, checkfirst=True),
+    3: lambda conn: claims.create(conn, checkfirst=True),
 }
 """Schema version -> the step that brings a ledger of the version before up to it."""
 
@@ -146,6 +162,13 @@ class Ledger:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _insert_ignoring_known(self, table: sa.Table) -> sa.Insert:
+        """An INSERT that leaves a row whose primary key exists as it is."""
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            return (sqlite if dialect == "sqlite" else postgresql).insert(table).on_conflict_do_nothing()
+        return table.insert().prefix_with("IGNORE")
 
     def _upsert(self, conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
         """Insert or update by primary key, in the dialect's own way."""
@@ -207,11 +230,7 @@ class Ledger:
             return
         now = time.time()
         rows = [{**r, "status": "pending", "attempts": 0, "updated_at": now} for r in rows]
-        dialect = self.engine.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            insert = (sqlite if dialect == "sqlite" else postgresql).insert(messages).on_conflict_do_nothing()
-        else:
-            insert = messages.insert().prefix_with("IGNORE")
+        insert = self._insert_ignoring_known(messages)
         with self.engine.begin() as conn:
             for first in range(0, len(rows), 10_000):
                 conn.execute(insert, rows[first:first + 10_000])
@@ -304,3 +323,78 @@ class Ledger:
             for first in range(0, len(rows), 10_000):
                 self._upsert(conn, rejects, [{**r, "updated_at": now} for r in rows[first:first + 10_000]],
                              ["source_key"])
+
+    # -- claims: leases on work, so that concurrent runs never do the same thing twice
+    def claim(self, kind: str, keys: Iterable[str], holder: str, ttl_s: float, **span: int) -> set[str]:
+        """Take the claims on `keys` that are free, expired or already ours; return the keys now held.
+
+        Rows are locked with SKIP LOCKED where the database has it (PostgreSQL, MariaDB), so a key another run is
+        claiming at this moment is skipped rather than waited for; SQLite serialises writers by itself. Keys are
+        taken in sorted order, so two runs inserting the same keys never deadlock.
+        """
+        keys = sorted(set(keys))
+        held: set[str] = set()
+        now = time.time()
+        claimable = sa.or_(claims.c.holder == holder, claims.c.expires_at < now)
+        for first in range(0, len(keys), IN_SLICE):
+            part = keys[first:first + IN_SLICE]
+            mine = claims.c.kind == kind, claims.c.key.in_(part)
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_ignoring_known(claims),
+                             [{"kind": kind, "key": k, "holder": holder, "expires_at": now + ttl_s, **span}
+                              for k in part])
+                free = [r.key for r in conn.execute(sa.select(claims.c.key).where(*mine, claimable)
+                                                    .order_by(claims.c.key).with_for_update(skip_locked=True))]
+                if free:
+                    conn.execute(claims.update().where(claims.c.kind == kind, claims.c.key.in_(free), claimable)
+                                 .values(holder=holder, expires_at=now + ttl_s, **span))
+                held.update(r.key for r in conn.execute(sa.select(claims.c.key).where(*mine,
+                                                                                       claims.c.holder == holder)))
+        return held
+
+    def renew_claims(self, holder: str, ttl_s: float) -> int:
+        """Extend every claim `holder` still has; the count tells it whether another run took one over."""
+        with self.engine.begin() as conn:
+            return conn.execute(claims.update().where(claims.c.holder == holder)
+                                .values(expires_at=time.time() + ttl_s)).rowcount
+
+    def release_claims(self, holder: str, kind: str | None = None, keys: Iterable[str] | None = None) -> None:
+        """Give up `holder`'s claims: those on `keys` of `kind`, or all of them."""
+        with self.engine.begin() as conn:
+            if keys is None:
+                conn.execute(claims.delete().where(claims.c.holder == holder))
+                return
+            keys = list(keys)
+            for first in range(0, len(keys), IN_SLICE):
+                conn.execute(claims.delete().where(claims.c.holder == holder, claims.c.kind == kind,
+                                                   claims.c.key.in_(keys[first:first + IN_SLICE])))
+
+    def advance_frontier(self, holder: str, key: str, frontier_ms: int) -> None:
+        """Say that every message of the interval `key` before `frontier_ms` is registered in the ledger."""
+        with self.engine.begin() as conn:
+            conn.execute(claims.update().where(claims.c.kind == "interval", claims.c.key == key,
+                                               claims.c.holder == holder)
+                         .values(frontier_ms=frontier_ms))
+
+    def live_claims(self, kind: str, other_than: str | None = None) -> list[sa.Row]:
+        """The unexpired claims of `kind`, except `other_than`'s."""
+        query = sa.select(claims).where(claims.c.kind == kind, claims.c.expires_at >= time.time())
+        if other_than:
+            query = query.where(claims.c.holder != other_than)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def earliest_unsent(self, conversation_ids: list[str], spans: list[tuple[int, int]]) -> dict[str, int]:
+        """conversation_id -> msec of its earliest message not yet sent whose time lies in one of `spans`."""
+        if not spans:
+            return {}
+        within = sa.or_(*(sa.and_(messages.c.msec >= start, messages.c.msec < end) for start, end in spans))
+        found: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for first in range(0, len(conversation_ids), IN_SLICE):
+                query = (sa.select(messages.c.conversation_id, sa.func.min(messages.c.msec))
+                         .where(messages.c.conversation_id.in_(conversation_ids[first:first + IN_SLICE]),
+                                messages.c.status.in_(UNSENT), within)
+                         .group_by(messages.c.conversation_id))
+                found.update({conversation: int(msec) for conversation, msec in conn.execute(query)})
+        return found

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     shared_rate_limit: str | None = Field(
         default=None, description="name of a Prefect global concurrency limit (slot decay = requests/s) that all runs "
                                   "for this account draw their Chats API budget from")
+    shared_rest_rate_limit: str | None = Field(
+        default=None, description="name of a Prefect global concurrency limit (slot decay = requests/s) that all runs "
+                                  "for this account draw their REST v4 budget from")
+    claim_timeout_s: float = Field(
+        default=60.0, ge=3, description="seconds after which the work of a run that stopped renewing its claims "
+                                        "(killed, or stalled) is taken over by another run")
     timeout_s: float = Field(default=30.0, gt=0)
     chunk_size: int = Field(default=50_000, ge=100, description="source messages read and transformed at a time")
     text_limit: int | None = Field(default=None, ge=1, description="longest text sent; longer ones are rejected")

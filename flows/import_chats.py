@@ -14,6 +14,7 @@ from prefect.states import Failed, State
 
 from amojo.errors import FATAL
 from etl.api import open_api, rest_client
+from etl.claims import ClaimLost, RunClaims
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
@@ -57,7 +58,7 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
         return Failed(message=f"configuration error: {exc}")
     try:
         summary = await _import(settings, interval, dry_run, began)
-    except (ConfigurationError, *FATAL) as exc:
+    except (ConfigurationError, ClaimLost, *FATAL) as exc:
         # Expected ways to fail: say what to fix, without a traceback, and stop the run.
         logger.error("%s", exc)
         _record_failure(settings, interval, dry_run, exc)
@@ -95,16 +96,24 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
         totals = RunTotals(interval.label)
         seen = SeenIds(source.repeated_ids())
         progress = await ImportProgress.start(interval.label, source.count())
-        async with open_api(settings, ledger) as api:
+        async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s) as claims:
+            await claims.hold_interval(interval)
             senders = await resolve_senders_task(api.rest, settings.bot_id)
+            registered = interval.start_ms
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
                 chunk = f"{interval.label}#{source.chunks}"
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                        settings.text_limit, label=chunk)
                 totals.add_batch(batch)
-                totals.load.add(await load_task(batch, api, ledger, settings.concurrency, settings.shared_rate_limit,
+                # Chunks come in time order: a short one is the last, and then all of the interval is registered.
+                if len(frames.messages) < settings.chunk_size:
+                    registered = interval.end_ms
+                elif len(batch.messages):
+                    registered = max(registered, int(batch.messages["msec"].max()))
+                totals.load.add(await load_task(batch, api, ledger, claims, registered, settings.concurrency,
                                                 progress.sending, label=chunk))
                 await progress.chunk_done(len(frames.messages))
+            claims.advance(interval.end_ms)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
         summary = totals.summary(verdict, time.monotonic() - began)
         ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict, summary.as_dict())

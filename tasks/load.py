@@ -20,8 +20,8 @@ from prefect.cache_policies import NO_CACHE
 from amojo.errors import FATAL, AmojoError, InvalidRequest
 from amojo.rest import ChatLink, RestClient
 from etl.api import Api
+from etl.claims import RunClaims
 from etl.ledger import DONE, ChatState, Ledger
-from etl.settings import ConfigurationError
 
 from .transform import Batch, Senders, chat_payload, client_participant, contact_body, edit_payload, message_payload
 
@@ -67,31 +67,6 @@ async def _bounded(limit: int, jobs: list[Awaitable[Any]]) -> list[Any]:
     return await asyncio.gather(*(run(job) for job in jobs))
 
 
-class SharedBudget:
-    """The account's request budget shared by every run, as a Prefect global concurrency limit used as a rate
-    limit. Taken a batch at a time: one round trip to the Prefect server per batch, never per request
-    (prefect-notes.md). `strict`: a limit that does not exist stops the run instead of being skipped silently."""
-
-    BATCH = 20
-
-    def __init__(self, name: str | None) -> None:
-        self.name = name
-
-    async def take(self, requests: int) -> None:
-        if not self.name:
-            return
-        from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
-
-        for first in range(0, requests, self.BATCH):
-            try:
-                await rate_limit(self.name, occupy=min(self.BATCH, requests - first), strict=True)
-            except ConcurrencySlotAcquisitionError as exc:
-                raise ConfigurationError(
-                    f"the Prefect global concurrency limit {self.name!r} (AMOJO_ETL_SHARED_RATE_LIMIT) cannot be used "
-                    f"({exc}); create it: prefect gcl create {self.name} --limit 100 --slot-decay-per-second 50"
-                ) from None
-
-
 def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
     return {"msgid": message.msgid, "conversation_id": message.conversation_id, "msec": int(message.msec),
             "content_hash": int(message.content_hash), "text_hash": int(message.text_hash), **values}
@@ -114,21 +89,56 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
 
 
-async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 32,
-               budget: SharedBudget | None = None,
-               progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
-    """Send what the ledger has not seen sent; edit what changed since it was sent."""
+def _restricted(batch: Batch, conversation_ids: set[str]) -> Batch:
+    """The part of a batch that belongs to these conversations."""
+    return Batch(batch.conversations.loc[sorted(conversation_ids)],
+                 batch.messages[batch.messages["conversation_id"].isin(conversation_ids)], batch.rejects.iloc[0:0])
+
+
+async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, registered_through: int,
+               concurrency: int = 32, progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
+    """Send what the ledger has not seen sent; edit what changed since it was sent.
+
+    Every message of the batch is registered as `pending` first, and `registered_through` (every message of the
+    run's interval before it is now in the ledger) is published, so that other runs can keep conversation order.
+    Then conversations are taken a claim at a time: those another live run holds, or whose earlier messages
+    another run may still send, wait their turn.
+    """
     report = LoadReport()
     ledger.save_rejects(batch.rejects.to_dict("records"))
-    to_send, to_edit, report.messages_skipped = plan(batch, ledger)
+    to_send, to_edit, _ = plan(batch, ledger)
     ledger.add_pending([_ledger_row(m) for m in to_send[to_send["status"].isna()].itertuples(index=False)])
+    claims.advance(registered_through)
+    remaining = set(to_send["conversation_id"]) | set(to_edit["conversation_id"])
+    report.messages_skipped = int((~batch.messages["conversation_id"].isin(remaining)).sum())
+    first_unsent = to_send.groupby("conversation_id")["msec"].min().to_dict()
+    while remaining:
+        turn = remaining - claims.out_of_turn({c: first_unsent[c] for c in remaining if c in first_unsent})
+        mine = claims.take("conversation", turn) if turn else set()
+        if not mine:
+            await claims.pause()
+            continue
+        try:
+            await _load_conversations(_restricted(batch, mine), api, ledger, claims, concurrency, report, progress)
+        finally:
+            claims.release("conversation", mine)
+        remaining -= mine
+    return report
+
+
+async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, concurrency: int,
+                              report: LoadReport, progress: Callable[[int], Awaitable[None]] | None) -> None:
+    """The seed's sequence for conversations this run holds, planned again from the ledger: another run may have
+    sent some of their messages since."""
+    to_send, to_edit, settled = plan(batch, ledger)
+    report.messages_skipped += settled
     active = sorted(set(to_send["conversation_id"]) | set(to_edit["conversation_id"]))
     if not active:
-        return report
+        return
     conversations = batch.conversations.loc[active]
 
     await _create_chats(conversations, api, ledger, concurrency, report)
-    await _resolve_contacts(conversations, api, ledger, concurrency, report)
+    await _resolve_contacts(conversations, api, ledger, claims, concurrency, report)
     await _link_chats(conversations, api, ledger, report)
 
     states = ledger.chat_states(active)
@@ -142,15 +152,15 @@ async def load(batch: Batch, api: Api, ledger: Ledger, concurrency: int = 32,
     sends = dict(tuple(to_send.groupby("conversation_id", sort=False)))
     edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
     empty = to_send.iloc[0:0]
+
     async def send(conversation: Any) -> None:
         await _send_conversation(states[conversation.Index].chat_id, client_participant(conversation),
                                  sends.get(conversation.Index, empty), edits.get(conversation.Index, empty), api,
-                                 ledger, report, budget or SharedBudget(None))
+                                 ledger, claims, report)
         if progress is not None:
             await progress(report.messages_sent + report.messages_edited)
 
     await _bounded(concurrency, [send(c) for c in conversations.loc[ready].itertuples()])
-    return report
 
 
 async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
@@ -167,16 +177,34 @@ async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, c
     report.chats_created += len(rows)
 
 
-async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
-                            report: LoadReport) -> None:
+async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledger, claims: RunClaims,
+                            concurrency: int, report: LoadReport) -> None:
+    """Find each client's contact; a client another run is finding or creating right now waits for it, so that
+    no client gets two contacts."""
+    states = ledger.chat_states(conversations.index)
+    needing = conversations[[states[c].contact_id is None or bool(states[c].quarantine)
+                             for c in conversations.index]]
+    remaining = needing
+    while len(remaining):
+        mine = claims.take("client", remaining["client_key"])
+        if not mine:
+            await claims.pause()
+            continue
+        try:
+            await _find_or_create_contacts(remaining[remaining["client_key"].isin(mine)], api, ledger, concurrency,
+                                           report)
+        finally:
+            claims.release("client", mine)
+        remaining = remaining[~remaining["client_key"].isin(mine)]
+
+
+async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
+                                   report: LoadReport) -> None:
     """Find each client's contact by normalised phone, then email; create the rest in batches.
 
     A search that matches several contacts quarantines the client's conversations: sending them to the wrong
     contact cannot be undone, and a person can tell which one is right.
     """
-    states = ledger.chat_states(conversations.index)
-    needing = conversations[[states[c].contact_id is None or bool(states[c].quarantine)
-                             for c in conversations.index]]
     clients = needing.drop_duplicates("client_key")
     known = ledger.contact_ids(clients["client_key"])
     to_create: list[Any] = []
@@ -252,7 +280,7 @@ async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int, patie
 
 
 async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.DataFrame, edits: pd.DataFrame,
-                             api: Api, ledger: Ledger, report: LoadReport, budget: SharedBudget) -> None:
+                             api: Api, ledger: Ledger, claims: RunClaims, report: LoadReport) -> None:
     """Send one conversation's messages in time order; stop it at the first message that cannot be sent.
 
     A message left `sending` (or `failed`) by an earlier run may have landed before its answer was lost: the chat
@@ -269,9 +297,8 @@ async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.D
     if len(pending):
         ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
     try:
-        for number, message in enumerate(pending.itertuples(index=False)):
-            if number % SharedBudget.BATCH == 0:
-                await budget.take(min(SharedBudget.BATCH, len(pending) - number))
+        for message in pending.itertuples(index=False):
+            claims.check()
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
             except InvalidRequest as exc:
@@ -338,9 +365,9 @@ class DryRun:
 
 
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
-async def load_task(batch: Batch, api: Api, ledger: Ledger, concurrency: int, shared_rate_limit: str | None,
-                    progress: Callable[[int], Awaitable[None]] | None, label: str) -> LoadReport:
-    return await load(batch, api, ledger, concurrency, SharedBudget(shared_rate_limit), progress)
+async def load_task(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, registered_through: int,
+                    concurrency: int, progress: Callable[[int], Awaitable[None]] | None, label: str) -> LoadReport:
+    return await load(batch, api, ledger, claims, registered_through, concurrency, progress)
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)

@@ -1,0 +1,120 @@
+"""Claims: how concurrent runs on one ledger share the work without doing any of it twice.
+
+A run claims its data interval, then each conversation before it creates, links or sends anything for it, and each
+client before it finds or creates the client's contact. A claim is a lease in the ledger (`claims` table), renewed
+by a heartbeat while the run lives; a run killed mid-way stops renewing, and once its claims expire another run
+takes them over and resumes as after any crash: `sending` messages are looked up in the chat history first.
+
+Conversation order across runs: a run registers its messages as `pending` chunk by chunk, in time order, and
+publishes how far it has got (the interval claim's frontier). A conversation's messages wait while another live run
+may still hold earlier ones of it: its frontier is before them, or it has earlier ones not yet sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterable, Mapping
+
+from .intervals import Interval
+from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+class ClaimLost(Exception):
+    """This run stalled longer than its claims last, and another run took its work over; run the interval again."""
+
+
+class RunClaims:
+    """The claims of one run, kept alive by a heartbeat every third of `ttl_s`, released when the run ends."""
+
+    def __init__(self, ledger: Ledger, ttl_s: float = 60.0, poll_s: float | None = None) -> None:
+        self.ledger = ledger
+        self.ttl_s = ttl_s
+        self.poll_s = poll_s if poll_s is not None else min(2.0, ttl_s / 10)
+        self.holder = uuid.uuid4().hex
+        self.interval: Interval | None = None
+        self._held: set[tuple[str, str]] = set()
+        self._lost = False
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RunClaims:
+        self._heartbeat = asyncio.create_task(self._beat())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        self.ledger.release_claims(self.holder)
+        self._held.clear()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            if self._held and self.ledger.renew_claims(self.holder, self.ttl_s) < len(self._held):
+                self._lost = True
+
+    def check(self) -> None:
+        """Stop the run if another one took over a claim of ours: going on could send a message twice."""
+        if self._lost:
+            raise ClaimLost(f"this run's claims expired (it stalled for more than {self.ttl_s:.0f} s, see "
+                            "AMOJO_ETL_CLAIM_TIMEOUT_S) and another run took its work over; run the interval again")
+
+    def take(self, kind: str, keys: Iterable[str]) -> set[str]:
+        """Claim what of `keys` no live run holds; return the keys this run now holds."""
+        self.check()
+        held = self.ledger.claim(kind, keys, self.holder, self.ttl_s)
+        self._held.update((kind, key) for key in held)
+        return held
+
+    def release(self, kind: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        self.ledger.release_claims(self.holder, kind, keys)
+        self._held.difference_update((kind, key) for key in keys)
+
+    async def pause(self) -> None:
+        """Wait a moment for another run to finish what it holds."""
+        await asyncio.sleep(self.poll_s)
+
+    # -- the interval
+    async def hold_interval(self, interval: Interval) -> None:
+        """Claim the data interval, waiting while another live run holds the same one (then it resumes from it)."""
+        key = interval_key(interval)
+        waited = False
+        while True:
+            held = self.ledger.claim("interval", [key], self.holder, self.ttl_s, start_ms=interval.start_ms,
+                                     end_ms=interval.end_ms, frontier_ms=interval.start_ms)
+            if held:
+                self._held.add(("interval", key))
+                self.interval = interval
+                return
+            if not waited:
+                log.info("interval %s is held by another run; waiting for it to finish or expire", interval.label)
+                waited = True
+            await self.pause()
+
+    def advance(self, frontier_ms: int) -> None:
+        """Publish that every message of this run's interval before `frontier_ms` is registered as pending."""
+        assert self.interval is not None
+        self.ledger.advance_frontier(self.holder, interval_key(self.interval), frontier_ms)
+
+    def out_of_turn(self, first_unsent: Mapping[str, int]) -> set[str]:
+        """The conversations (conversation_id -> msec of our first message to send) whose earlier messages
+        another live run may still send; sending ours now would put them out of time order."""
+        others = self.ledger.live_claims("interval", other_than=self.holder)
+        if not others or not first_unsent:
+            return set()
+        waiting = {conversation for conversation, msec in first_unsent.items()
+                   if any(o.start_ms < msec and o.frontier_ms < min(msec, o.end_ms) for o in others)}
+        earlier = self.ledger.earliest_unsent([c for c in first_unsent if c not in waiting],
+                                              [(o.start_ms, o.end_ms) for o in others])
+        return waiting | {c for c, msec in earlier.items() if msec < first_unsent[c]}
+
+
+def interval_key(interval: Interval) -> str:
+    return f"{interval.start.isoformat()}/{interval.end.isoformat()}"
