@@ -31,6 +31,7 @@ from emulator_process import start_emulator  # noqa: E402
 from amojo.chats import ChatsClient  # noqa: E402
 from amojo.emulator import config as demo  # noqa: E402
 from etl.api import open_api  # noqa: E402
+from etl.claims import RunClaims  # noqa: E402
 from etl.intervals import Interval  # noqa: E402
 from etl.ledger import Ledger  # noqa: E402
 from etl.sample import SampleSize, write_sample  # noqa: E402
@@ -80,14 +81,15 @@ async def pipeline(url: str, source: str, workdir: str, amojo_rate: float | None
     ledger = Ledger(settings.state_url)
     timed = Timed(ledger)
     sent = 0
-    async with open_api(settings, ledger) as api:
+    async with open_api(settings, ledger) as api, RunClaims(ledger) as claims:
+        await claims.hold_interval(MONTH)
         senders = await resolve_senders(api.rest, settings.bot_id)
         with SourceStream(source, CANONICAL, MONTH.start, MONTH.end, UTC) as stream:
             seen = SeenIds(stream.repeated_ids())
             began = time.perf_counter()
             while (frames := stream.next_chunk()) is not None:
                 batch = transform(frames, senders, "ae-", UTC, seen=seen)
-                sent += (await load(batch, api, ledger, concurrency)).messages_sent
+                sent += (await load(batch, api, ledger, claims, MONTH.end_ms, concurrency)).messages_sent
             seconds = time.perf_counter() - began
     ledger.close()
     return {"sent": sent, "seconds": seconds, "ledger_seconds": timed.seconds}

@@ -51,6 +51,7 @@ async def counted(flow_state) -> Counter:
 async def plain(settings_env_ledger: str) -> float:
     """The import's stages as plain functions: no flow, no task runs."""
     from etl.api import open_api
+    from etl.claims import RunClaims
     from etl.intervals import Interval
     from etl.ledger import Ledger
     from etl.settings import load_settings
@@ -65,11 +66,12 @@ async def plain(settings_env_ledger: str) -> float:
     ledger = Ledger(settings.state_url)
     with open_source(settings.source_url, None, interval.start, interval.end, settings.source_zone) as source:
         seen = SeenIds(source.repeated_ids())
-        async with open_api(settings, ledger) as api:
+        async with open_api(settings, ledger) as api, RunClaims(ledger) as claims:
+            await claims.hold_interval(interval)
             senders = await resolve_senders(api.rest, settings.bot_id)
             while (frames := source.next_chunk()) is not None:
                 await load(transform(frames, senders, settings.id_prefix, settings.source_zone, seen=seen), api,
-                           ledger, settings.concurrency)
+                           ledger, claims, interval.end_ms, settings.concurrency)
             await reconcile(api, ledger, interval.start_ms, interval.end_ms)
     ledger.close()
     return time.perf_counter() - began

@@ -83,7 +83,7 @@ oauth_tokens = sa.Table(
     sa.Column("account", sa.String(255), primary_key=True),
     sa.Column("access_token", sa.Text, nullable=False),
     sa.Column("refresh_token", sa.Text, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),  # not Float: single precision on MySQL
     sa.Column("updated_at", sa.Float),
 )
 
@@ -94,7 +94,7 @@ claims = sa.Table(
     sa.Column("kind", sa.String(16), primary_key=True),  # interval | conversation | client
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),  # not Float: single precision on MySQL
     # An interval claim's span, and how far into it the holder has registered its messages as pending.
     sa.Column("start_ms", sa.BigInteger),
     sa.Column("end_ms", sa.BigInteger),

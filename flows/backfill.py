@@ -1,7 +1,8 @@
 """backfill: every day of a date range, imported day by day, at most `max_parallel` days at a time.
 
 Prefect has no backfill of its own; this one follows Airflow's: the ledger says which days are done, and
-`reprocess` says which of them to take again. Stopped half-way and started again, it does only the rest.
+`reprocess` says which of them to take again. Stopped half-way and started again, it does only the rest. Several
+backfills over the same range, on several workers, share its days out through the ledger's claims.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact,
 from prefect.states import Failed, State
 from pydantic import Field
 
+from etl.claims import interval_key
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, load_settings
@@ -22,6 +24,8 @@ from etl.settings import ConfigurationError, load_settings
 from .import_chats import import_chats
 
 Reprocess = Literal["missing", "failed", "all"]
+WAIT_S = 2.0
+"""How often a backfill looks again at a day another run holds."""
 
 
 def days_to_run(days: list[Interval], statuses: dict[tuple[str, str], str], reprocess: Reprocess) -> list[Interval]:
@@ -58,42 +62,70 @@ async def backfill(
         validate_range(start, end, datetime.now(settings.zone).date())
         days = Interval.days(start, end, settings.zone).daily()
         ledger = Ledger(settings.state_url)
-        statuses = ledger.interval_statuses()
-        ledger.close()
     except (ConfigurationError, ValueError) as exc:
         logger.error("%s", exc)
         return Failed(message=str(exc))
-    todo = days_to_run(days, statuses, reprocess)
-    logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days), reprocess)
-    progress = await acreate_progress_artifact(0.0, key="backfill-progress",
-                                               description=f"Days of {start}..{end} done")
-    gate = asyncio.Semaphore(max_parallel)
-    done = 0
-    outcomes: dict[str, str] = {}
-
-    async def run(day: Interval) -> None:
-        nonlocal done
-        async with gate:
-            state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
-                                       dry_run=dry_run, return_state=True)
-        if state.is_completed():
-            result = await state.aresult()
-            outcomes[day.label] = "dry run" if dry_run else result["verdict"]
-        else:
-            outcomes[day.label] = "failed"
-        done += 1
-        await aupdate_progress_artifact(progress, 100.0 * done / max(1, len(todo)))
-
-    await asyncio.gather(*(run(day) for day in todo))
-    await aupdate_progress_artifact(progress, 100.0)
+    try:
+        statuses = ledger.interval_statuses()
+        todo = days_to_run(days, statuses, reprocess)
+        logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
+                    reprocess)
+        outcomes, by_others = await _run_days(todo, ledger, reprocess, max_parallel, dry_run, start, end)
+    finally:
+        ledger.close()
     rows = [{"day": d.label,
-             "outcome": outcomes.get(d.label, f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})")}
+             "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
+             if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
             for d in days]
     await acreate_table_artifact(rows, key="backfill-days", description=f"Backfill {start}..{end}")
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("complete", "incomplete", "failed")}
-    summary = {"days": len(days), "ran": len(todo), "skipped": len(days) - len(todo), **counts,
+    summary = {"days": len(days), "ran": len(todo) - len(by_others), "skipped": len(days) - len(todo),
+               "by_other_runs": len(by_others), **counts,
                "verdict": "complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
                "outcomes": outcomes}
     if counts["failed"]:
         return Failed(message=f"{counts['failed']} of {len(todo)} days failed", data=summary)
     return summary
+
+
+async def _run_days(todo: list[Interval], ledger: Ledger, reprocess: Reprocess, max_parallel: int, dry_run: bool,
+                    start: date, end: date) -> tuple[dict[str, str], set[str]]:
+    """Import the days, `max_parallel` at a time; day label -> verdict, and the days other runs did meanwhile.
+
+    Several backfills over one range share it out: each next takes a day no other live run holds, and only when
+    none is left waits for the days others hold (taking one over if its run died), then reads their outcome.
+    """
+    progress = await acreate_progress_artifact(0.0, key="backfill-progress",
+                                               description=f"Days of {start}..{end} done")
+    queue = list(todo)
+    outcomes: dict[str, str] = {}
+    by_others: set[str] = set()
+
+    def held() -> set[str]:
+        return {row.key for row in ledger.live_claims("interval")}
+
+    async def slot() -> None:
+        while queue:
+            day = next((d for d in queue if interval_key(d) not in held()), queue[0])
+            queue.remove(day)
+            while interval_key(day) in held():  # wait for its run to end, or to die and its claim to expire
+                await asyncio.sleep(WAIT_S)
+            if not dry_run and reprocess != "all":
+                key = (day.start.isoformat(), day.end.isoformat())
+                statuses = ledger.interval_statuses()
+                if not days_to_run([day], statuses, reprocess):  # done meanwhile by another run
+                    outcomes[day.label] = statuses[key]
+                    by_others.add(day.label)
+                    continue
+            state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
+                                       dry_run=dry_run, return_state=True)
+            if state.is_completed():
+                result = await state.aresult()
+                outcomes[day.label] = "dry run" if dry_run else result["verdict"]
+            else:
+                outcomes[day.label] = "failed"
+            await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)))
+
+    await asyncio.gather(*(slot() for _ in range(min(max_parallel, len(todo)))))
+    await aupdate_progress_artifact(progress, 100.0)
+    return outcomes, by_others

@@ -20,8 +20,9 @@ def _set_version(url: str, version: int, drop_index: bool = False) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version)))
-        if drop_index:
+        if drop_index:  # and the claims table of version 3
             conn.execute(sa.text("DROP INDEX messages_conversation_msec"))
+            conn.execute(sa.text("DROP TABLE claims"))
     engine.dispose()
 
 
@@ -34,8 +35,9 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     _set_version(url, 1, drop_index=True)  # as version 1 left it
     assert "messages_conversation_msec" not in _indexes(url)
     upgraded = Ledger(url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 2
+    assert upgraded.schema_version() == SCHEMA_VERSION == 3
     assert "messages_conversation_msec" in _indexes(url)
+    assert upgraded.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
     assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7)}  # the data stays
     upgraded.close()
 

@@ -1,0 +1,108 @@
+"""Claims in the ledger: one holder per key at a time, takeover once expired, and conversation order across runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from etl.claims import ClaimLost, RunClaims
+from etl.intervals import Interval
+from etl.ledger import Ledger
+
+UTC = ZoneInfo("UTC")
+DAY1 = Interval.days(date(2026, 10, 1), date(2026, 10, 2), UTC)
+DAY2 = Interval.days(date(2026, 10, 2), date(2026, 10, 3), UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+def ledger_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+def test_one_holder_at_a_time_then_takeover_after_expiry(ledger_url):
+    ledger = Ledger(ledger_url)
+    assert ledger.claim("client", ["c1", "c2"], "run-a", ttl_s=0.5) == {"c1", "c2"}
+    assert ledger.claim("client", ["c2", "c3"], "run-b", ttl_s=0.5) == {"c3"}  # c2 is run-a's
+    assert ledger.claim("client", ["c1"], "run-a", ttl_s=0.5) == {"c1"}  # a holder may claim again
+    time.sleep(0.6)
+    assert ledger.claim("client", ["c1", "c2"], "run-b", ttl_s=30) == {"c1", "c2"}  # run-a stopped renewing
+    assert ledger.renew_claims("run-a", 30) == 0  # and can tell that it lost them
+    ledger.release_claims("run-b", "client", ["c1"])
+    assert ledger.claim("client", ["c1"], "run-a", ttl_s=30) == {"c1"}
+    ledger.close()
+
+
+def test_concurrent_claims_never_overlap(ledger_url):
+    """Eight runs in threads, each with its own connection pool, grab overlapping keys at once: every key is held
+    by exactly one of them."""
+    keys = [f"v{i}" for i in range(200)]
+    got: dict[str, set[str]] = {}
+    barrier = threading.Barrier(8)
+
+    def grab(holder: str, offset: int) -> None:
+        ledger = Ledger(ledger_url)
+        barrier.wait()
+        got[holder] = ledger.claim("conversation", keys[offset:] + keys[:offset], holder, ttl_s=60)
+        ledger.close()
+
+    Ledger(ledger_url).close()  # the schema, once
+    threads = [threading.Thread(target=grab, args=(f"run-{n}", n * 25)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [key for keys_held in got.values() for key in keys_held]
+    assert sorted(held) == sorted(keys)  # all taken, none twice
+
+
+async def test_later_messages_wait_for_a_live_run_with_earlier_ones(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    noon2 = DAY2.start_ms + 12 * 3600_000
+    async with RunClaims(ledger, ttl_s=30) as first, RunClaims(ledger, ttl_s=30) as second:
+        await first.hold_interval(DAY1)
+        await second.hold_interval(DAY2)
+        # The day-1 run has registered nothing yet: it may still hold earlier messages of any conversation.
+        assert second.out_of_turn({"v1": noon2}) == {"v1"}
+        assert first.out_of_turn({"v1": DAY1.start_ms + 1000}) == set()  # nothing before day 1 is running
+
+        # It registers its day: v1 has an earlier message not sent yet, v2 has none.
+        ledger.add_pending([{"msgid": "ae-m1", "conversation_id": "v1", "msec": DAY1.end_ms - 1000,
+                             "content_hash": 1, "text_hash": 1}])
+        first.advance(DAY1.end_ms)
+        assert second.out_of_turn({"v1": noon2, "v2": noon2}) == {"v1"}
+
+        ledger.mark_messages(["ae-m1"], "sent")
+        assert second.out_of_turn({"v1": noon2, "v2": noon2}) == set()
+    ledger.close()
+
+
+async def test_a_run_that_lost_its_claims_stops(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    async with RunClaims(ledger, ttl_s=3) as stalled:
+        await stalled.hold_interval(DAY1)
+        assert stalled.take("conversation", ["v1"]) == {"v1"}
+        time.sleep(3.2)  # blocks the event loop: no heartbeat, as in a frozen process
+        assert ledger.claim("conversation", ["v1"], "another-run", ttl_s=30) == {"v1"}
+        await __import__("asyncio").sleep(1.2)  # the next heartbeat finds the claim gone
+        with pytest.raises(ClaimLost, match="another run took its work over"):
+            stalled.check()
+    ledger.close()
+
+
+async def test_an_interval_held_by_a_live_run_waits_and_is_taken_over_once_it_expires(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.claim("interval", ["2026-10-01T00:00:00+00:00/2026-10-02T00:00:00+00:00"], "killed-run", ttl_s=1.5,
+                 start_ms=DAY1.start_ms, end_ms=DAY1.end_ms, frontier_ms=DAY1.start_ms)
+    async with RunClaims(ledger, ttl_s=30, poll_s=0.1) as claims:
+        began = time.monotonic()
+        await claims.hold_interval(DAY1)
+        assert time.monotonic() - began >= 1.0  # it waited for the expiry
+        assert {row.holder for row in ledger.live_claims("interval")} == {claims.holder}
+    assert ledger.live_claims("interval") == []  # released at the end of the run
+    ledger.close()
