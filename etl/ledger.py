@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,26 @@ UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
 """Schema version -> the step that brings a ledger of the version before up to it."""
 
 
+SCHEMA_LOCK = 0x616D6F6A6F  # any number: the advisory lock that schema changes take turns on
+
+
+@contextmanager
+def _schema_lock(conn: sa.Connection) -> Iterator[None]:
+    """Hold the database's own lock for schema changes while inside. SQLite needs none: one writer at a time."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})  # until commit
+        yield
+    elif dialect in ("mysql", "mariadb"):
+        conn.execute(sa.text("SELECT GET_LOCK('amojo_etl_schema', 120)"))
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT RELEASE_LOCK('amojo_etl_schema')"))
+    else:
+        yield
+
+
 class Ledger:
     """The state database behind one account's imports (SQLite file by default, PostgreSQL for many workers)."""
 
@@ -136,12 +157,12 @@ class Ledger:
     def _upgrade(self) -> None:
         """Create a new ledger at the current version, or bring an older one up to it, step by step.
 
-        The version row is locked while upgrading, so that workers starting together upgrade once.
+        Workers starting together on a new ledger would create its tables at once: a database lock makes them
+        take turns (the first creates, the others find it done).
         """
-        metadata.create_all(self.engine, tables=[meta])
-        with self.engine.begin() as conn:
-            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")
-                                 .with_for_update()).scalar()
+        with self.engine.begin() as conn, _schema_lock(conn):
+            metadata.create_all(conn, tables=[meta])
+            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
             if found is None:
                 metadata.create_all(conn)
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))

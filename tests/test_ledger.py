@@ -48,3 +48,26 @@ def test_a_ledger_from_a_newer_version_is_refused(tmp_path):
     _set_version(url, SCHEMA_VERSION + 1)
     with pytest.raises(ConfigurationError, match="newer amojo-etl"):
         Ledger(url)
+
+
+@pytest.mark.parametrize("database", ["postgres", "mariadb"])
+def test_workers_starting_together_create_a_new_ledger_once(database, request):
+    import threading
+
+    url = request.getfixturevalue(f"{database}_url")
+    barrier, errors = threading.Barrier(6), []
+
+    def open_ledger() -> None:
+        barrier.wait()
+        try:
+            Ledger(url).close()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_ledger) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Ledger(url).schema_version() == SCHEMA_VERSION

@@ -1,0 +1,152 @@
+"""Scale-out, end to end: four worker processes backfill the same 14 days (three days at a time each) beside a
+nightly run, on one PostgreSQL ledger and one Prefect server, against an emulator with faults on. Every valid
+message lands exactly once and in time order, every client has one contact, every chat one link, and all of them
+together stay within the account's shared budget. Then the same with one worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from conftest import etl_env
+from prefect_server import BIN, prefect_server, start_process, stop_process
+
+from amojo.emulator.config import EmulatorConfig, Faults
+from amojo.emulator.server import start
+from etl.budget import CHATS_BATCH, REST_BATCH
+from etl.sample import SampleSize, write_sample
+
+pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
+
+START, END, NIGHTLY = "2026-10-05", "2026-10-19", "2026-10-11"
+WORKERS = 4
+CHATS_RATE, CHATS_BURST = 60, 60  # the shared Chats API budget: requests/s, and slots (the burst)
+REST_RATE, REST_BURST = 7, 7  # amoCRM's REST v4 limit per account
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory) -> dict[str, str]:
+    with prefect_server(tmp_path_factory.mktemp("prefect")) as env:
+        yield env
+
+
+def _budget(api: str, name: str, rate: float, burst: int) -> str:
+    answer = httpx.post(f"{api}/v2/concurrency_limits/", json={"name": name, "limit": burst, "active": True,
+                                                                "slot_decay_per_second": rate})
+    assert answer.status_code == 201, answer.text
+    return name
+
+
+def _most_in_any_window(times: list[float], seconds: float) -> int:
+    times = sorted(times)
+    most, first = 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] > seconds:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def _run_workers(prefect_env: dict[str, str], emulator, source: Path, ledger_url: str, tmp_path: Path,
+                 kill_one: bool) -> list[subprocess.Popen]:
+    api = prefect_env["PREFECT_API_URL"]
+    env = {**prefect_env, **etl_env(emulator, f"sqlite:///{source}", ledger_url),
+           "AMOJO_ETL_SHARED_RATE_LIMIT": _budget(api, f"chats-{uuid.uuid4().hex[:8]}", CHATS_RATE, CHATS_BURST),
+           "AMOJO_ETL_SHARED_REST_RATE_LIMIT": _budget(api, f"rest-{uuid.uuid4().hex[:8]}", REST_RATE, REST_BURST),
+           "AMOJO_ETL_CLAIM_TIMEOUT_S": "10", "AMOJO_ETL_CONCURRENCY": "8"}
+    cli = str(BIN / "amojo-etl")
+    workers = [start_process([cli, "backfill", "--start", START, "--end", END, "--max-parallel", "3", "--json"],
+                             env, tmp_path / f"worker-{n}.log") for n in range(WORKERS)]
+    nightly = start_process([cli, "import", "--start", NIGHTLY, "--end", "2026-10-12", "--json"], env,
+                            tmp_path / "nightly.log")
+    processes = [*workers, nightly]
+    try:
+        if kill_one:
+            deadline = time.monotonic() + 300
+            while len(emulator.emulator.store.messages()) < 120:  # mid-run: sending, holding claims
+                assert time.monotonic() < deadline, "no message arrived"
+                time.sleep(0.2)
+            os.killpg(workers[1].pid, signal.SIGKILL)
+        for process in processes:
+            process.wait(timeout=600)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                stop_process(process)
+    return processes
+
+
+def _check_exactly_once_in_order(emulator, source: Path, ledger_url: str) -> None:
+    store = emulator.emulator.store
+    engine = sa.create_engine(f"sqlite:///{source}")
+    with engine.connect() as conn:
+        expected = {f"ae-{row[0]}" for row in conn.execute(sa.text(
+            "SELECT id FROM messages WHERE created_at >= :start AND created_at < :end"), {"start": START, "end": END})}
+    engine.dispose()
+    engine = sa.create_engine(ledger_url)
+    with engine.connect() as conn:
+        statuses = dict(conn.execute(sa.text("SELECT msgid, status FROM messages")).all())
+        rejected = {f"ae-{key.split(':', 1)[1].split('#')[0]}"
+                    for (key,) in conn.execute(sa.text("SELECT source_key FROM rejects"))}
+    engine.dispose()
+
+    landed = Counter(m["msgid"] for m in store.messages())
+    assert landed and set(landed.values()) == {1}
+    assert set(landed) <= expected and expected - set(landed) <= rejected  # every valid message, nothing else
+    assert {m for m, s in statuses.items() if s != "rejected"} == set(landed)
+    assert set(statuses.values()) <= {"confirmed", "rejected"}  # and the read-back confirmed each one
+    refused = [entry for entry in emulator.emulator.request_log if entry[2] == "message" and entry[3] == 400]
+    assert refused == []  # in reject mode, a message sent twice would have been answered 400
+
+    for chat in store.chats():  # each conversation's messages arrived in time order
+        times = [m["msec_timestamp"] for m in store.chat_messages(chat["id"])]
+        assert times == sorted(times), chat["conversation_id"]
+    spans = defaultdict(set)
+    for message in store.messages():
+        spans[message["chat_id"]].add(message["timestamp"] // 86400)
+    assert sum(1 for days in spans.values() if len(days) > 1) >= 10  # and many conversations span days
+
+    clients = {chat["user"]["id"] for chat in store.chats()}
+    contacts = store.contacts()
+    assert len(contacts) == len(clients)  # one contact per client
+    assert len({(c["name"], tuple(c["phones"]), tuple(c["emails"])) for c in contacts}) == len(contacts)
+    links = store.links()
+    assert sorted(link["chat_id"] for link in links) == sorted(chat["id"] for chat in store.chats())
+    assert sorted(link["id"] for link in links) == list(range(1, len(links) + 1))  # none ever moved or redone
+    assert store.leads() == []
+
+
+def _check_budget(emulator, processes: int) -> None:
+    """In any window, no more requests than the shared budget allows: its burst, its rate over the window, and
+    what each process may have paid for just before the window."""
+    log = emulator.emulator.request_log
+    for api, rate, burst, batch in (("amojo", CHATS_RATE, CHATS_BURST, CHATS_BATCH),
+                                    ("rest", REST_RATE, REST_BURST, REST_BATCH)):
+        times = [entry[0] for entry in log if entry[1] == api]
+        for window in (1.0, 5.0):
+            allowed = burst + rate * window + processes * batch
+            assert _most_in_any_window(times, window) <= allowed, (api, window)
+
+
+@pytest.mark.parametrize("kill_one", [False, True], ids=["all-live", "one-killed"])
+def test_workers_share_the_days_exactly_once(prefect_env, postgres_url, tmp_path, kill_one):
+    source = tmp_path / "source.db"
+    write_sample(f"sqlite:///{source}", size=SampleSize(messages=1500, conversations=100, clients=40))
+    faults = Faults(seed=11, latency_ms=5, jitter_ms=15, error_rates={429: 0.02, 500: 0.02, 503: 0.03})
+    with start(EmulatorConfig(duplicate_msgid="reject", faults=faults)) as emulator:
+        processes = _run_workers(prefect_env, emulator, source, postgres_url, tmp_path, kill_one)
+        logs = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in sorted(tmp_path.glob("*.log")))
+        survivors = [p for n, p in enumerate(processes) if not (kill_one and n == 1)]
+        assert [p.returncode for p in survivors] == [0] * len(survivors), logs
+        if kill_one:
+            assert processes[1].returncode == -signal.SIGKILL
+        _check_exactly_once_in_order(emulator, source, postgres_url)
+        _check_budget(emulator, len(processes))
