@@ -6,8 +6,9 @@ by a heartbeat while the run lives; a run killed mid-way stops renewing, and onc
 takes them over and resumes as after any crash: `sending` messages are looked up in the chat history first.
 
 Conversation order across runs: a run registers its messages as `pending` chunk by chunk, in time order, and
-publishes how far it has got (the interval claim's frontier). A conversation's messages wait while another live run
-may still hold earlier ones of it: its frontier is before them, or it has earlier ones not yet sent.
+publishes how far it has got (the interval claim's frontier); a backfill reserves the days it has not started yet.
+A conversation's messages wait while another run may still hold earlier ones of it: its frontier (or a reserved
+day) lies between the conversation's opening and them, or it has earlier ones not yet sent.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from .intervals import Interval
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+ABANDONED_AFTER = 10
+"""Claim timeouts after which a dead run's interval, taken over by nobody, stops holding later messages back."""
 
 
 class ClaimLost(Exception):
@@ -103,17 +107,42 @@ class RunClaims:
         assert self.interval is not None
         self.ledger.advance_frontier(self.holder, interval_key(self.interval), frontier_ms)
 
-    def out_of_turn(self, first_unsent: Mapping[str, int]) -> set[str]:
-        """The conversations (conversation_id -> msec of our first message to send) whose earlier messages
-        another live run may still send; sending ours now would put them out of time order."""
-        others = self.ledger.live_claims("interval", other_than=self.holder)
-        if not others or not first_unsent:
+    def out_of_turn(self, first_unsent: Mapping[str, tuple[int, int]]) -> set[str]:
+        """The conversations (conversation_id -> (when it opened, msec of our first message to send)) whose earlier
+        messages another run may still send: sending ours now would put them out of time order.
+
+        Another run holds earlier ones back while its interval, or a day a backfill has reserved and not started,
+        is not registered between the conversation's opening and our message; or while it has registered
+        earlier ones of the conversation that are not sent yet. A run that died counts until its interval is
+        taken over, or for ABANDONED_AFTER claim timeouts if nobody does.
+        """
+        runs = self.ledger.live_claims("interval", other_than=self.holder,
+                                       expired_within_s=self.ttl_s * ABANDONED_AFTER)
+        reserved = self.ledger.live_claims("reserved", other_than=self.holder)
+        if reserved:
+            started, finished = self.ledger.interval_keys()
+            reserved = [r for r in reserved if r.key.split("#")[0] not in started | finished]
+        spans = [(r.start_ms, r.end_ms, r.frontier_ms) for r in runs] + [(r.start_ms, r.end_ms, r.start_ms)
+                                                                         for r in reserved]
+        if not spans or not first_unsent:
             return set()
-        waiting = {conversation for conversation, msec in first_unsent.items()
-                   if any(o.start_ms < msec and o.frontier_ms < min(msec, o.end_ms) for o in others)}
+        waiting = {conversation for conversation, (opened, msec) in first_unsent.items()
+                   if any(max(frontier, opened) < min(end, msec) for _, end, frontier in spans)}
         earlier = self.ledger.earliest_unsent([c for c in first_unsent if c not in waiting],
-                                              [(o.start_ms, o.end_ms) for o in others])
-        return waiting | {c for c, msec in earlier.items() if msec < first_unsent[c]}
+                                              [(start, end) for start, end, _ in spans])
+        return waiting | {c for c, msec in earlier.items() if msec < first_unsent[c][1]}
+
+    # -- a backfill's days
+    def reserve(self, days: Iterable[Interval]) -> None:
+        """Announce the days a backfill will import, so that runs of later days keep conversation order."""
+        for day in days:
+            key = f"{interval_key(day)}#{self.holder}"
+            self.ledger.claim("reserved", [key], self.holder, self.ttl_s, start_ms=day.start_ms, end_ms=day.end_ms,
+                              frontier_ms=day.start_ms)
+            self._held.add(("reserved", key))
+
+    def unreserve(self, day: Interval) -> None:
+        self.release("reserved", [f"{interval_key(day)}#{self.holder}"])
 
 
 def interval_key(interval: Interval) -> str:

@@ -397,13 +397,20 @@ class Ledger:
                                                claims.c.holder == holder)
                          .values(frontier_ms=frontier_ms))
 
-    def live_claims(self, kind: str, other_than: str | None = None) -> list[sa.Row]:
-        """The unexpired claims of `kind`, except `other_than`'s."""
-        query = sa.select(claims).where(claims.c.kind == kind, claims.c.expires_at >= time.time())
+    def live_claims(self, kind: str, other_than: str | None = None, expired_within_s: float = 0.0) -> list[sa.Row]:
+        """The claims of `kind` not yet expired (or expired less than `expired_within_s` ago), except `other_than`'s."""
+        query = sa.select(claims).where(claims.c.kind == kind, claims.c.expires_at >= time.time() - expired_within_s)
         if other_than:
             query = query.where(claims.c.holder != other_than)
         with self.engine.connect() as conn:
             return list(conn.execute(query))
+
+    def interval_keys(self) -> tuple[set[str], set[str]]:
+        """The intervals that some run has claimed (alive or not), and those with an outcome recorded."""
+        with self.engine.connect() as conn:
+            claimed = {r.key for r in conn.execute(sa.select(claims.c.key).where(claims.c.kind == "interval"))}
+            finished = {f"{r.start}/{r.end}" for r in conn.execute(sa.select(intervals.c.start, intervals.c.end))}
+        return claimed, finished
 
     def earliest_unsent(self, conversation_ids: list[str], spans: list[tuple[int, int]]) -> dict[str, int]:
         """conversation_id -> msec of its earliest message not yet sent whose time lies in one of `spans`."""

@@ -16,7 +16,7 @@ from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact,
 from prefect.states import Failed, State
 from pydantic import Field
 
-from etl.claims import interval_key
+from etl.claims import RunClaims, interval_key
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, load_settings
@@ -70,7 +70,8 @@ async def backfill(
         todo = days_to_run(days, statuses, reprocess)
         logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
                     reprocess)
-        outcomes, by_others = await _run_days(todo, ledger, reprocess, max_parallel, dry_run, start, end)
+        outcomes, by_others = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess, max_parallel,
+                                              dry_run, start, end)
     finally:
         ledger.close()
     rows = [{"day": d.label,
@@ -88,44 +89,73 @@ async def backfill(
     return summary
 
 
-async def _run_days(todo: list[Interval], ledger: Ledger, reprocess: Reprocess, max_parallel: int, dry_run: bool,
-                    start: date, end: date) -> tuple[dict[str, str], set[str]]:
-    """Import the days, `max_parallel` at a time; day label -> verdict, and the days other runs did meanwhile.
+async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float, reprocess: Reprocess,
+                    max_parallel: int, dry_run: bool, start: date, end: date) -> tuple[dict[str, str], set[str]]:
+    """Import the days, `max_parallel` at a time, earliest first; day label -> verdict, and the days other runs
+    did meanwhile.
 
-    Several backfills over one range share it out: each next takes a day no other live run holds, and only when
-    none is left waits for the days others hold (taking one over if its run died), then reads their outcome.
+    Several backfills over one range share it out: each claims the earliest day no live run holds ("dispatch"),
+    and waits for the days others hold only when none is left (taking one over if its run died). Its days not
+    started yet are reserved, so that runs of later days keep conversation order. When an earlier day than all
+    it runs becomes free (its run died), it starts that one at once, beyond `max_parallel`: later days may be
+    waiting for it.
     """
     progress = await acreate_progress_artifact(0.0, key="backfill-progress",
                                                description=f"Days of {start}..{end} done")
     queue = list(todo)
     outcomes: dict[str, str] = {}
     by_others: set[str] = set()
+    running: dict[asyncio.Task[None], Interval] = {}
 
-    def held() -> set[str]:
-        return {row.key for row in ledger.live_claims("interval")}
-
-    async def slot() -> None:
-        while queue:
-            day = next((d for d in queue if interval_key(d) not in held()), queue[0])
-            queue.remove(day)
-            while interval_key(day) in held():  # wait for its run to end, or to die and its claim to expire
-                await asyncio.sleep(WAIT_S)
-            if not dry_run and reprocess != "all":
-                key = (day.start.isoformat(), day.end.isoformat())
+    async with RunClaims(ledger, claim_timeout_s) as own:
+        async def run(day: Interval) -> None:
+            try:
                 statuses = ledger.interval_statuses()
-                if not days_to_run([day], statuses, reprocess):  # done meanwhile by another run
-                    outcomes[day.label] = statuses[key]
-                    by_others.add(day.label)
-                    continue
-            state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
-                                       dry_run=dry_run, return_state=True)
-            if state.is_completed():
-                result = await state.aresult()
-                outcomes[day.label] = "dry run" if dry_run else result["verdict"]
-            else:
-                outcomes[day.label] = "failed"
-            await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)))
+                if not dry_run and reprocess != "all" and not days_to_run([day], statuses, reprocess):
+                    outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
+                    by_others.add(day.label)  # done meanwhile by another run
+                    return
+                state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
+                                           dry_run=dry_run, return_state=True)
+                if state.is_completed():
+                    result = await state.aresult()
+                    outcomes[day.label] = "dry run" if dry_run else result["verdict"]
+                else:
+                    outcomes[day.label] = "failed"
+            finally:
+                own.release("dispatch", [interval_key(day)])
+                if not dry_run:
+                    own.unreserve(day)
+                await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)))
 
-    await asyncio.gather(*(slot() for _ in range(min(max_parallel, len(todo)))))
+        def next_day() -> Interval | None:
+            """The earliest day of the queue no other run holds, now claimed by this backfill; with all slots
+            taken, only a day earlier than every day running (a catch-up)."""
+            if len(running) > max_parallel:
+                return None
+            before = min(d.start for d in running.values()) if len(running) == max_parallel else None
+            held = {r.key for kind in ("interval", "dispatch") for r in ledger.live_claims(kind, own.holder)}
+            for day in queue:
+                if before is not None and day.start >= before:
+                    return None
+                if interval_key(day) not in held and own.take("dispatch", [interval_key(day)]):
+                    return day
+            return None
+
+        if not dry_run:
+            own.reserve(todo)
+        while queue or running:
+            day = next_day() if queue else None
+            if day is not None:
+                queue.remove(day)
+                running[asyncio.create_task(run(day))] = day
+                continue
+            if running:
+                finished, _ = await asyncio.wait(running, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    running.pop(task)
+                    task.result()
+            else:
+                await asyncio.sleep(WAIT_S)  # the rest is held by other runs: wait for their outcome
     await aupdate_progress_artifact(progress, 100.0)
     return outcomes, by_others

@@ -111,9 +111,11 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
     claims.advance(registered_through)
     remaining = set(to_send["conversation_id"]) | set(to_edit["conversation_id"])
     report.messages_skipped = int((~batch.messages["conversation_id"].isin(remaining)).sum())
-    first_unsent = to_send.groupby("conversation_id")["msec"].min().to_dict()
+    first_unsent = to_send.groupby("conversation_id")["msec"].min()
+    opened = batch.conversations["opened_ms"]
     while remaining:
-        turn = remaining - claims.out_of_turn({c: first_unsent[c] for c in remaining if c in first_unsent})
+        turn = remaining - claims.out_of_turn({c: (int(opened[c]), int(first_unsent[c]))
+                                               for c in remaining if c in first_unsent.index})
         mine = claims.take("conversation", turn) if turn else set()
         if not mine:
             await claims.pause()

@@ -287,7 +287,8 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     messages["content_hash"] = content_hash(messages)
     messages["text_hash"] = text_hash(messages["text"])
 
-    chats = _conversations(conversations, frames.clients, messages["conversation_id"].unique(), prefix, warnings)
+    chats = _conversations(conversations, frames.clients, messages["conversation_id"].unique(), prefix, source_zone,
+                           warnings)
     reject_frame = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=REJECT_COLUMNS)
     repeat = reject_frame.groupby("source_key").cumcount()  # duplicates share an id: keep each row's key apart
     reject_frame["source_key"] = reject_frame["source_key"].where(
@@ -296,7 +297,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
 
 
 def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.ndarray, prefix: str,
-                   warnings: Counter) -> pd.DataFrame:
+                   source_zone: ZoneInfo, warnings: Counter) -> pd.DataFrame:
     """One row per conversation with messages in the chunk: its client, with phone and email normalised."""
     conv = conversations.assign(conversation_id=prefix + conversations["id"])
     conv = conv[conv["conversation_id"].isin(used)]
@@ -318,6 +319,9 @@ def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.
         "email": email,
         "avatar": avatar.where(avatar.str.match(r"^https?://").fillna(False).astype(bool), None),
         "profile_link": _text(chat["profile_url"]),
+        # When the conversation opened: none of its messages is older, so runs of earlier days matter to it only
+        # back to here. Unreadable: from the beginning of time.
+        "opened_ms": to_utc_ms(chat["created_at"], source_zone).fillna(0).astype("int64"),
     }).set_index("conversation_id")
 
 

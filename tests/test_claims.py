@@ -63,22 +63,51 @@ def test_concurrent_claims_never_overlap(ledger_url):
 
 async def test_later_messages_wait_for_a_live_run_with_earlier_ones(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    noon2 = DAY2.start_ms + 12 * 3600_000
+    noon1, noon2 = DAY1.start_ms + 12 * 3600_000, DAY2.start_ms + 12 * 3600_000
     async with RunClaims(ledger, ttl_s=30) as first, RunClaims(ledger, ttl_s=30) as second:
         await first.hold_interval(DAY1)
         await second.hold_interval(DAY2)
-        # The day-1 run has registered nothing yet: it may still hold earlier messages of any conversation.
-        assert second.out_of_turn({"v1": noon2}) == {"v1"}
-        assert first.out_of_turn({"v1": DAY1.start_ms + 1000}) == set()  # nothing before day 1 is running
+        # The day-1 run has registered nothing yet: it may still hold earlier messages of a conversation opened
+        # on day 1, but not of one opened on day 2.
+        assert second.out_of_turn({"v1": (noon1, noon2), "v3": (DAY2.start_ms, noon2)}) == {"v1"}
+        assert first.out_of_turn({"v1": (noon1, noon1 + 1000)}) == set()  # nothing before day 1 is running
 
         # It registers its day: v1 has an earlier message not sent yet, v2 has none.
         ledger.add_pending([{"msgid": "ae-m1", "conversation_id": "v1", "msec": DAY1.end_ms - 1000,
                              "content_hash": 1, "text_hash": 1}])
         first.advance(DAY1.end_ms)
-        assert second.out_of_turn({"v1": noon2, "v2": noon2}) == {"v1"}
+        assert second.out_of_turn({"v1": (noon1, noon2), "v2": (noon1, noon2)}) == {"v1"}
 
         ledger.mark_messages(["ae-m1"], "sent")
-        assert second.out_of_turn({"v1": noon2, "v2": noon2}) == set()
+        assert second.out_of_turn({"v1": (noon1, noon2), "v2": (noon1, noon2)}) == set()
+    ledger.close()
+
+
+async def test_days_a_backfill_reserved_hold_later_messages_back_until_they_are_done(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    noon1, noon2 = DAY1.start_ms + 12 * 3600_000, DAY2.start_ms + 12 * 3600_000
+    async with RunClaims(ledger, ttl_s=30) as backfill, RunClaims(ledger, ttl_s=30) as nightly:
+        backfill.reserve([DAY1])
+        await nightly.hold_interval(DAY2)
+        assert nightly.out_of_turn({"v1": (noon1, noon2)}) == {"v1"}  # day 1 is not even started
+        ledger.save_interval(DAY1.start.isoformat(), DAY1.end.isoformat(), "complete", {})
+        assert nightly.out_of_turn({"v1": (noon1, noon2)}) == set()  # done, by whichever run
+    ledger.close()
+
+
+async def test_a_dead_run_holds_later_messages_back_until_its_interval_is_taken_over(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    noon1, noon2 = DAY1.start_ms + 12 * 3600_000, DAY2.start_ms + 12 * 3600_000
+    ledger.claim("interval", ["2026-10-01T00:00:00+00:00/2026-10-02T00:00:00+00:00"], "killed-run", ttl_s=0.1,
+                 start_ms=DAY1.start_ms, end_ms=DAY1.end_ms, frontier_ms=DAY1.start_ms)
+    time.sleep(0.2)
+    async with RunClaims(ledger, ttl_s=30) as later:
+        await later.hold_interval(DAY2)
+        assert later.out_of_turn({"v1": (noon1, noon2)}) == {"v1"}
+        async with RunClaims(ledger, ttl_s=30) as takeover:
+            await takeover.hold_interval(DAY1)
+            takeover.advance(DAY1.end_ms)
+            assert later.out_of_turn({"v1": (noon1, noon2)}) == set()
     ledger.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -369,8 +370,10 @@ def test_oauth_refresh_tokens_are_single_use(emulator):
 
 
 def test_rest_rate_limit_is_seven_per_second_per_token(emulator):
-    answers = [rest(emulator, "GET", "/api/v4/account") for _ in range(12)]
-    assert [a.status_code for a in answers[:7]] == [200] * 7
+    # At once, from threads: one after the other, a slow (loaded) machine would let the bucket refill between them.
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda _: rest(emulator, "GET", "/api/v4/account"), range(12)))
+    assert sum(a.status_code == 200 for a in answers) >= 7
     limited = [a for a in answers if a.status_code == 429]
     assert limited, "12 requests at once must go over 7 per second"
     assert int(limited[0].headers["Retry-After"]) >= 1
