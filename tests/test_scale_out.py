@@ -30,6 +30,7 @@ START, END, NIGHTLY = "2026-10-05", "2026-10-19", "2026-10-11"
 WORKERS = 4
 CHATS_RATE, CHATS_BURST = 60, 60  # the shared Chats API budget: requests/s, and slots (the burst)
 REST_RATE, REST_BURST = 7, 7  # amoCRM's REST v4 limit per account
+CLAIM_TIMEOUT_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +56,21 @@ def _most_in_any_window(times: list[float], seconds: float) -> int:
     return most
 
 
+def _claims(ledger_url: str) -> list:
+    engine = sa.create_engine(ledger_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT kind, key, holder, expires_at FROM claims")).all()
+    engine.dispose()
+    return rows
+
+
 def _run_workers(prefect_env: dict[str, str], emulator, source: Path, ledger_url: str, tmp_path: Path,
                  kill_one: bool) -> list[subprocess.Popen]:
     api = prefect_env["PREFECT_API_URL"]
     env = {**prefect_env, **etl_env(emulator, f"sqlite:///{source}", ledger_url),
            "AMOJO_ETL_SHARED_RATE_LIMIT": _budget(api, f"chats-{uuid.uuid4().hex[:8]}", CHATS_RATE, CHATS_BURST),
            "AMOJO_ETL_SHARED_REST_RATE_LIMIT": _budget(api, f"rest-{uuid.uuid4().hex[:8]}", REST_RATE, REST_BURST),
-           "AMOJO_ETL_CLAIM_TIMEOUT_S": "10", "AMOJO_ETL_CONCURRENCY": "8"}
+           "AMOJO_ETL_CLAIM_TIMEOUT_S": str(CLAIM_TIMEOUT_S), "AMOJO_ETL_CONCURRENCY": "8"}
     cli = str(BIN / "amojo-etl")
     workers = [start_process([cli, "backfill", "--start", START, "--end", END, "--max-parallel", "3", "--json"],
                              env, tmp_path / f"worker-{n}.log") for n in range(WORKERS)]
@@ -75,6 +84,10 @@ def _run_workers(prefect_env: dict[str, str], emulator, source: Path, ledger_url
                 assert time.monotonic() < deadline, "no message arrived"
                 time.sleep(0.2)
             os.killpg(workers[1].pid, signal.SIGKILL)
+            time.sleep(CLAIM_TIMEOUT_S + 1)
+            left = [row for row in _claims(ledger_url) if row.expires_at < time.time()]
+            # The killed worker held days and conversations: the others have work to take over.
+            assert {"interval", "conversation"} <= {row.kind for row in left}, left
         for process in processes:
             process.wait(timeout=600)
     finally:
@@ -150,3 +163,10 @@ def test_workers_share_the_days_exactly_once(prefect_env, postgres_url, tmp_path
             assert processes[1].returncode == -signal.SIGKILL
         _check_exactly_once_in_order(emulator, source, postgres_url)
         _check_budget(emulator, len(processes))
+        engine = sa.create_engine(postgres_url)
+        with engine.connect() as conn:
+            days = dict(conn.execute(sa.text("SELECT start, status FROM intervals")).all())
+        engine.dispose()
+        assert len(days) == 14 and set(days.values()) == {"complete"}
+        # Every day's claim was released at its end, the killed worker's too once taken over.
+        assert [row for row in _claims(postgres_url) if row.kind == "interval"] == []
