@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -28,3 +29,13 @@ def start_emulator(*flags: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("the emulator did not start")
+
+
+def emulator_view(url: str) -> tuple[int, float, Counter]:
+    """Messages held, new_message answers per second between the first and the last, requests by endpoint."""
+    state = httpx.get(f"{url}/_emulator/state", timeout=60).json()
+    held = sum(len(messages) for messages in state["messages"].values())
+    log = httpx.get(f"{url}/_emulator/requests", params={"endpoint": "message"}, timeout=60).json()
+    times = [entry[0] for entry in log if entry[3] == 200]
+    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+    return held, rate, Counter(state["request_counts"])

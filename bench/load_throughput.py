@@ -17,16 +17,13 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from datetime import date
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from emulator_process import start_emulator  # noqa: E402
+from emulator_process import emulator_view, start_emulator  # noqa: E402
 
 from amojo.chats import ChatsClient  # noqa: E402
 from amojo.emulator import config as demo  # noqa: E402
@@ -42,16 +39,6 @@ from tasks.transform import SeenIds, transform  # noqa: E402
 
 UTC = ZoneInfo("UTC")
 MONTH = Interval.days(date(2026, 9, 1), date(2026, 12, 1), UTC)
-
-
-def emulator_view(url: str) -> tuple[int, float, Counter]:
-    """Messages held, new_message answers per second between the first and the last, requests by endpoint."""
-    state = httpx.get(f"{url}/_emulator/state", timeout=60).json()
-    held = sum(len(messages) for messages in state["messages"].values())
-    log = httpx.get(f"{url}/_emulator/requests", params={"endpoint": "message"}, timeout=60).json()
-    times = [entry[0] for entry in log if entry[3] == 200]
-    rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
-    return held, rate, Counter(state["request_counts"])
 
 
 class Timed:

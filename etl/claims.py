@@ -38,7 +38,7 @@ class RunClaims:
     def __init__(self, ledger: Ledger, ttl_s: float = 60.0, poll_s: float | None = None) -> None:
         self.ledger = ledger
         self.ttl_s = ttl_s
-        self.poll_s = poll_s if poll_s is not None else min(2.0, ttl_s / 10)
+        self.poll_s = poll_s if poll_s is not None else min(0.5, ttl_s / 10)
         self.holder = uuid.uuid4().hex
         self.interval: Interval | None = None
         self._held: set[tuple[str, str]] = set()
