@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -199,9 +200,15 @@ def status(as_json: JsonOption = False) -> None:
         raise _fail(str(exc), 2) from None
     intervals = ledger.interval_rows()
     counts = ledger.status_counts()
+    now = time.time()
+    running = [{"interval": "..".join(datetime.fromisoformat(part).date().isoformat() for part in row.key.split("/")),
+                "alive": row.expires_at >= now,
+                "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
+               for row in ledger.live_claims("interval", expired_within_s=math.inf)]
     ledger.close()
     if as_json:
-        print(json.dumps({"intervals": intervals, "messages_by_status": counts}, ensure_ascii=False, default=str))
+        print(json.dumps({"intervals": intervals, "messages_by_status": counts, "running": running},
+                         ensure_ascii=False, default=str))
         return
     rows = []
     for row in intervals:
@@ -213,6 +220,10 @@ def status(as_json: JsonOption = False) -> None:
     _table("intervals in the ledger", ["interval", "status", "sent", "skipped", "rejected", "missing", "updated"],
            rows)
     Console().print("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if running:
+        _table("intervals being imported now (a dead run's is taken over once its claim expires)",
+               ["interval", "run", "messages registered through"],
+               [[r["interval"], "alive" if r["alive"] else "dead", r["registered_through"]] for r in running])
 
 
 @app.command("rejects")

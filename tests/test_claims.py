@@ -135,3 +135,23 @@ async def test_an_interval_held_by_a_live_run_waits_and_is_taken_over_once_it_ex
         assert {row.holder for row in ledger.live_claims("interval")} == {claims.holder}
     assert ledger.live_claims("interval") == []  # released at the end of the run
     ledger.close()
+
+
+def test_status_shows_the_intervals_being_imported_and_the_dead_runs(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from etl.cli import app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    for holder, key, ttl in (("alive-run", DAY1, 60), ("killed-run", DAY2, -1)):
+        ledger.claim("interval", [f"{key.start.isoformat()}/{key.end.isoformat()}"], holder, ttl_s=ttl,
+                     start_ms=key.start_ms, end_ms=key.end_ms, frontier_ms=key.start_ms)
+    ledger.close()
+    monkeypatch.setenv("AMOJO_ETL_STATE_URL", url)
+    result = CliRunner().invoke(app, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    running = {r["interval"]: r["alive"] for r in json.loads(result.output)["running"]}
+    assert running == {"2026-10-01..2026-10-02": True, "2026-10-02..2026-10-03": False}
