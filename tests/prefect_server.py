@@ -89,3 +89,39 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
             yield env
         finally:
             stop_process(server)
+
+
+def deploy(env: dict[str, str]) -> dict[str, dict]:
+    """The work pool and the deployments of prefect.yaml on the server `env` points at; name -> deployment."""
+    prefect = str(BIN / "prefect")
+    env = {**env, "AMOJO_ETL_HOME": str(ROOT)}  # where the code is on the workers, read by prefect.yaml's pull step
+    subprocess.run([prefect, "work-pool", "create", "amojo-etl", "--type", "process"], env=env, cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    deployed = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    return {d["name"]: d for d in httpx.post(f"{env['PREFECT_API_URL']}/deployments/filter", json={}).json()}
+
+
+def start_workers(count: int, env: dict[str, str], logs: Path) -> list[subprocess.Popen]:
+    """Process workers on the pool, each running one flow run at a time and polling every 2 s."""
+    env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+           "AMOJO_ETL_HOME": str(ROOT)}
+    return [start_process([str(BIN / "prefect"), "worker", "start", "--pool", "amojo-etl", "--limit", "1",
+                           "--name", f"worker-{n}"], env, logs / f"worker-{n}.log") for n in range(count)]
+
+
+def create_flow_run(api: str, deployment_id: str, **body: object) -> str:
+    created = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json=body)
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def wait_for_flow_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")

@@ -3,65 +3,42 @@ a backfill started through the API — then started again, sending nothing."""
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections import Counter
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import etl_env
-from prefect_server import BIN, ROOT, prefect_server, start_process, stop_process
+from prefect_server import create_flow_run, deploy, prefect_server, start_workers, stop_process, wait_for_flow_run
 
 from etl.sample import SampleSize, write_sample
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
 
 
-def _wait_for_run(api: str, flow_run_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{flow_run_id}").json()
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        time.sleep(1)
-    raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")
-
-
 def _run_backfill(api: str, deployment_id: str, parameters: dict) -> dict:
-    created = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters})
-    assert created.status_code == 201, created.text
-    return _wait_for_run(api, created.json()["id"])
+    return wait_for_flow_run(api, create_flow_run(api, deployment_id, parameters=parameters))
 
 
 def test_backfill_through_server_deployment_and_worker(emulator, tmp_path):
     write_sample(f"sqlite:///{tmp_path / 'source.db'}", size=SampleSize(messages=600, conversations=40, clients=20))
-    with prefect_server(tmp_path / "prefect") as server_env:
-        env = {**server_env, "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-               "AMOJO_ETL_HOME": str(ROOT)}
+    with prefect_server(tmp_path / "prefect") as env:
         api = env["PREFECT_API_URL"]
-        worker = None
+        workers = []
         try:
-            prefect = [str(BIN / "prefect")]
-            subprocess.run([*prefect, "work-pool", "create", "amojo-etl", "--type", "process"], env=env, cwd=ROOT,
-                           check=True, capture_output=True, timeout=120)
-            deployed = subprocess.run([*prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=ROOT,
-                                      capture_output=True, text=True, timeout=300)
-            assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-            deployments = {d["name"]: d for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
+            deployments = deploy(env)
             assert set(deployments) == {"nightly-import", "backfill", "reconcile"}
             assert deployments["nightly-import"]["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
             assert {d["work_queue_name"] for d in deployments.values()} == {"account"}
 
             worker_env = {**env, **etl_env(emulator, f"sqlite:///{tmp_path / 'source.db'}",
                                            f"sqlite:///{tmp_path / 'ledger.db'}")}
-            worker = start_process([*prefect, "worker", "start", "--pool", "amojo-etl"], worker_env,
-                                   tmp_path / "worker.log")
+            workers = start_workers(1, worker_env, tmp_path)
 
             backfill = deployments["backfill"]["id"]
             parameters = {"start": "2026-10-05", "end": "2026-10-09", "max_parallel": 2}
             first = _run_backfill(api, backfill, parameters)
-            assert first["state"]["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+            assert first["state"]["type"] == "COMPLETED", (tmp_path / "worker-0.log").read_text()[-4000:]
             children = httpx.post(f"{api}/flow_runs/filter", json={
                 "flow_runs": {"parent_flow_run_id": {"any_": [first["id"]]}}}).json()
             runs = httpx.post(f"{api}/flow_runs/filter", json={}).json()
@@ -87,5 +64,5 @@ def test_backfill_through_server_deployment_and_worker(emulator, tmp_path):
                              json={"parameters": {**parameters, "max_parallel": 0}})
             assert bad.status_code == 409 and "max_parallel" in bad.text  # refused before any run starts
         finally:
-            if worker is not None:
+            for worker in workers:
                 stop_process(worker)

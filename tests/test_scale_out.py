@@ -1,5 +1,6 @@
-"""Scale-out, end to end: four worker processes backfill the same 14 days (three days at a time each) beside a
-nightly run, on one PostgreSQL ledger and one Prefect server, against an emulator with faults on. Every valid
+"""Scale-out, end to end: four Prefect workers backfill the same 14 days (three days at a time each) beside a
+fifth running the nightly import, from the deployments of prefect.yaml, on one PostgreSQL ledger and one Prefect
+server, against an emulator with faults on. Every valid
 message lands exactly once and in time order, every client has one contact, every chat one link, and all of them
 together stay within the account's shared budget. Then the same with one worker killed mid-run."""
 
@@ -17,16 +18,18 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from conftest import etl_env
-from prefect_server import BIN, prefect_server, start_process, stop_process
+from prefect_server import create_flow_run, deploy, prefect_server, start_workers, stop_process, wait_for_flow_run
 
 from amojo.emulator.config import EmulatorConfig, Faults
 from amojo.emulator.server import start
 from etl.budget import CHATS_BATCH, REST_BATCH
+from etl.ledger import Ledger
 from etl.sample import SampleSize, write_sample
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
 
-START, END, NIGHTLY = "2026-10-05", "2026-10-19", "2026-10-11"
+START, END = "2026-10-05", "2026-10-19"
+NIGHTLY_SCHEDULED = "2026-10-12T00:00:00+00:00"  # 03:00 in Moscow, as prefect.yaml schedules it
 WORKERS = 4
 CHATS_RATE, CHATS_BURST = 60, 60  # the shared Chats API budget: requests/s, and slots (the burst)
 REST_RATE, REST_BURST = 7, 7  # amoCRM's REST v4 limit per account
@@ -34,9 +37,10 @@ CLAIM_TIMEOUT_S = 10
 
 
 @pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory) -> dict[str, str]:
+def deployed(tmp_path_factory) -> tuple[dict[str, str], dict[str, dict]]:
+    """A Prefect server on PostgreSQL with the deployments of prefect.yaml."""
     with prefect_server(tmp_path_factory.mktemp("prefect")) as env:
-        yield env
+        yield env, deploy(env)
 
 
 def _budget(api: str, name: str, rate: float, burst: int) -> str:
@@ -64,38 +68,63 @@ def _claims(ledger_url: str) -> list:
     return rows
 
 
-def _run_workers(prefect_env: dict[str, str], emulator, source: Path, ledger_url: str, tmp_path: Path,
-                 kill_one: bool) -> list[subprocess.Popen]:
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _kill_worker_of(api: str, flow_run_id: str, workers: list[subprocess.Popen]) -> None:
+    """SIGKILL the process running this flow run, and the worker that started it."""
+    pid = int(str(httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["infrastructure_pid"]).rsplit(":", 1)[-1])
+    ancestors, current = set(), pid
+    while current > 1:
+        ancestors.add(current)
+        current = _parent(current)
+    os.kill(pid, signal.SIGKILL)
+    for worker in workers:
+        if worker.pid in ancestors:
+            os.killpg(worker.pid, signal.SIGKILL)
+            return
+    raise AssertionError(f"flow run process {pid} belongs to no worker")
+
+
+def _run(deployed, emulator, source: Path, ledger_url: str, tmp_path: Path, kill_one: bool) -> list[dict]:
+    """Four backfills and a nightly run, one per worker; the final state of each flow run that was not killed."""
+    prefect_env, deployments = deployed
     api = prefect_env["PREFECT_API_URL"]
     env = {**prefect_env, **etl_env(emulator, f"sqlite:///{source}", ledger_url),
            "AMOJO_ETL_SHARED_RATE_LIMIT": _budget(api, f"chats-{uuid.uuid4().hex[:8]}", CHATS_RATE, CHATS_BURST),
            "AMOJO_ETL_SHARED_REST_RATE_LIMIT": _budget(api, f"rest-{uuid.uuid4().hex[:8]}", REST_RATE, REST_BURST),
            "AMOJO_ETL_CLAIM_TIMEOUT_S": str(CLAIM_TIMEOUT_S), "AMOJO_ETL_CONCURRENCY": "8"}
-    cli = str(BIN / "amojo-etl")
-    workers = [start_process([cli, "backfill", "--start", START, "--end", END, "--max-parallel", "3", "--json"],
-                             env, tmp_path / f"worker-{n}.log") for n in range(WORKERS)]
-    nightly = start_process([cli, "import", "--start", NIGHTLY, "--end", "2026-10-12", "--json"], env,
-                            tmp_path / "nightly.log")
-    processes = [*workers, nightly]
+    Ledger(ledger_url).close()  # its tables, so that the test can watch the claims from the start
+    workers = start_workers(WORKERS + 1, env, tmp_path)
     try:
+        runs = [create_flow_run(api, deployments["backfill"]["id"],
+                                parameters={"start": START, "end": END, "max_parallel": 3}) for _ in range(WORKERS)]
+        # The nightly run comes while the backfills are under way (it cannot keep order with runs that start after
+        # it, see README): scheduled at 03:00 Moscow on the 12th, it imports the day before, in UTC: the 11th.
+        deadline = time.monotonic() + 300
+        while len({row.holder for row in _claims(ledger_url) if row.kind == "reserved"}) < WORKERS:
+            assert time.monotonic() < deadline, "the backfills did not start"
+            time.sleep(0.5)
+        runs.append(create_flow_run(api, deployments["nightly-import"]["id"], state={
+            "type": "SCHEDULED", "state_details": {"scheduled_time": NIGHTLY_SCHEDULED}}))
         if kill_one:
             deadline = time.monotonic() + 300
             while len(emulator.emulator.store.messages()) < 120:  # mid-run: sending, holding claims
                 assert time.monotonic() < deadline, "no message arrived"
                 time.sleep(0.2)
-            os.killpg(workers[1].pid, signal.SIGKILL)
+            _kill_worker_of(api, runs[1], workers)
             killed_at = time.time()
             time.sleep(CLAIM_TIMEOUT_S / 2)  # live runs have renewed their claims since; the killed one could not
             dead = [row for row in _claims(ledger_url) if row.expires_at < killed_at + CLAIM_TIMEOUT_S]
             # The killed worker was importing days: the others have work to take over once its claims expire.
             assert "interval" in {row.kind for row in dead}, dead
-        for process in processes:
-            process.wait(timeout=600)
+            del runs[1]
+        return [wait_for_flow_run(api, run, timeout=600) for run in runs]
     finally:
-        for process in processes:
-            if process.poll() is None:
-                stop_process(process)
-    return processes
+        for worker in workers:
+            if worker.poll() is None:
+                stop_process(worker)
 
 
 def _check_exactly_once_in_order(emulator, source: Path, ledger_url: str) -> None:
@@ -151,19 +180,17 @@ def _check_budget(emulator, processes: int) -> None:
 
 
 @pytest.mark.parametrize("kill_one", [False, True], ids=["all-live", "one-killed"])
-def test_workers_share_the_days_exactly_once(prefect_env, postgres_url, tmp_path, kill_one):
+def test_workers_share_the_days_exactly_once(deployed, postgres_url, tmp_path, kill_one):
     source = tmp_path / "source.db"
     write_sample(f"sqlite:///{source}", size=SampleSize(messages=1500, conversations=100, clients=40))
     faults = Faults(seed=11, latency_ms=5, jitter_ms=15, error_rates={429: 0.02, 500: 0.02, 503: 0.03})
     with start(EmulatorConfig(duplicate_msgid="reject", faults=faults)) as emulator:
-        processes = _run_workers(prefect_env, emulator, source, postgres_url, tmp_path, kill_one)
+        finished = _run(deployed, emulator, source, postgres_url, tmp_path, kill_one)
         logs = "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in sorted(tmp_path.glob("*.log")))
-        survivors = [p for n, p in enumerate(processes) if not (kill_one and n == 1)]
-        assert [p.returncode for p in survivors] == [0] * len(survivors), logs
-        if kill_one:
-            assert processes[1].returncode == -signal.SIGKILL
+        assert [run["state"]["type"] for run in finished] == ["COMPLETED"] * len(finished), logs
+        assert finished[-1]["name"] == "import-scheduled"  # the nightly run, by its schedule
         _check_exactly_once_in_order(emulator, source, postgres_url)
-        _check_budget(emulator, len(processes))
+        _check_budget(emulator, WORKERS + 1)
         engine = sa.create_engine(postgres_url)
         with engine.connect() as conn:
             days = dict(conn.execute(sa.text("SELECT start, status FROM intervals")).all())
