@@ -98,7 +98,8 @@ class RunClaims:
                 self.interval = interval
                 return
             if not waited:
-                log.info("interval %s is held by another run; waiting for it to finish or expire", interval.label)
+                log.info("interval %s is held by another run; waiting for it to finish, or, if it died, for its "
+                         "claim to expire (AMOJO_ETL_CLAIM_TIMEOUT_S, %.0f s)", interval.label, self.ttl_s)
                 waited = True
             await self.pause()
 

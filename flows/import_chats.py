@@ -115,8 +115,10 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                 await progress.chunk_done(len(frames.messages))
             claims.advance(interval.end_ms)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
-        summary = totals.summary(verdict, time.monotonic() - began)
-        ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict, summary.as_dict())
+            summary = totals.summary(verdict, time.monotonic() - began)
+            # Recorded while the interval is still claimed: whoever waits for it then finds the outcome.
+            ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict,
+                                 summary.as_dict())
         return summary
     finally:
         source.close()

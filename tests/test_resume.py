@@ -23,7 +23,8 @@ CLI = str(Path(sys.executable).parent / "amojo-etl")
 
 def _env(running, tmp_path: Path, ledger_url: str) -> dict[str, str]:
     return {**os.environ, **etl_env(running, f"sqlite:///{tmp_path / 'source.db'}", ledger_url),
-            "AMOJO_ETL_CHUNK_SIZE": "200", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            "AMOJO_ETL_CHUNK_SIZE": "200", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "AMOJO_ETL_CLAIM_TIMEOUT_S": "5"}  # the run again waits for the killed one's claims to expire
 
 
 ARGS = ["import", "--start", "2026-10-01", "--end", "2026-11-10", "--json"]
