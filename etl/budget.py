@@ -45,6 +45,6 @@ class SharedBudget:
         except ConcurrencySlotAcquisitionError as exc:
             raise ConfigurationError(
                 f"the Prefect global concurrency limit {self.name!r} ({self._setting}) cannot be used ({exc}); "
-                f"create it: prefect gcl create {self.name} --limit {max(self.batch, 7) * 5} "
-                "--slot-decay-per-second REQUESTS_PER_SECOND"
+                f"create it: prefect gcl create {self.name} --limit REQUESTS_PER_SECOND "
+                f"--slot-decay-per-second REQUESTS_PER_SECOND (a limit of at least {self.batch})"
             ) from None

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
+from datetime import datetime
 
 from .intervals import Interval
 from .ledger import Ledger
@@ -85,6 +87,23 @@ class RunClaims:
         """Wait a moment for another run to finish what it holds."""
         await asyncio.sleep(self.poll_s)
 
+    async def turns(self, kind: str, keys: Iterable[str],
+                    waiting: Callable[[set[str]], Collection[str]] = lambda keys: ()) -> AsyncIterator[set[str]]:
+        """The keys in turns, each turn held by this run while the caller works on it and released after; keys
+        another run holds, or that `waiting` says must wait, come in a later turn."""
+        remaining = set(keys)
+        while remaining:
+            turn = remaining.difference(waiting(remaining))
+            mine = self.take(kind, turn) if turn else set()
+            if not mine:
+                await self.pause()
+                continue
+            try:
+                yield mine
+            finally:
+                self.release(kind, mine)
+            remaining -= mine
+
     # -- the interval
     async def hold_interval(self, interval: Interval) -> None:
         """Claim the data interval, waiting while another live run holds the same one (then it resumes from it)."""
@@ -121,7 +140,8 @@ class RunClaims:
                                        expired_within_s=self.ttl_s * ABANDONED_AFTER)
         reserved = self.ledger.live_claims("reserved", other_than=self.holder)
         if reserved:
-            started, finished = self.ledger.interval_keys()
+            started = {r.key for r in self.ledger.live_claims("interval", expired_within_s=math.inf)}
+            finished = {_key(start, end) for start, end in self.ledger.interval_statuses()}
             reserved = [r for r in reserved if r.key.split("#")[0] not in started | finished]
         spans = [(r.start_ms, r.end_ms, r.frontier_ms) for r in runs] + [(r.start_ms, r.end_ms, r.start_ms)
                                                                          for r in reserved]
@@ -147,4 +167,14 @@ class RunClaims:
 
 
 def interval_key(interval: Interval) -> str:
-    return f"{interval.start.isoformat()}/{interval.end.isoformat()}"
+    """An interval's claim key: its bounds as the `intervals` table keeps them."""
+    return _key(interval.start.isoformat(), interval.end.isoformat())
+
+
+def interval_label(key: str) -> str:
+    """The days of an interval claim's key, as runs name them: 2026-10-01..2026-10-02."""
+    return "..".join(datetime.fromisoformat(bound).date().isoformat() for bound in key.split("/"))
+
+
+def _key(start: str, end: str) -> str:
+    return f"{start}/{end}"

@@ -192,6 +192,7 @@ def reconcile(start: StartOption, end: EndOption,
 @app.command()
 def status(as_json: JsonOption = False) -> None:
     """The ledger's view of each interval: done or not, messages sent, rejects, verdict."""
+    from .claims import interval_label
     from .ledger import Ledger
 
     try:
@@ -201,8 +202,7 @@ def status(as_json: JsonOption = False) -> None:
     intervals = ledger.interval_rows()
     counts = ledger.status_counts()
     now = time.time()
-    running = [{"interval": "..".join(datetime.fromisoformat(part).date().isoformat() for part in row.key.split("/")),
-                "alive": row.expires_at >= now,
+    running = [{"interval": interval_label(row.key), "alive": row.expires_at >= now,
                 "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
                for row in ledger.live_claims("interval", expired_within_s=math.inf)]
     ledger.close()

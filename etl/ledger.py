@@ -405,13 +405,6 @@ class Ledger:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
-    def interval_keys(self) -> tuple[set[str], set[str]]:
-        """The intervals that some run has claimed (alive or not), and those with an outcome recorded."""
-        with self.engine.connect() as conn:
-            claimed = {r.key for r in conn.execute(sa.select(claims.c.key).where(claims.c.kind == "interval"))}
-            finished = {f"{r.start}/{r.end}" for r in conn.execute(sa.select(intervals.c.start, intervals.c.end))}
-        return claimed, finished
-
     def earliest_unsent(self, conversation_ids: list[str], spans: list[tuple[int, int]]) -> dict[str, int]:
         """conversation_id -> msec of its earliest message not yet sent whose time lies in one of `spans`."""
         if not spans:

@@ -109,22 +109,17 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
     to_send, to_edit, _ = plan(batch, ledger)
     ledger.add_pending([_ledger_row(m) for m in to_send[to_send["status"].isna()].itertuples(index=False)])
     claims.advance(registered_through)
-    remaining = set(to_send["conversation_id"]) | set(to_edit["conversation_id"])
-    report.messages_skipped = int((~batch.messages["conversation_id"].isin(remaining)).sum())
+    active = set(to_send["conversation_id"]) | set(to_edit["conversation_id"])
+    report.messages_skipped = int((~batch.messages["conversation_id"].isin(active)).sum())
     first_unsent = to_send.groupby("conversation_id")["msec"].min()
     opened = batch.conversations["opened_ms"]
-    while remaining:
-        turn = remaining - claims.out_of_turn({c: (int(opened[c]), int(first_unsent[c]))
-                                               for c in remaining if c in first_unsent.index})
-        mine = claims.take("conversation", turn) if turn else set()
-        if not mine:
-            await claims.pause()
-            continue
-        try:
-            await _load_conversations(_restricted(batch, mine), api, ledger, claims, concurrency, report, progress)
-        finally:
-            claims.release("conversation", mine)
-        remaining -= mine
+
+    def out_of_turn(conversations: set[str]) -> set[str]:
+        return claims.out_of_turn({c: (int(opened[c]), int(first_unsent[c]))
+                                   for c in conversations if c in first_unsent.index})
+
+    async for mine in claims.turns("conversation", active, out_of_turn):
+        await _load_conversations(_restricted(batch, mine), api, ledger, claims, concurrency, report, progress)
     return report
 
 
@@ -186,18 +181,8 @@ async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledge
     states = ledger.chat_states(conversations.index)
     needing = conversations[[states[c].contact_id is None or bool(states[c].quarantine)
                              for c in conversations.index]]
-    remaining = needing
-    while len(remaining):
-        mine = claims.take("client", remaining["client_key"])
-        if not mine:
-            await claims.pause()
-            continue
-        try:
-            await _find_or_create_contacts(remaining[remaining["client_key"].isin(mine)], api, ledger, concurrency,
-                                           report)
-        finally:
-            claims.release("client", mine)
-        remaining = remaining[~remaining["client_key"].isin(mine)]
+    async for mine in claims.turns("client", needing["client_key"]):
+        await _find_or_create_contacts(needing[needing["client_key"].isin(mine)], api, ledger, concurrency, report)
 
 
 async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,

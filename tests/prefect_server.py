@@ -69,12 +69,12 @@ def prefect_database() -> Iterator[str]:
 def prefect_server(home: Path) -> Iterator[dict[str, str]]:
     """`prefect server start` on a free port; yields the environment that points Prefect clients at it."""
     with prefect_database() as database:
-        api = f"http://127.0.0.1:{free_port()}/api"
+        port = free_port()
+        api = f"http://127.0.0.1:{port}/api"
         env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
                "PREFECT_SERVER_DATABASE_CONNECTION_URL": database, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         home.mkdir(parents=True, exist_ok=True)
-        port = api.split(":")[2].split("/")[0]
-        server = start_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
+        server = start_process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                env, home / "server.log")
         try:
             deadline = time.monotonic() + 180
