@@ -20,7 +20,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.table import Table
+from rich.text import Text
 
 from .settings import SAMPLE_DB, ConfigurationError, load_settings
 
@@ -39,8 +41,45 @@ EndOption = Annotated[date, typer.Option("--end", formats=["%Y-%m-%d"],
 JsonOption = Annotated[bool, typer.Option("--json", help="print the run summary as one JSON object on stdout")]
 
 
+# Source data is printed as data: every value shown goes through `_plain`, never through Rich markup.
+CELL_WIDTH = 200  # the most characters of one value shown in a table; --json, --csv and the ledger keep it whole
+ERROR_WIDTH = 2_000
+# Characters that would act on the terminal instead of showing: C0 and C1 controls (ESC, CR, LF, TAB, ...), DEL,
+# lone surrogates, line/paragraph separators and the bidirectional overrides and isolates (which reorder what is
+# shown). Each is shown as its Python escape, e.g. \x1b, \n, \ud800, \u202e.
+_UNSAFE = [*range(0x00, 0x20), *range(0x7F, 0xA0), *range(0xD800, 0xE000), 0x2028, 0x2029,
+           *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in _UNSAFE}
+# The same in JSON text, where they can only be inside strings (json.dumps escapes C0 itself; "\n" is indentation).
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _UNSAFE if code != ord("\n")}
+
+
+def _plain(value: Any, *, style: str = "", limit: int | None = CELL_WIDTH, keep_newlines: bool = False) -> Text:
+    """`value` as text safe to print: no markup, control characters escaped visibly, cut to `limit` with "…"."""
+    text = value if isinstance(value, str) else str(value)
+    escapes = {**_ESCAPES, ord("\n"): "\n"} if keep_newlines else _ESCAPES
+    if limit is None or len(text) <= limit // 6:  # nothing to cut even if every character is escaped
+        return Text(text.translate(escapes), style=style, overflow="fold")
+    pieces = [escapes.get(ord(char), char) for char in text[:limit + 1]]
+    if len(text) > limit or sum(map(len, pieces)) > limit:
+        kept, used = [], 0
+        for piece in pieces:  # whole pieces only: an escape is never cut in half
+            if used + len(piece) > limit - 1:
+                break
+            kept.append(piece)
+            used += len(piece)
+        pieces = [*kept, "…"]
+    return Text("".join(pieces), style=style, overflow="fold")
+
+
+def _json_text(data: Any) -> Text:
+    """`data` as highlighted JSON, the same values exactly, with every character that `_plain` escapes escaped."""
+    encoded = json.dumps(data, ensure_ascii=False, indent=2, default=str).translate(_JSON_ESCAPES)
+    return JSONHighlighter()(Text(encoded))
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(Text.assemble(("error:", "bold red"), " ", _plain(message, limit=ERROR_WIDTH, keep_newlines=True)))
     return typer.Exit(code)
 
 
@@ -72,7 +111,7 @@ def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] |
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    table = Table(title=f"amojo-etl import {summary['interval']}", show_header=False)
+    table = Table(title=_plain(f"amojo-etl import {summary['interval']}"), show_header=False)
     rows = [
         ("conversations", summary["conversations"]),
         ("chats created", summary["chats_created"]),
@@ -90,7 +129,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         ("confirmed by read-back", f"{summary['confirmed']} of {summary['expected']}"),
         ("missing / duplicates / mismatched",
          f"{summary['missing']} / {summary['duplicates']} / {summary['mismatched']}"),
-        ("verdict", "[green]complete[/]" if summary["verdict"] == "complete" else f"[red]{summary['verdict']}[/]"),
+        ("verdict", _plain(summary["verdict"], style="green" if summary["verdict"] == "complete" else "red")),
         ("duration", f"{summary['duration_s']} s"),
     ]
     if summary.get("dry_run"):
@@ -102,7 +141,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             ("messages already in amoCRM", plan["messages_to_skip"]),
         ] + [r for r in rows if r[0].startswith(("rejected", "  "))] + [("verdict", "dry run: nothing sent")]
     for name, value in rows:
-        table.add_row(name, str(value))
+        table.add_row(_plain(name), value if isinstance(value, Text) else _plain(value))
     Console().print(table)
     if summary["reject_samples"]:
         _table("rejected rows (the first few; `amojo-etl rejects` lists all of them from the ledger)",
@@ -110,7 +149,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
                [[r["source_key"], r["reason"], r["detail"]] for r in summary["reject_samples"][:5]])
     if summary.get("dry_run") and summary["plan"]["sample_payloads"]:
         Console().print("sample payloads, exactly as they would be sent:")
-        Console().print_json(json.dumps(summary["plan"]["sample_payloads"], ensure_ascii=False))
+        # soft_wrap: a long line is left to the terminal, not broken by a newline inside a JSON string
+        Console().print(_json_text(summary["plan"]["sample_payloads"]), soft_wrap=True)
 
 
 def _check_range(start: date, end: date) -> None:
@@ -131,11 +171,12 @@ def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool,
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    table = Table(title=title)
+    """A table of data: the title (which may name data) and every cell are shown literally, see `_plain`."""
+    table = Table(title=_plain(title))
     for column in columns:
-        table.add_column(column)
+        table.add_column(_plain(column))
     for row in rows:
-        table.add_row(*(str(value) for value in row))
+        table.add_row(*(_plain(value) for value in row))
     Console().print(table)
 
 
@@ -219,7 +260,8 @@ def status(as_json: JsonOption = False) -> None:
                      summary.get("rejected", ""), summary.get("missing", ""), updated])
     _table("intervals in the ledger", ["interval", "status", "sent", "skipped", "rejected", "missing", "updated"],
            rows)
-    Console().print("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    Console().print(_plain("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                           limit=None))
     if running:
         _table("intervals being imported now (a dead run's is taken over once its claim expires)",
                ["interval", "run", "messages registered through"],
@@ -245,10 +287,10 @@ def rejects_(
     ledger.close()
     if csv:
         pd.DataFrame(rows, columns=["source_key", "reason", "detail", "row", "updated_at"]).to_csv(csv, index=False)
-        console.print(f"{len(rows)} rejected rows written to {csv}")
+        console.print(_plain(f"{len(rows)} rejected rows written to {csv}", limit=None))
         return
     _table(f"rejected rows ({len(rows)} shown)", ["source key", "reason", "detail", "row"],
-           [[r["source_key"], r["reason"], r["detail"], (r["row"] or "")[:200]] for r in rows])
+           [[r["source_key"], r["reason"], r["detail"], r["row"] or ""] for r in rows])
 
 
 @app.command("sample-data")
@@ -267,7 +309,8 @@ def sample_data(
             raise _fail(f"{path} exists; remove it first or choose another --path", 2)
         url = f"sqlite:///{path}"
     counts = write_sample(url, seed=seed, size=SampleSize(messages=messages))
-    console.print(f"sample source written to {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    console.print(_plain(f"sample source written to {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+                         limit=None))
 
 
 class DuplicateMsgid(StrEnum):
@@ -345,16 +388,15 @@ def emulator(
         if value:
             setattr(config, name, value)
     url = f"http://{host}:{port}"
-    console.print(
+    console.print(Text(
         f"amoCRM emulator on {url}\n"
         f"  AMOJO_ETL_AMOJO_URL={url}\n  AMOJO_ETL_AMOCRM_URL={url}\n"
         f"  AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
         f"  AMOJO_ETL_CHANNEL_SECRET={config.channel_secret if not channel_secret else '(as given)'}\n"
         f"  AMOJO_ETL_AMOCRM_TOKEN={config.token if not token else '(as given)'}\n"
         f"  AMOJO_ETL_ACCOUNT_ID={config.account_id}\n  AMOJO_ETL_BOT_ID={config.bot_id}\n"
-        f"  inspect: {url}/_emulator/state   faults: {url}/_emulator/faults",
-        highlight=False,
-    )
+        f"  inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"
+    ))
     serve(config, host=host, port=port)
 
 
@@ -382,7 +424,8 @@ def demo(as_json: JsonOption = False) -> None:
             "AMOJO_ETL_AMOCRM_TOKEN": config.token,
             "AMOJO_ETL_BOT_ID": config.bot_id,
         })
-        console.print(f"demo: emulator at {running.url}; importing {first} .. {last} (end exclusive)")
+        console.print(_plain(f"demo: emulator at {running.url}; importing {first} .. {last} (end exclusive)",
+                             limit=None))
         summary, error = _run_import(first, last, dry_run=False)
         if summary is not None:
             summary["demo_total_s"] = round(time.monotonic() - began, 2)

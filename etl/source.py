@@ -6,13 +6,16 @@ SQL query per entity) adapts any other schema, as long as its queries return the
 
 from __future__ import annotations
 
+import re
 import tomllib
+import warnings
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -58,14 +61,35 @@ ENTITIES = {"messages": MESSAGE_COLUMNS, "conversations": CONVERSATION_COLUMNS, 
 REQUIRED = ("messages", "conversations", "clients", "managers")
 
 
+@dataclass(frozen=True)
+class Window:
+    """Which rows of a chunk belong to the interval: those whose created_at, once read, is in [start_ms, end_ms).
+
+    The database compares timestamps as it stores them (text on SQLite, where `2026-03-29T05:00` sorts after
+    `2026-03-29 21:00`; mixed offsets; a session zone that is not the source's), so it is asked for a wider
+    span (`candidate_bounds`) and the parsed instant decides. A created_at that cannot be read belongs to the
+    interval whose bounds, as stored (`start`, `end`), enclose its raw value: the one the database would pick.
+    """
+
+    start_ms: int
+    end_ms: int
+    start: datetime | str
+    end: datetime | str
+
+
 @dataclass
 class SourceFrames:
-    """One chunk of messages with the conversations, clients and managers they refer to, canonical columns."""
+    """One chunk of messages with the conversations, clients and managers they refer to, canonical columns.
+
+    `messages` are the interval's only, with `created_ms` (created_at read as unix milliseconds, NA where it
+    cannot be read); `rows_read` counts the rows the query returned, those of the neighbouring days included.
+    """
 
     messages: pd.DataFrame
     conversations: pd.DataFrame
     clients: pd.DataFrame
     managers: pd.DataFrame
+    rows_read: int = 0
 
 
 def load_queries(mapping: Path | None) -> SourceQueries:
@@ -93,7 +117,37 @@ def bound(moment: datetime, dialect: str, zone: ZoneInfo) -> datetime | str:
     SQLite keeps timestamps as text, so there the bound is text of the form `YYYY-MM-DD HH:MM:SS`, which compares
     correctly with stored text with or without fractions of a second.
     """
-    naive = moment.astimezone(zone).replace(tzinfo=None)
+    return _naive_bound(moment.astimezone(zone), dialect)
+
+
+CANDIDATE_MARGIN = timedelta(days=1)
+"""How much wider than the interval the messages query reads, on each side, in whole days of the source zone:
+enough for text timestamps with a `T`, and for offsets up to a day away from the source zone."""
+
+
+def candidate_bounds(start: datetime, end: datetime, dialect: str, zone: ZoneInfo) -> dict[str, datetime | str]:
+    """The messages query's :start and :end: the interval widened to whole days plus `CANDIDATE_MARGIN`.
+
+    A bound at a midnight also takes in every SQLite text of the day before it, whatever its separator.
+    """
+    first = datetime.combine(start.astimezone(zone).date(), time(), zone)
+    local_end = end.astimezone(zone)
+    last = datetime.combine(local_end.date(), time(), zone)
+    if last < local_end:
+        last += timedelta(days=1)
+    try:
+        first -= CANDIDATE_MARGIN
+    except OverflowError:
+        first = datetime.min.replace(tzinfo=zone)
+    try:
+        last += CANDIDATE_MARGIN
+    except OverflowError:
+        last = datetime.max.replace(tzinfo=zone)
+    return {"start": _naive_bound(first, dialect), "end": _naive_bound(last, dialect)}
+
+
+def _naive_bound(local: datetime, dialect: str) -> datetime | str:
+    naive = local.replace(tzinfo=None)
     if dialect == "sqlite":
         return naive.isoformat(sep=" ", timespec="seconds" if not naive.microsecond else "microseconds")
     return naive
@@ -119,6 +173,106 @@ def create_schema(engine: sa.Engine) -> None:
         for statement in (s.strip() for s in sql.split(";")):
             if statement:
                 conn.exec_driver_sql(statement)
+
+
+_OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:[zZ]|[+-]\d\d(?::?\d\d)?)$")
+"""A time of day followed by a UTC offset or `Z`: the text says its own zone."""
+
+
+def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
+    """Source timestamps as unix milliseconds (NA where unreadable, or outside what pandas holds: 1677..2262).
+
+    Naive ones (text or datetime objects) are wall time in the source zone; those that carry an offset (text
+    ending in `+05:00` or `Z`, aware datetimes) are read with it, so one column may mix both. ISO 8601 text only,
+    with a space or a `T`, with or without fractions: a day-first or month-first date is not guessed.
+    A wall time that does not exist (the hour skipped by DST) is moved forward; one that exists twice is read as
+    the first of the two: the source cannot say which it meant, and either keeps the message's place in order.
+    """
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values if values.dt.tz is not None else _localize(values, zone)
+        return ((parsed.dt.tz_convert("UTC") - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
+    values = values.astype(object)
+    result = pd.Series(pd.NA, index=values.index, dtype="Int64")
+    is_text = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
+    aware = np.fromiter((getattr(v, "tzinfo", None) is not None for v in values), dtype=bool, count=len(values))
+    if is_text.any():
+        text = values[is_text].str.strip()
+        aware[is_text] = text.str.contains(_OFFSET).fillna(False).to_numpy(dtype=bool)
+        values = values.copy()
+        values[is_text] = text
+    other = ~is_text & ~aware & values.notna().to_numpy()
+    if other.any():  # datetime, date and pandas objects are read as they are; anything else is text to parse
+        odd = values[other]
+        readable = np.fromiter((isinstance(v, datetime | date | pd.Timestamp) for v in odd), dtype=bool,
+                               count=len(odd))
+        values = values.copy()
+        values[odd.index[~readable]] = odd[~readable].map(str)
+    for mask, read in ((aware, _read_aware), (~aware & values.notna().to_numpy(), lambda v: _read_naive(v, zone))):
+        if mask.any():
+            parsed = read(values[mask])
+            result[mask] = ((parsed - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
+    return result
+
+
+def _parse_timestamps(values: pd.Series, utc: bool) -> pd.Series:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return pd.to_datetime(values, errors="coerce", format="ISO8601", utc=utc)
+        except (ValueError, TypeError, OverflowError):  # one odd value spoils the vectorised read: go one by one
+            return pd.Series([_parse_one(v, utc) for v in values], index=values.index,
+                             dtype="datetime64[ns, UTC]" if utc else "datetime64[ns]")
+
+
+def _parse_one(value: Any, utc: bool) -> pd.Timestamp:
+    try:
+        parsed = pd.to_datetime(value, errors="coerce", format="ISO8601", utc=utc)
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+    if parsed is pd.NaT or utc or parsed.tzinfo is None:
+        return parsed
+    return pd.NaT  # an offset where none was expected: not this group's
+
+
+def _read_aware(values: pd.Series) -> pd.Series:
+    return _parse_timestamps(values, utc=True)
+
+
+def _read_naive(values: pd.Series, zone: ZoneInfo) -> pd.Series:
+    parsed = _parse_timestamps(values, utc=False)
+    if parsed.dt.tz is not None:  # cannot happen for naive input; kept exact rather than guessed
+        return parsed.dt.tz_convert("UTC")
+    try:
+        return _localize(parsed, zone).dt.tz_convert("UTC")
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return pd.Series([_localize_one(v, zone) for v in parsed], index=parsed.index, dtype="datetime64[ns, UTC]")
+
+
+def _localize(parsed: pd.Series, zone: ZoneInfo) -> pd.Series:
+    return parsed.dt.tz_localize(zone, ambiguous=np.ones(len(parsed), dtype=bool), nonexistent="shift_forward")
+
+
+def _localize_one(value: pd.Timestamp, zone: ZoneInfo) -> pd.Timestamp:
+    try:
+        return value.tz_localize(zone, ambiguous=True, nonexistent="shift_forward").tz_convert("UTC")
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return pd.NaT
+
+
+def _in_window(msec: pd.Series, created_at: pd.Series, window: Window) -> pd.Series:
+    """Rows of the interval: a readable created_at inside it, or an unreadable one the bounds enclose as stored."""
+    inside = ((msec >= window.start_ms) & (msec < window.end_ms)).fillna(False).astype(bool)
+    unreadable = msec.isna()
+    if unreadable.any():
+        def enclosed(value: Any) -> bool:
+            try:
+                return bool(window.start <= value < window.end)
+            except TypeError:  # not comparable with the bounds (NULL, a number): the database chose it, keep it
+                return True
+
+        inside[unreadable] = [enclosed(v) for v in created_at[unreadable]]
+    return inside
 
 
 def _bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -211,15 +365,20 @@ class SourceStream:
     def __init__(self, url: str, queries: SourceQueries, start: datetime, end: datetime, zone: ZoneInfo,
                  chunk_size: int = 50_000) -> None:
         self.queries = queries
+        self.zone = zone
         self.chunk_size = chunk_size
         self.engine = source_engine(url)
-        self.params = {"start": bound(start, self.engine.dialect.name, zone),
-                       "end": bound(end, self.engine.dialect.name, zone)}
+        dialect = self.engine.dialect.name
+        self.params = {"start": bound(start, dialect, zone), "end": bound(end, dialect, zone)}
+        self.candidate_params = candidate_bounds(start, end, dialect, zone)
+        self.window = Window(int(start.timestamp() * 1000), int(end.timestamp() * 1000),
+                             self.params["start"], self.params["end"])
         self.chunks = 0
         self._carried = {"conversations": _frame([], [], CONVERSATION_COLUMNS),
                          "clients": _frame([], [], CLIENT_COLUMNS)}
-        self._passes = [q for q in (queries.messages, queries.edits) if q]
+        self._passes = [(q, p) for q, p in self._queries_and_bounds()]
         self._cursor: _DriverCursor | None = None
+        self._pass_window: Window | None = None
         try:
             self._lookup = self.engine.connect()
             self.managers = self._select(queries.managers, MANAGER_COLUMNS, "managers")
@@ -233,13 +392,20 @@ class SourceStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _queries_and_bounds(self) -> list[tuple[str, dict[str, Any]]]:
+        """The passes over messages with their bounds: new messages over the candidate span, edits exactly."""
+        passes = [(self.queries.messages, self.candidate_params)]
+        if self.queries.edits:
+            passes.append((self.queries.edits, self.params))
+        return passes
+
     def count(self) -> int:
-        """How many message rows the interval holds (both passes), for progress."""
+        """How many message rows the passes read (the candidate span, both passes), for progress."""
         total = 0
         try:
-            for sql in (q for q in (self.queries.messages, self.queries.edits) if q):
+            for sql, params in self._queries_and_bounds():
                 total += self._lookup.execute(sa.text(f"SELECT COUNT(*) FROM ({sql}) q"),
-                                              _bind(sql, self.params)).scalar() or 0
+                                              _bind(sql, params)).scalar() or 0
         except sa.exc.SQLAlchemyError as exc:
             raise _unreadable(self.engine.url, exc) from None
         return total
@@ -248,9 +414,9 @@ class SourceStream:
         """Message ids that occur more than once in the interval, found by the database, which sees all of it."""
         repeated: set[str] = set()
         try:
-            for sql in (q for q in (self.queries.messages, self.queries.edits) if q):
+            for sql, params in self._queries_and_bounds():
                 result = self._lookup.execute(
-                    sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"), _bind(sql, self.params))
+                    sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"), _bind(sql, params))
                 repeated.update(str(row[0]) for row in result if row[0] is not None)
         except sa.exc.SQLAlchemyError as exc:
             raise _unreadable(self.engine.url, exc) from None
@@ -287,9 +453,10 @@ class SourceStream:
             if self._cursor is None:
                 if not self._passes:
                     return []
-                sql = self._passes.pop(0)
+                sql, params = self._passes.pop(0)
+                self._pass_window = self.window if params is self.candidate_params else None
                 self._cursor = _DriverCursor(self.engine, f"SELECT * FROM ({sql}) q ORDER BY q.created_at, q.id",
-                                             _bind(sql, self.params), self.chunk_size)
+                                             _bind(sql, params), self.chunk_size)
                 _check_columns(self._cursor.columns, MESSAGE_COLUMNS, "messages")
             rows = self._cursor.fetch(self.chunk_size)
             if rows:
@@ -304,6 +471,11 @@ class SourceStream:
             if not rows:
                 return None
             messages = _frame(rows, self._cursor.columns, MESSAGE_COLUMNS)
+            created_ms = to_utc_ms(messages["created_at"], self.zone)
+            if self._pass_window is not None:
+                mine = _in_window(created_ms, messages["created_at"], self._pass_window)
+                messages, created_ms = messages[mine].reset_index(drop=True), created_ms[mine].reset_index(drop=True)
+            messages["created_ms"] = created_ms
             conversation_ids = [str(v) for v in messages["conversation_id"].dropna().unique()]
             conversations = self._by_ids(self.queries.conversations, conversation_ids, CONVERSATION_COLUMNS,
                                          "conversations")
@@ -312,7 +484,7 @@ class SourceStream:
         except sa.exc.SQLAlchemyError as exc:
             raise _unreadable(self.engine.url, exc) from None
         self.chunks += 1
-        return SourceFrames(messages, conversations, clients, self.managers)
+        return SourceFrames(messages, conversations, clients, self.managers, len(rows))
 
     def close(self) -> None:
         if self._cursor is not None:

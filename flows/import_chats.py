@@ -106,13 +106,13 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                                        settings.text_limit, label=chunk)
                 totals.add_batch(batch)
                 # Chunks come in time order: a short one is the last, and then all of the interval is registered.
-                if len(frames.messages) < settings.chunk_size:
+                if frames.rows_read < settings.chunk_size:
                     registered = interval.end_ms
                 elif len(batch.messages):
                     registered = max(registered, int(batch.messages["msec"].max()))
                 totals.load.add(await load_task(batch, api, ledger, claims, registered, settings.concurrency,
                                                 progress.sending, label=chunk))
-                await progress.chunk_done(len(frames.messages))
+                await progress.chunk_done(frames.rows_read)
             claims.advance(interval.end_ms)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
             summary = totals.summary(verdict, time.monotonic() - began)

@@ -19,7 +19,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from etl.source import SourceFrames
+from etl.source import MESSAGE_COLUMNS, SourceFrames, to_utc_ms
 
 MESSAGE_TYPES = ("text", "picture", "video", "file", "voice", "audio", "sticker", "location", "contact")
 MEDIA_TYPES = ("picture", "video", "file", "voice", "audio", "sticker")
@@ -69,6 +69,7 @@ class SeenIds:
     def __init__(self, repeated: set[str] | None = None) -> None:
         self._repeated = repeated
         self._kept: set[str] = set()
+        self._duplicate_keys: Counter = Counter()
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -83,12 +84,34 @@ class SeenIds:
             self._kept.update(candidates[~duplicate[watched]])
         return duplicate
 
+    def occurrence(self, keys: pd.Series) -> pd.Series:
+        """How many times each key of duplicate rows came before in the interval (identical rows share a key)."""
+        counts = []
+        for key in keys:
+            counts.append(self._duplicate_keys[key])
+            self._duplicate_keys[key] += 1
+        return pd.Series(counts, index=keys.index, dtype="int64")
+
 
 def _text(values: pd.Series) -> pd.Series:
-    """Any column as str values with None for missing, without touching columns that already are."""
+    """Any column as str values with None for missing, without touching columns that already are.
+
+    Bytes (a BLOB where text belongs) are decoded as UTF-8, undecodable bytes kept as lone surrogates for the
+    checks to reject; numbers become their text (`42`, not `42.0`, when a float holds an integer).
+    """
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
         return values.where(values.notna(), None).astype(object)
-    return values.map(lambda v: None if pd.isna(v) else str(v)).astype(object)
+    return values.map(_as_text).astype(object)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or (not isinstance(value, str | bytes) and pd.isna(value)):
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _per_value(values: pd.Series, normalise: Callable[[Any], Any]) -> pd.Series:
@@ -119,13 +142,17 @@ _TEXT_OK, _TEXT_BLANK, _TEXT_INVALID, _TEXT_CONTROL = 0, 1, 2, 3
 _TEXT_FLAW = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _classify_text(value: Any) -> int:
     if not isinstance(value, str) or not value.strip():
         return _TEXT_BLANK
-    flaw = _TEXT_FLAW.search(value)
-    if flaw is None:
+    if _TEXT_FLAW.search(value) is None:
         return _TEXT_OK
-    return _TEXT_INVALID if "\ud800" <= flaw.group() <= "\udfff" else _TEXT_CONTROL
+    if _SURROGATE.search(value):
+        return _TEXT_INVALID
+    return _TEXT_CONTROL if _CONTROL.sub("", value).strip() else _TEXT_BLANK  # control characters only: blank
 
 
 def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -140,23 +167,6 @@ def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     if control.any():
         text[control] = text[control].map(lambda s: _CONTROL.sub("", s))
     return text, pd.Series(kind == _TEXT_BLANK, index=raw.index), pd.Series(kind == _TEXT_INVALID, index=raw.index)
-
-
-def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
-    """Naive source timestamps, read in the source zone, as unix milliseconds (NA where unreadable).
-
-    A wall time that does not exist (the hour skipped by DST) is moved forward; one that exists twice is read as
-    the first of the two: the source cannot say which it meant, and either keeps the message's place in order.
-    """
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:  # text (SQLite) or datetime objects (drivers)
-        parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
-    if parsed.dt.tz is None:
-        parsed = parsed.dt.tz_localize(zone, ambiguous=np.ones(len(parsed), dtype=bool),
-                                       nonexistent="shift_forward")
-    epoch = pd.Timestamp("1970-01-01", tz="UTC")
-    return ((parsed.dt.tz_convert("UTC") - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
 
 
 def _printable(value: Any) -> str | None:
@@ -181,60 +191,101 @@ def text_hash(texts: pd.Series) -> pd.Series:
     return _digest(texts.where(texts.str.strip() != "", ""))
 
 
+KEY_LENGTH = 512
+"""Longest id the ledger keeps (prefix included): longer ones are rejected, never truncated into a collision."""
+_UNFIT_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: ZoneInfo, *,
               seen: SeenIds | None = None, text_limit: int | None = None, now: datetime | None = None) -> Batch:
-    """Valid rows become conversations and messages ready to send; the others become rejects with their reason."""
+    """Valid rows become conversations and messages ready to send; the others become rejects with their reason.
+
+    Every row of the chunk ends in exactly one of the two; no value of one row can fail another.
+    """
     now = now or datetime.now(UTC)
     seen = SeenIds() if seen is None else seen
     warnings: Counter = Counter()
     rejects: list[pd.DataFrame] = []
     m = frames.messages.reset_index(drop=True)
-    raw = m.copy()
-    m["id"] = _text(m["id"])
-    m["conversation_id"] = _text(m["conversation_id"])
-    m["manager_id"] = _text(m["manager_id"])
+    m["msec"] = m["created_ms"] if "created_ms" in m.columns else to_utc_ms(m["created_at"], source_zone)
+    raw = m[[c for c in MESSAGE_COLUMNS if c in m.columns]]
+    for column in ("id", "conversation_id", "manager_id", "media_url", "file_name", "contact_name",
+                   "contact_phone", "text"):
+        m[column] = _text(m[column])
     m["type"] = _per_value(m["type"], lambda v: "text" if v is None or pd.isna(v) else str(v).strip().lower())
     m["direction"] = _per_value(m["direction"], lambda v: None if v is None or pd.isna(v) else str(v).strip().lower())
-    m["msec"] = to_utc_ms(m["created_at"], source_zone)
     m["text"], blank_text, bad_utf8 = repair_text(m["text"])
-    m["media_url"] = _text(m["media_url"])
+    keys = _source_keys(m["id"], m["msec"], raw["created_at"])
 
-    def reject(mask: pd.Series, reason: str, detail: str) -> None:
+    def reject(mask: pd.Series, reason: str, detail: str | pd.Series, *, duplicate: bool = False) -> None:
         mask = mask.fillna(False).astype(bool)
         if mask.any():
             rows = raw.loc[mask[mask].index]
+            key = keys.loc[rows.index]
+            if duplicate:  # rows that share an id and a time: told apart by what they hold
+                digest = _digest(rows.map(_printable).astype(str)).map(lambda h: f"{h & 0xFFFFFFFF:08x}")
+                key = key + "#" + digest
+                repeat = seen.occurrence(key)
+                key = key.where(repeat == 0, key + "~" + repeat.astype(str))
             rejects.append(pd.DataFrame({
-                "source_key": "message:" + m.loc[rows.index, "id"].fillna("<null id>"),
+                "source_key": key,
                 "reason": reason,
-                "detail": detail,
+                "detail": detail if isinstance(detail, str) else detail.loc[rows.index],
                 "row": rows.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines(),
             }))
 
     duplicate = seen.split(m["id"].fillna(""))
-    reject(duplicate, "duplicate_id", "another row has the same message id; the first is kept")
-    m = m[~duplicate]
+    reject(duplicate & m["id"].notna(), "duplicate_id", "another row of the interval has the same message id; "
+           "the first is kept", duplicate=True)
+    m = m[~duplicate | m["id"].isna()]
 
     conversations = frames.conversations.assign(id=_text(frames.conversations["id"]),
                                                 client_id=_text(frames.conversations["client_id"]))
-    conversations = conversations.drop_duplicates("id")
+    conversations = conversations.drop_duplicates("id").set_index("id", drop=False)
+    client_ids = set(_text(frames.clients["id"]).dropna())
+    client_of = m["conversation_id"].map(conversations["client_id"])
     media_type = m["type"].isin(MEDIA_TYPES)
     media_url_ok = pd.Series(False, index=m.index)
     media_url_ok[media_type] = m.loc[media_type, "media_url"].str.match(r"^https?://\S+$").fillna(False)
+    file_size = _whole_numbers(m["file_size"])
+    lat, lon = _numbers(m["lat"]), _numbers(m["lon"])
+    location = m["type"] == "location"
     checks = [
         (m["id"].isna() | (m["id"] == ""), "missing_id", "the message has no id"),
+        (_unfit_id(m["id"]), "bad_id", "the message id holds control characters or bytes that are not UTF-8"),
+        ((len(prefix) + m["id"].str.len()) > KEY_LENGTH, "id_too_long",
+         f"the message id is longer than {KEY_LENGTH - len(prefix)} characters"),
+        (m["conversation_id"].isna(), "missing_conversation", "the message has no conversation_id"),
+        (_unfit_id(m["conversation_id"]) | ((len(prefix) + m["conversation_id"].str.len()) > KEY_LENGTH),
+         "bad_conversation_id",
+         f"the conversation id holds control characters, bytes that are not UTF-8, or more than "
+         f"{KEY_LENGTH - len(prefix)} characters"),
         (~m["conversation_id"].isin(conversations["id"]), "orphan_conversation",
          "the message's conversation does not exist in the source"),
+        (client_of.isna(), "missing_client", "the message's conversation has no client_id"),
+        (_unfit_id(client_of) | ((len(prefix) + client_of.str.len()) > KEY_LENGTH), "bad_client_id",
+         f"the conversation's client id holds control characters, bytes that are not UTF-8, or more than "
+         f"{KEY_LENGTH - len(prefix)} characters"),
+        (~client_of.isin(client_ids), "orphan_client", "the conversation's client does not exist in the source"),
         (~m["direction"].isin(["in", "out"]), "unknown_direction", "direction must be 'in' or 'out'"),
         (~m["type"].isin(MESSAGE_TYPES), "unknown_type", f"type must be one of {', '.join(MESSAGE_TYPES)}"),
-        (m["msec"].isna() | (m["msec"] < 0), "bad_timestamp", "created_at is missing, unreadable or before 1970"),
+        (m["msec"].isna() | (m["msec"] < 0), "bad_timestamp",
+         "created_at is missing, unreadable (ISO 8601 expected) or before 1970"),
         (m["msec"] > now.timestamp() * 1000, "future_timestamp", "created_at is in the future"),
         (bad_utf8.loc[m.index], "invalid_utf8", "the text is not valid UTF-8"),
-        ((m["type"] == "text") & blank_text.loc[m.index], "empty_text", "a text message with NULL or empty text"),
+        ((m["type"] == "text") & blank_text.loc[m.index], "empty_text",
+         "a text message with NULL, empty or only control characters as text"),
         (media_type & ~media_url_ok, "bad_media_url", "a media message needs an http(s) media_url"),
-        ((m["type"] == "location") & (m["lat"].isna() | m["lon"].isna()), "bad_location",
-         "a location message needs lat and lon"),
+        (media_type & m["file_size"].notna() & file_size.isna(), "bad_file_size",
+         "file_size must be a whole number of bytes, 0 or more"),
+        (location & (lat.isna() | lon.isna()), "bad_location",
+         "a location message needs lat and lon as numbers"),
+        (location & ~(lat.between(-90, 90) & lon.between(-180, 180)).fillna(False).astype(bool), "bad_location",
+         "lat must lie within -90..90 and lon within -180..180"),
         ((m["type"] == "contact") & (m["contact_name"].isna() | m["contact_phone"].isna()), "bad_contact",
          "a contact message needs contact_name and contact_phone"),
+        (_any_unfit_text(m, ("media_url", "file_name", "contact_name", "contact_phone")), "invalid_utf8",
+         "media_url, file_name, contact_name or contact_phone is not valid UTF-8"),
     ]
     if text_limit is not None:
         checks.append((m["text"].str.len() > text_limit, "text_too_long",
@@ -244,7 +295,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
         mask = mask.fillna(False).astype(bool) & ~bad
         reject(mask, reason, detail)
         bad |= mask
-    m = m[~bad]
+    m, file_size, lat, lon = m[~bad], file_size[~bad], lat[~bad], lon[~bad]
 
     managers = frames.managers.assign(id=_text(frames.managers["id"])).drop_duplicates("id").set_index("id")
     manager_email = m["manager_id"].map(_per_value(managers["email"], lambda v: str(v).strip().lower()
@@ -259,9 +310,10 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
            "the manager has no amoCRM user with an amojo_id, and AMOJO_ETL_BOT_ID is not set")
     keep = ~no_sender
     m, ref_id, known_manager, outgoing = m[keep], ref_id[keep], known_manager[keep], outgoing[keep]
+    file_size, lat, lon = file_size[keep], lat[keep], lon[keep]
 
     as_manager = (outgoing & known_manager).to_numpy()
-    manager_name = m["manager_id"].map(managers["name"])
+    manager_name = _printable_names(m["manager_id"].map(managers["name"]))
     messages = pd.DataFrame({
         "msgid": prefix + m["id"],
         "source_id": m["id"],
@@ -274,26 +326,88 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
         "type": m["type"],
         "text": m["text"],
         "media_url": m["media_url"],
-        "file_name": _text(m["file_name"]),
-        "file_size": pd.to_numeric(m["file_size"], errors="coerce").astype("Int64"),
-        "lat": pd.to_numeric(m["lat"], errors="coerce"),
-        "lon": pd.to_numeric(m["lon"], errors="coerce"),
-        "contact_name": _text(m["contact_name"]),
-        "contact_phone": _text(m["contact_phone"]),
-    }).reset_index(drop=True)
+        "file_name": m["file_name"],
+        "file_size": file_size.where(m["type"].isin(MEDIA_TYPES)).astype("Int64"),
+        "lat": lat.where(m["type"] == "location"),
+        "lon": lon.where(m["type"] == "location"),
+        "contact_name": m["contact_name"],
+        "contact_phone": m["contact_phone"],
+    })
+    # One conversation's messages in time order, whatever order the source's text timestamps sorted in.
+    messages = messages.sort_values(["conversation_id", "msec"], kind="stable").reset_index(drop=True)
     needs_name = messages["type"].isin(NEEDS_FILE_META) & messages["file_name"].isna()
     if needs_name.any():
         messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].str.rsplit("/", n=1).str[-1]
     messages["content_hash"] = content_hash(messages)
     messages["text_hash"] = text_hash(messages["text"])
 
-    chats = _conversations(conversations, frames.clients, messages["conversation_id"].unique(), prefix, source_zone,
-                           warnings)
+    chats = _conversations(conversations.reset_index(drop=True), frames.clients,
+                           messages["conversation_id"].unique(), prefix, source_zone, warnings)
     reject_frame = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=REJECT_COLUMNS)
-    repeat = reject_frame.groupby("source_key").cumcount()  # duplicates share an id: keep each row's key apart
-    reject_frame["source_key"] = reject_frame["source_key"].where(
-        repeat == 0, reject_frame["source_key"] + "#" + repeat.astype(str))
     return Batch(chats, messages, reject_frame, warnings)
+
+
+def _source_keys(ids: pd.Series, msec: pd.Series, created_at: pd.Series) -> pd.Series:
+    """`message:{id}@{created_at}`: which source row a reject is, stable across chunks, runs and days."""
+    shown = ids.map(_key_part).fillna("<null id>")
+    when = pd.Series(pd.to_datetime(msec.astype("float64"), unit="ms", utc=True, errors="coerce"), index=ids.index)
+    when = when.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").str.replace(r"\.000000Z$", "Z", regex=True)
+    when = when.where(msec.notna(), created_at.map(_key_part).fillna("<null time>"))
+    return "message:" + shown + "@" + when
+
+
+def _key_part(value: Any, limit: int = 200) -> str | None:
+    """A value as it can be written into any ledger column: control characters and bad bytes escaped, and cut
+    (with a digest, so that two long values stay apart) past `limit` characters."""
+    text = _printable(value)
+    if text is None:
+        return None
+    text = text.encode("unicode_escape").decode("ascii") if _UNFIT_ID.search(text) else text
+    if len(text) > limit:
+        text = f"{text[:limit]}…{hash_text(text):016x}"
+    return text
+
+
+def hash_text(text: str) -> int:
+    """A stable 64-bit digest of one string."""
+    return int(pd.util.hash_array(np.array([text], dtype=object))[0])
+
+
+def _unfit_id(ids: pd.Series) -> pd.Series:
+    """Ids no ledger column and no JSON body can hold as they are: control characters or undecodable bytes."""
+    return ids.str.contains(_UNFIT_ID).fillna(False).astype(bool)
+
+
+def _any_unfit_text(m: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
+    unfit = pd.Series(False, index=m.index)
+    for column in columns:
+        unfit |= m[column].str.contains(_SURROGATE).fillna(False).astype(bool)
+    return unfit
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    """Finite floats; NaN for anything else (text, ±inf, NaN itself)."""
+    numbers = pd.to_numeric(values.map(lambda v: v if not isinstance(v, bool) else None), errors="coerce")
+    numbers = numbers.astype("float64")
+    return numbers.where(np.isfinite(numbers))
+
+
+def _whole_numbers(values: pd.Series) -> pd.Series:
+    """Whole numbers 0..2**63-1 (`10`, `10.0`, `"10"`) as Int64; NA for anything else (`1.5`, -1, `abc`)."""
+    numbers = _numbers(values)
+    whole = (numbers >= 0) & (numbers < 2.0**63) & (numbers == np.floor(numbers))
+    return numbers.where(whole).astype("Int64")
+
+
+def _printable_names(names: pd.Series) -> pd.Series:
+    """Display names as JSON can carry them: undecodable bytes replaced, control characters dropped."""
+    def clean(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.encode("utf-8", "replace").decode("utf-8") if _SURROGATE.search(value) else value
+        return _CONTROL.sub("", value)
+
+    return names.map(clean)
 
 
 def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.ndarray, prefix: str,
@@ -303,12 +417,13 @@ def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.
     conv = conv[conv["conversation_id"].isin(used)]
     clients = clients.assign(id=_text(clients["id"])).drop_duplicates("id").rename(columns={"id": "client_id"})
     chat = conv.merge(clients, on="client_id", how="left")
-    phone = normalise_phones(chat["phone"])
-    email = normalise_emails(chat["email"])
+    phone = normalise_phones(_text(chat["phone"]).map(_valid_or_none))
+    email = normalise_emails(_text(chat["email"]).map(_valid_or_none))
     warnings["invalid_phone_dropped"] += int((chat["phone"].notna() & phone.isna()).sum())
     warnings["invalid_email_dropped"] += int((chat["email"].notna() & email.isna()).sum())
-    name = _text(chat["name"]).str.strip()
-    avatar = _text(chat["avatar_url"])
+    name = _printable_names(_text(chat["name"])).str.strip()
+    avatar = _text(chat["avatar_url"]).map(_valid_or_none)
+    profile = _text(chat["profile_url"]).map(_valid_or_none)
     return pd.DataFrame({
         "conversation_id": chat["conversation_id"],
         "source_id": chat["id"],
@@ -317,12 +432,17 @@ def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.
         "name": name.where(name.fillna("") != "", "Client " + chat["client_id"]),
         "phone": phone,
         "email": email,
-        "avatar": avatar.where(avatar.str.match(r"^https?://").fillna(False).astype(bool), None),
-        "profile_link": _text(chat["profile_url"]),
+        "avatar": avatar.where(avatar.str.match(r"^https?://\S+$").fillna(False).astype(bool), None),
+        "profile_link": profile.where(profile.str.match(r"^https?://\S+$").fillna(False).astype(bool), None),
         # When the conversation opened: none of its messages is older, so runs of earlier days matter to it only
         # back to here. Unreadable: from the beginning of time.
         "opened_ms": to_utc_ms(chat["created_at"], source_zone).fillna(0).astype("int64"),
     }).set_index("conversation_id")
+
+
+def _valid_or_none(value: Any) -> Any:
+    """A client's optional field, dropped when it could not be sent as JSON (undecodable bytes)."""
+    return None if isinstance(value, str) and _SURROGATE.search(value) else value
 
 
 def _present(value: Any) -> bool:

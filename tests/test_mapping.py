@@ -67,7 +67,7 @@ def test_helpdesk_schema_through_the_example_mapping(dialect, tmp_path, request)
     conversation = batches[0].conversations.loc["hd-501"]
     assert conversation["phone"] == "+79160001122" and conversation["name"] == "Ольга Петрова"
     rejected = [r for b in _day(url, date(2026, 10, 6)) for r in b.rejects.itertuples()]
-    assert [(r.source_key, r.reason) for r in rejected] == [("message:4", "unknown_direction")]
+    assert [(r.source_key, r.reason) for r in rejected] == [("message:4@2026-10-06T10:00:00Z", "unknown_direction")]
 
 
 def test_mistyped_column_in_a_mapping_is_named(tmp_path):
