@@ -76,7 +76,7 @@ async def pipeline(url: str, source: str, workdir: str, amojo_rate: float | None
             began = time.perf_counter()
             while (frames := stream.next_chunk()) is not None:
                 batch = transform(frames, senders, "ae-", UTC, seen=seen)
-                sent += (await load(batch, api, ledger, claims, MONTH.end_ms, concurrency)).messages_sent
+                sent += (await load(batch, api, ledger, claims, MONTH.end_ms, MONTH.label, concurrency)).messages_sent
             seconds = time.perf_counter() - began
     ledger.close()
     return {"sent": sent, "seconds": seconds, "ledger_seconds": timed.seconds}

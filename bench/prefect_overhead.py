@@ -71,7 +71,7 @@ async def plain(settings_env_ledger: str) -> float:
             senders = await resolve_senders(api.rest, settings.bot_id)
             while (frames := source.next_chunk()) is not None:
                 await load(transform(frames, senders, settings.id_prefix, settings.source_zone, seen=seen), api,
-                           ledger, claims, interval.end_ms, settings.concurrency)
+                           ledger, claims, interval.end_ms, interval.label, settings.concurrency)
             await reconcile(api, ledger, interval.start_ms, interval.end_ms)
     ledger.close()
     return time.perf_counter() - began

@@ -19,7 +19,10 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .settings import ConfigurationError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+KEY_LENGTH = 512
+"""Longest id the ledger keeps (msgid, conversation and client ids, reject keys): what real sources hold, and
+within what MySQL can index (3072 bytes of utf8mb4). Longer source ids are rejected before they get here."""
 
 metadata = sa.MetaData()
 
@@ -32,9 +35,9 @@ channel = sa.Table(
 )
 chats = sa.Table(
     "chats", metadata,
-    sa.Column("conversation_id", sa.String(255), primary_key=True),
+    sa.Column("conversation_id", sa.String(KEY_LENGTH), primary_key=True),
     sa.Column("chat_id", sa.String(64)),
-    sa.Column("client_key", sa.String(255)),
+    sa.Column("client_key", sa.String(KEY_LENGTH)),
     sa.Column("contact_id", sa.BigInteger),
     sa.Column("linked", sa.Boolean, nullable=False, default=False),
     sa.Column("quarantine", sa.Text),
@@ -42,14 +45,14 @@ chats = sa.Table(
 )
 contacts = sa.Table(
     "contacts", metadata,
-    sa.Column("client_key", sa.String(255), primary_key=True),
+    sa.Column("client_key", sa.String(KEY_LENGTH), primary_key=True),
     sa.Column("contact_id", sa.BigInteger, nullable=False),
     sa.Column("created", sa.Boolean, nullable=False),
 )
 messages = sa.Table(
     "messages", metadata,
-    sa.Column("msgid", sa.String(255), primary_key=True),
-    sa.Column("conversation_id", sa.String(255), nullable=False, index=True),
+    sa.Column("msgid", sa.String(KEY_LENGTH), primary_key=True),
+    sa.Column("conversation_id", sa.String(KEY_LENGTH), nullable=False, index=True),
     sa.Column("msec", sa.BigInteger, nullable=False, index=True),
     sa.Column("content_hash", sa.BigInteger, nullable=False),
     sa.Column("text_hash", sa.BigInteger),
@@ -69,11 +72,14 @@ intervals = sa.Table(
 )
 rejects = sa.Table(
     "rejects", metadata,
-    sa.Column("source_key", sa.String(255), primary_key=True),
+    sa.Column("source_key", sa.String(KEY_LENGTH), primary_key=True),
     sa.Column("reason", sa.String(64), nullable=False),
     sa.Column("detail", sa.Text),
     sa.Column("row", sa.Text),
     sa.Column("updated_at", sa.Float),
+    # The interval whose run rejected the row (its label); a run clears its own before it starts again, so that
+    # a row fixed at the source stops being listed. Added in version 4; "unplaced" for rows no interval selects.
+    sa.Column("interval_label", sa.String(64), index=True),
 )
 
 # Reconciliation reads a conversation's messages of one interval: (conversation_id, msec). Added in version 2.
@@ -93,7 +99,7 @@ oauth_tokens = sa.Table(
 claims = sa.Table(
     "claims", metadata,
     sa.Column("kind", sa.String(16), primary_key=True),  # interval | conversation | client
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("key", sa.String(KEY_LENGTH), primary_key=True),
     sa.Column("holder", sa.String(64), nullable=False),
     sa.Column("expires_at", sa.Double, nullable=False),  # not Float: single precision on MySQL
     # An interval claim's span, and how far into it the holder has registered its messages as pending.
@@ -116,9 +122,36 @@ class ChatState:
     quarantine: str | None
 
 
+def _widen_keys(conn: sa.Connection) -> None:
+    """Version 4: id columns of VARCHAR(255) become VARCHAR(KEY_LENGTH); rejects know their interval.
+
+    SQLite ignores VARCHAR lengths, so there only the rejects table changes.
+    """
+    dialect = conn.dialect
+    inspector = sa.inspect(conn)
+    for table in (chats, contacts, messages, rejects, claims):  # the tables that hold source ids
+        found = {c["name"]: c for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if not isinstance(column.type, sa.String) or column.type.length != KEY_LENGTH:
+                continue
+            if getattr(found[column.name]["type"], "length", None) in (None, KEY_LENGTH):
+                continue
+            kind = column.type.compile(dialect=dialect)
+            if dialect.name == "postgresql":
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ALTER COLUMN "{column.name}" TYPE {kind}'))
+            elif dialect.name in ("mysql", "mariadb"):
+                null = "NULL" if column.nullable and not column.primary_key else "NOT NULL"
+                conn.execute(sa.text(f"ALTER TABLE {table.name} MODIFY `{column.name}` {kind} {null}"))
+    if "interval_label" not in {c["name"] for c in inspector.get_columns("rejects")}:
+        conn.execute(sa.text("ALTER TABLE rejects ADD COLUMN interval_label VARCHAR(64)"))
+    for index in rejects.indexes:
+        index.create(conn, checkfirst=True)
+
+
 UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
     2: lambda conn: messages_by_conversation_time.create(conn, checkfirst=True),
     3: lambda conn: claims.create(conn, checkfirst=True),
+    4: _widen_keys,
 }
 """Schema version -> the step that brings a ledger of the version before up to it."""
 
@@ -128,19 +161,25 @@ SCHEMA_LOCK = 0x616D6F6A6F  # any number: the advisory lock that schema changes 
 
 @contextmanager
 def _schema_lock(conn: sa.Connection) -> Iterator[None]:
-    """Hold the database's own lock for schema changes while inside. SQLite needs none: one writer at a time."""
+    """Hold the database's own lock for schema changes while inside; commit before letting go of it, so that
+    whoever takes it next sees what was done. SQLite needs none: one writer at a time."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})  # until commit
-        yield
+        lock, unlock = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
     elif dialect in ("mysql", "mariadb"):
-        conn.execute(sa.text("SELECT GET_LOCK('amojo_etl_schema', 120)"))
-        try:
-            yield
-        finally:
-            conn.execute(sa.text("SELECT RELEASE_LOCK('amojo_etl_schema')"))
+        lock, unlock = "SELECT GET_LOCK('amojo_etl_schema', 120)", "SELECT RELEASE_LOCK('amojo_etl_schema')"
     else:
         yield
+        conn.commit()
+        return
+    conn.execute(sa.text(lock), {"key": SCHEMA_LOCK})
+    try:
+        yield
+        conn.commit()
+    finally:
+        conn.rollback()
+        conn.execute(sa.text(unlock), {"key": SCHEMA_LOCK})
+        conn.commit()
 
 
 class Ledger:
@@ -160,7 +199,7 @@ class Ledger:
         Workers starting together on a new ledger would create its tables at once: a database lock makes them
         take turns (the first creates, the others find it done).
         """
-        with self.engine.begin() as conn, _schema_lock(conn):
+        with self.engine.connect() as conn, _schema_lock(conn):
             metadata.create_all(conn, tables=[meta])
             found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
             if found is None:
@@ -191,19 +230,20 @@ class Ledger:
             return (sqlite if dialect == "sqlite" else postgresql).insert(table).on_conflict_do_nothing()
         return table.insert().prefix_with("IGNORE")
 
-    def _upsert(self, conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str]) -> None:
-        """Insert or update by primary key, in the dialect's own way."""
+    def _upsert(self, conn: sa.Connection, table: sa.Table, rows: list[dict], keys: list[str],
+                kept: tuple[str, ...] = ()) -> None:
+        """Insert or update by primary key, in the dialect's own way; columns in `kept` keep what a row has."""
         if not rows:
             return
         dialect = self.engine.dialect.name
+        changing = [c for c in rows[0] if c not in keys and c not in kept]
         if dialect in ("sqlite", "postgresql"):
             insert = (sqlite if dialect == "sqlite" else postgresql).insert(table)
-            updates = {c: insert.excluded[c] for c in rows[0] if c not in keys}
-            conn.execute(insert.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+            conn.execute(insert.on_conflict_do_update(index_elements=keys,
+                                                      set_={c: insert.excluded[c] for c in changing}), rows)
         else:
             insert = mysql.insert(table)
-            conn.execute(insert.on_duplicate_key_update({c: insert.inserted[c] for c in rows[0] if c not in keys}),
-                         rows)
+            conn.execute(insert.on_duplicate_key_update({c: insert.inserted[c] for c in changing}), rows)
 
     # -- channel
     def save_scope(self, channel_id: str, account_id: str, scope_id: str) -> None:
@@ -240,9 +280,9 @@ class Ledger:
             self._upsert(conn, contacts, rows, ["client_key"])
 
     # -- messages
-    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int]]:
-        """msgid -> (status, content hash) for the messages the ledger knows."""
-        return {row.msgid: (row.status, row.content_hash)
+    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
+        """msgid -> (status, content hash, conversation_id) for the messages the ledger knows."""
+        return {row.msgid: (row.status, row.content_hash, row.conversation_id)
                 for row in self._rows_where_in(messages, messages.c.msgid, msgids)}
 
     def add_pending(self, rows: list[dict[str, Any]]) -> None:
@@ -257,14 +297,17 @@ class Ledger:
                 conn.execute(insert, rows[first:first + 10_000])
 
     def record_messages(self, rows: list[dict[str, Any]]) -> None:
-        """Batch write of message states (one transaction for the batch); a column a row leaves out is kept."""
+        """Batch write of message states (one transaction for the batch); a column a row leaves out is kept.
+
+        A message stays in the conversation and at the time it was first recorded with: amoCRM cannot move it.
+        """
         now = time.time()
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in rows:
             by_shape.setdefault(tuple(sorted(row)), []).append({**row, "updated_at": now})
         with self.engine.begin() as conn:
             for batch in by_shape.values():
-                self._upsert(conn, messages, batch, ["msgid"])
+                self._upsert(conn, messages, batch, ["msgid"], kept=("conversation_id", "msec"))
 
     def conversations_between(self, start_ms: int, end_ms: int) -> list[tuple[str, str | None]]:
         """(conversation_id, chat_id) of every conversation with a message of [start_ms, end_ms) in the ledger."""
@@ -327,23 +370,39 @@ class Ledger:
             rows = conn.execute(sa.select(intervals).order_by(intervals.c.start))
             return [{**row._asdict(), "summary": json.loads(row.summary or "{}")} for row in rows]
 
-    def reject_rows(self, reason: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def reject_rows(self, reason: str | None = None, limit: int | None = None,
+                    interval_label: str | None = None) -> list[dict[str, Any]]:
         """The rejected rows with their reason, newest first."""
         query = sa.select(rejects).order_by(rejects.c.updated_at.desc(), rejects.c.source_key)
         if reason:
             query = query.where(rejects.c.reason == reason)
+        if interval_label:
+            query = query.where(rejects.c.interval_label == interval_label)
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             return [row._asdict() for row in conn.execute(query)]
 
-    def save_rejects(self, rows: list[dict[str, Any]]) -> None:
+    def reject_counts(self, interval_label: str | None = None) -> dict[str, int]:
+        """reason -> rejected rows, of one interval or of all."""
+        query = sa.select(rejects.c.reason, sa.func.count()).group_by(rejects.c.reason)
+        if interval_label:
+            query = query.where(rejects.c.interval_label == interval_label)
+        with self.engine.connect() as conn:
+            return {reason: count for reason, count in conn.execute(query)}
+
+    def save_rejects(self, rows: list[dict[str, Any]], interval_label: str) -> None:
         """Keep each rejected row with its reason, for the user to fix at the source."""
         now = time.time()
         with self.engine.begin() as conn:
             for first in range(0, len(rows), 10_000):
-                self._upsert(conn, rejects, [{**r, "updated_at": now} for r in rows[first:first + 10_000]],
-                             ["source_key"])
+                self._upsert(conn, rejects, [{**r, "interval_label": interval_label, "updated_at": now}
+                                             for r in rows[first:first + 10_000]], ["source_key"])
+
+    def clear_rejects(self, interval_label: str) -> None:
+        """Forget an interval's rejects before its run starts again: what is still bad is rejected anew."""
+        with self.engine.begin() as conn:
+            conn.execute(rejects.delete().where(rejects.c.interval_label == interval_label))
 
     # -- claims: leases on work, so that concurrent runs never do the same thing twice
     def claim(self, kind: str, keys: Iterable[str], holder: str, ttl_s: float, **span: int) -> set[str]:

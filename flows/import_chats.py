@@ -21,7 +21,7 @@ from etl.settings import ConfigurationError, Settings, load_settings, with_secre
 from etl.source import SourceStream, open_source
 from etl.summary import RunSummary
 from tasks.extract import extract_task
-from tasks.load import DryRun, load_task, resolve_senders_task
+from tasks.load import DryRun, load_task, reject_reused_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
 from tasks.transform import SeenIds, transform_task
@@ -98,20 +98,22 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
         progress = await ImportProgress.start(interval.label, source.count())
         async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s) as claims:
             await claims.hold_interval(interval)
+            ledger.clear_rejects(interval.label)  # what is still bad is rejected again below
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             registered = interval.start_ms
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
                 chunk = f"{interval.label}#{source.chunks}"
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                        settings.text_limit, label=chunk)
+                batch = reject_reused_ids(batch, ledger)
                 totals.add_batch(batch)
                 # Chunks come in time order: a short one is the last, and then all of the interval is registered.
                 if frames.rows_read < settings.chunk_size:
                     registered = interval.end_ms
                 elif len(batch.messages):
                     registered = max(registered, int(batch.messages["msec"].max()))
-                totals.load.add(await load_task(batch, api, ledger, claims, registered, settings.concurrency,
-                                                progress.sending, label=chunk))
+                totals.load.add(await load_task(batch, api, ledger, claims, registered, interval.label,
+                                                settings.concurrency, progress.sending, label=chunk))
                 await progress.chunk_done(frames.rows_read)
             claims.advance(interval.end_ms)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
@@ -140,6 +142,7 @@ async def _rehearse(settings: Settings, interval: Interval, source: SourceStream
     while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
         batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                settings.text_limit, label=f"{interval.label}#{source.chunks}")
+        batch = reject_reused_ids(batch, ledger)
         totals.add_batch(batch)
         plan.add(batch, ledger)
     summary = totals.summary(None, time.monotonic() - began)

@@ -72,18 +72,53 @@ def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
             "content_hash": int(message.content_hash), "text_hash": int(message.text_hash), **values}
 
 
+def _known(messages: pd.DataFrame, ledger: Ledger) -> pd.DataFrame:
+    """The ledger's status, content hash and conversation for each message it knows, as columns."""
+    states = ledger.message_states(messages["msgid"])
+    known = pd.DataFrame.from_dict(states, orient="index", columns=["status", "content_hash", "conversation_id"])
+    return known.astype({"content_hash": "Int64"}) if len(known) else known
+
+
+def reject_reused_ids(batch: Batch, ledger: Ledger) -> Batch:
+    """A message id the ledger holds for another conversation is not this row's: the row is rejected.
+
+    A message id is the message's identity in amoCRM (its msgid); a later row that reuses it in another
+    conversation (another day, another system's numbering) would otherwise edit the first chat's message. The
+    first row imported keeps the id; a mapping can make ids unique (`conversation_id || '-' || id`).
+    """
+    owner = batch.messages["msgid"].map(_known(batch.messages, ledger)["conversation_id"])
+    reused = owner.notna() & (owner != batch.messages["conversation_id"])
+    if not reused.any():
+        return batch
+    rows = batch.messages[reused]
+    rejected = pd.DataFrame({
+        "source_key": rows["source_key"],
+        "reason": "duplicate_id",
+        "detail": "the message id was imported before in conversation " + owner[reused]
+                  + "; ids must be unique across conversations",
+        "row": rows[["source_id", "conversation_id", "msec", "type", "text"]].to_json(
+            orient="records", lines=True, force_ascii=False).splitlines(),
+    })
+    return Batch(batch.conversations, batch.messages[~reused].reset_index(drop=True),
+                 pd.concat([batch.rejects, rejected], ignore_index=True), batch.warnings)
+
+
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """What to send and what to edit, from what the ledger says; and how many need nothing. Reads only."""
+    """What to send and what to edit, from what the ledger says; and how many need nothing. Reads only.
+
+    A message the ledger holds for another conversation is never touched (see `reject_reused_ids`).
+    """
     messages = batch.messages
-    known = pd.DataFrame.from_dict(ledger.message_states(messages["msgid"]), orient="index",
-                                   columns=["status", "content_hash"])
+    known = _known(messages, ledger)
     status = messages["msgid"].map(known["status"])
     # Int64 keeps 64-bit hashes exact where some messages are unknown to the ledger (a float would round them).
-    recorded_hash = messages["msgid"].map(known["content_hash"].astype("Int64"))
+    recorded_hash = messages["msgid"].map(known["content_hash"])
+    owner = messages["msgid"].map(known["conversation_id"])
+    foreign = (owner.notna() & (owner != messages["conversation_id"])).astype(bool)
     done = status.isin(DONE)
     changed = (recorded_hash != messages["content_hash"]).fillna(True).astype(bool)
-    edits = done & changed
-    settled = (done & ~changed) | ((status == "rejected") & ~changed)
+    edits = done & changed & ~foreign
+    settled = (done & ~changed) | ((status == "rejected") & ~changed) | foreign
     to_send = ~done & ~settled
     return (messages[to_send].assign(status=status[to_send]),
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
@@ -96,7 +131,8 @@ def _restricted(batch: Batch, conversation_ids: set[str]) -> Batch:
 
 
 async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, registered_through: int,
-               concurrency: int = 32, progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
+               interval_label: str, concurrency: int = 32,
+               progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
     """Send what the ledger has not seen sent; edit what changed since it was sent.
 
     Every message of the batch is registered as `pending` first, and `registered_through` (every message of the
@@ -105,7 +141,7 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
     another run may still send, wait their turn.
     """
     report = LoadReport()
-    ledger.save_rejects(batch.rejects.to_dict("records"))
+    ledger.save_rejects(batch.rejects.to_dict("records"), interval_label)
     to_send, to_edit, _ = plan(batch, ledger)
     ledger.add_pending([_ledger_row(m) for m in to_send[to_send["status"].isna()].itertuples(index=False)])
     claims.advance(registered_through)
@@ -353,8 +389,9 @@ class DryRun:
 
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
 async def load_task(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, registered_through: int,
-                    concurrency: int, progress: Callable[[int], Awaitable[None]] | None, label: str) -> LoadReport:
-    return await load(batch, api, ledger, claims, registered_through, concurrency, progress)
+                    interval_label: str, concurrency: int, progress: Callable[[int], Awaitable[None]] | None,
+                    label: str) -> LoadReport:
+    return await load(batch, api, ledger, claims, registered_through, interval_label, concurrency, progress)
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)

@@ -19,6 +19,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from etl.ledger import KEY_LENGTH
 from etl.source import MESSAGE_COLUMNS, SourceFrames, to_utc_ms
 
 MESSAGE_TYPES = ("text", "picture", "video", "file", "voice", "audio", "sticker", "location", "contact")
@@ -191,8 +192,6 @@ def text_hash(texts: pd.Series) -> pd.Series:
     return _digest(texts.where(texts.str.strip() != "", ""))
 
 
-KEY_LENGTH = 512
-"""Longest id the ledger keeps (prefix included): longer ones are rejected, never truncated into a collision."""
 _UNFIT_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 
@@ -317,6 +316,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     messages = pd.DataFrame({
         "msgid": prefix + m["id"],
         "source_id": m["id"],
+        "source_key": keys.loc[m.index],
         "conversation_id": prefix + m["conversation_id"],
         "msec": m["msec"].astype("int64"),
         "outgoing": outgoing,

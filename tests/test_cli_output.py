@@ -97,7 +97,8 @@ def test_dry_run_sample_payloads_print_exactly_without_raw_controls(capsys: pyte
 def test_rejects_prints_source_keys_literally(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
     ledger.save_rejects([{"source_key": f"message:{value}", "reason": "empty_text", "detail": value,
-                          "row": json.dumps({"msgid": value}, ensure_ascii=False)} for value in NASTY])
+                          "row": json.dumps({"msgid": value}, ensure_ascii=False)} for value in NASTY],
+                        "2026-10-01..2026-10-02")
     ledger.close()
     result = CliRunner().invoke(cli.app, ["rejects"])
     assert result.exit_code == 0, (result.output, result.exception)
@@ -108,7 +109,7 @@ def test_rejects_prints_source_keys_literally(ledger_url: str) -> None:
 def test_rejects_csv_stays_exact(ledger_url: str, tmp_path) -> None:
     ledger = Ledger(ledger_url)
     ledger.save_rejects([{"source_key": f"message:{value}", "reason": "empty_text", "detail": value, "row": value}
-                         for value in NASTY])
+                         for value in NASTY], "2026-10-01..2026-10-02")
     ledger.close()
     out = tmp_path / "rejects[1].csv"
     result = CliRunner().invoke(cli.app, ["rejects", "--csv", str(out)])

@@ -35,10 +35,10 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     _set_version(url, 1, drop_index=True)  # as version 1 left it
     assert "messages_conversation_msec" not in _indexes(url)
     upgraded = Ledger(url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 3
+    assert upgraded.schema_version() == SCHEMA_VERSION == 4
     assert "messages_conversation_msec" in _indexes(url)
     assert upgraded.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
-    assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7)}  # the data stays
+    assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7, "c1")}  # the data stays
     upgraded.close()
 
 
@@ -71,3 +71,43 @@ def test_workers_starting_together_create_a_new_ledger_once(database, request):
         thread.join()
     assert errors == []
     assert Ledger(url).schema_version() == SCHEMA_VERSION
+
+
+def _as_version_3(url: str) -> None:
+    """Turn a new ledger into what version 3 left: ids in VARCHAR(255), rejects without their interval."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("ALTER TABLE messages ALTER COLUMN msgid TYPE VARCHAR(255)"))
+            conn.execute(sa.text("ALTER TABLE chats ALTER COLUMN conversation_id TYPE VARCHAR(255)"))
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            conn.execute(sa.text("ALTER TABLE messages MODIFY msgid VARCHAR(255) NOT NULL"))
+            conn.execute(sa.text("ALTER TABLE chats MODIFY conversation_id VARCHAR(255) NOT NULL"))
+        conn.execute(sa.text("DROP INDEX ix_rejects_interval_label" + (" ON rejects" if engine.dialect.name
+                                                                      in ("mysql", "mariadb") else "")))
+        conn.execute(sa.text("ALTER TABLE rejects DROP COLUMN interval_label"))
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="3"))
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres", "mariadb"])
+def test_a_version_3_ledger_takes_ids_of_any_length_the_source_may_hold(database, tmp_path, request):
+    """Issue 11: a 300-character id with the ledger on PostgreSQL stopped the interval (VARCHAR(255))."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}" if database == "sqlite" else request.getfixturevalue(f"{database}_url")
+    ledger = Ledger(url)
+    ledger.save_rejects([{"source_key": "message:old", "reason": "empty_text", "detail": "", "row": "{}"}], "d")
+    ledger.close()
+    _as_version_3(url)
+    upgraded = Ledger(url)
+    assert upgraded.schema_version() == SCHEMA_VERSION
+    long_id = "ae-" + "x" * 300 + "-" + "я" * 200
+    upgraded.record_messages([{"msgid": long_id, "conversation_id": "ae-" + "c" * 500, "msec": 1,
+                               "content_hash": 7, "status": "sent"}])
+    assert upgraded.message_states([long_id])[long_id][0] == "sent"
+    upgraded.save_rejects([{"source_key": "message:" + "k" * 500, "reason": "id_too_long", "detail": "",
+                            "row": "{}"}], "2026-10-01..2026-10-02")
+    assert upgraded.reject_counts("2026-10-01..2026-10-02") == {"id_too_long": 1}
+    assert {r["source_key"] for r in upgraded.reject_rows()} == {"message:old", "message:" + "k" * 500}
+    upgraded.clear_rejects("2026-10-01..2026-10-02")
+    assert [r["source_key"] for r in upgraded.reject_rows()] == ["message:old"]
+    upgraded.close()
