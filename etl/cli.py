@@ -209,10 +209,14 @@ def backfill(start: StartOption, end: EndOption,
 
     _check_range(start, end)
     _preflight(api=not dry_run)
+    def render(summary: dict[str, Any]) -> None:
+        _table(f"backfill {start}..{end} ({summary['ran']} days run, {summary['skipped']} skipped)",
+               ["day", "outcome"], [list(item) for item in summary["outcomes"].items()])
+        if summary.get("unplaced"):
+            Console().print(_plain(_unplaced_note(summary["unplaced"]), style="yellow", limit=None))
+
     _finish(*_run(backfill_flow, start=start, end=end, reprocess=reprocess.value, max_parallel=max_parallel,
-                  dry_run=dry_run), as_json,
-            lambda summary: _table(f"backfill {start}..{end} ({summary['ran']} days run, {summary['skipped']} skipped)",
-                                   ["day", "outcome"], [list(item) for item in summary["outcomes"].items()]))
+                  dry_run=dry_run), as_json, render)
 
 
 @app.command()
@@ -242,14 +246,15 @@ def status(as_json: JsonOption = False) -> None:
         raise _fail(str(exc), 2) from None
     intervals = ledger.interval_rows()
     counts = ledger.status_counts()
+    unplaced = ledger.reject_counts("unplaced").get("no_timestamp", 0)
     now = time.time()
     running = [{"interval": interval_label(row.key), "alive": row.expires_at >= now,
                 "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
                for row in ledger.live_claims("interval", expired_within_s=math.inf)]
     ledger.close()
     if as_json:
-        print(json.dumps({"intervals": intervals, "messages_by_status": counts, "running": running},
-                         ensure_ascii=False, default=str))
+        print(json.dumps({"intervals": intervals, "messages_by_status": counts, "running": running,
+                          "unplaced": unplaced}, ensure_ascii=False, default=str))
         return
     rows = []
     for row in intervals:
@@ -262,10 +267,17 @@ def status(as_json: JsonOption = False) -> None:
            rows)
     Console().print(_plain("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                            limit=None))
+    if unplaced:
+        Console().print(_plain(_unplaced_note(unplaced), style="yellow", limit=None))
     if running:
         _table("intervals being imported now (a dead run's is taken over once its claim expires)",
                ["interval", "run", "messages registered through"],
                [[r["interval"], "alive" if r["alive"] else "dead", r["registered_through"]] for r in running])
+
+
+def _unplaced_note(count: int) -> str:
+    return (f"{count} source messages have no readable created_at: no interval can import them "
+            "(amojo-etl rejects --reason no_timestamp lists them)")
 
 
 @app.command("rejects")

@@ -36,9 +36,12 @@ MANAGER_COLUMNS = ("id", "name", "email")
 class SourceQueries:
     """One SQL query per entity, each returning the canonical column names.
 
-    `messages` binds `:start` and `:end` (the interval, as wall time in the source's zone); `edits`, if given,
-    the same bounds, for messages created before the interval and changed in it. Conversations and clients are
-    looked up by id for each chunk, so their queries need no filter (they may bind `:start`/`:end` too).
+    `messages` binds `:start` and `:end`: wall times in the source's zone, a day or more wider than the interval
+    on each side (the pipeline keeps the rows whose created_at, read, lies in the interval); `edits`, if given,
+    binds the interval's exact bounds, for messages created before the interval and changed in it; `unplaced`,
+    if given, binds nothing and returns the messages no interval can select (created_at NULL or not a time).
+    Conversations and clients are looked up by id for each chunk, so their queries need no filter (they may
+    bind `:start`/`:end` too).
     """
 
     messages: str
@@ -46,6 +49,7 @@ class SourceQueries:
     clients: str
     managers: str
     edits: str | None = None
+    unplaced: str | None = None
 
 
 CANONICAL = SourceQueries(
@@ -57,7 +61,12 @@ CANONICAL = SourceQueries(
            "WHERE updated_at >= :start AND updated_at < :end AND created_at < :start"),
 )
 ENTITIES = {"messages": MESSAGE_COLUMNS, "conversations": CONVERSATION_COLUMNS, "clients": CLIENT_COLUMNS,
-            "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS}
+            "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS, "unplaced": MESSAGE_COLUMNS}
+UNPLACED = {  # dialect -> the canonical messages that no interval's bounds can select
+    "sqlite": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
+              "OR typeof(created_at) <> 'text' OR created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'",
+    "other": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL",
+}
 REQUIRED = ("messages", "conversations", "clients", "managers")
 
 
@@ -369,6 +378,9 @@ class SourceStream:
         self.chunk_size = chunk_size
         self.engine = source_engine(url)
         dialect = self.engine.dialect.name
+        # SQLite compares text: `2026-03-29T05:00` sorts after `2026-03-29 21:00`. julianday() reads either (and
+        # offsets), at no measurable cost over the plain column (1M rows: 5.5 s against 5.9 s).
+        self._time_order = "julianday(q.created_at), q.id" if dialect == "sqlite" else "q.created_at, q.id"
         self.params = {"start": bound(start, dialect, zone), "end": bound(end, dialect, zone)}
         self.candidate_params = candidate_bounds(start, end, dialect, zone)
         self.window = Window(int(start.timestamp() * 1000), int(end.timestamp() * 1000),
@@ -455,7 +467,7 @@ class SourceStream:
                     return []
                 sql, params = self._passes.pop(0)
                 self._pass_window = self.window if params is self.candidate_params else None
-                self._cursor = _DriverCursor(self.engine, f"SELECT * FROM ({sql}) q ORDER BY q.created_at, q.id",
+                self._cursor = _DriverCursor(self.engine, f"SELECT * FROM ({sql}) q ORDER BY {self._time_order}",
                                              _bind(sql, params), self.chunk_size)
                 _check_columns(self._cursor.columns, MESSAGE_COLUMNS, "messages")
             rows = self._cursor.fetch(self.chunk_size)
@@ -491,6 +503,27 @@ class SourceStream:
             self._cursor.close()
         self._lookup.close()
         self.engine.dispose()
+
+
+def read_unplaced(url: str, mapping: Path | None) -> pd.DataFrame | None:
+    """The source's messages that no interval can ever select (no readable created_at); None when a mapping
+    has no `unplaced` query to find them with."""
+    queries = load_queries(mapping)
+    engine = source_engine(url)
+    sql = queries.unplaced if mapping is not None else UNPLACED.get(engine.dialect.name, UNPLACED["other"])
+    if sql is None:
+        engine.dispose()
+        return None
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(sa.text(f"SELECT * FROM ({sql}) q"))
+            columns = list(result.keys())
+            _check_columns(columns, MESSAGE_COLUMNS, "unplaced")
+            return _frame(result.fetchall(), columns, MESSAGE_COLUMNS)
+    except sa.exc.SQLAlchemyError as exc:
+        raise _unreadable(url, exc) from None
+    finally:
+        engine.dispose()
 
 
 def open_source(url: str, mapping: Path | None, start: datetime, end: datetime, zone: ZoneInfo,

@@ -19,11 +19,15 @@ from pydantic import Field
 from etl.claims import RunClaims, interval_key
 from etl.intervals import Interval
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, load_settings
+from etl.settings import ConfigurationError, Settings, load_settings
+from tasks.extract import extract_unplaced_task
+from tasks.transform import unplaced_rejects
 
 from .import_chats import import_chats
 
 Reprocess = Literal["missing", "failed", "all"]
+UNPLACED_LABEL = "unplaced"
+"""The rejects of source rows that belong to no interval are kept under this label."""
 WAIT_S = 2.0
 """How often a backfill looks again at a day another run holds."""
 
@@ -66,6 +70,7 @@ async def backfill(
         logger.error("%s", exc)
         return Failed(message=str(exc))
     try:
+        unplaced = _report_unplaced(settings, ledger, dry_run)
         statuses = ledger.interval_statuses()
         todo = days_to_run(days, statuses, reprocess)
         logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
@@ -81,12 +86,27 @@ async def backfill(
     await acreate_table_artifact(rows, key="backfill-days", description=f"Backfill {start}..{end}")
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("complete", "incomplete", "failed")}
     summary = {"days": len(days), "ran": len(todo) - len(by_others), "skipped": len(days) - len(todo),
-               "by_other_runs": len(by_others), **counts,
+               "by_other_runs": len(by_others), **counts, "unplaced": unplaced,
                "verdict": "complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
                "outcomes": outcomes}
     if counts["failed"]:
         return Failed(message=f"{counts['failed']} of {len(todo)} days failed", data=summary)
     return summary
+
+
+def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int | None:
+    """Count the source's messages no interval can ever select, and keep them in the rejects (not on a dry run);
+    None when a mapping has no `unplaced` query to find them."""
+    frame = extract_unplaced_task(settings.source_url, settings.mapping)
+    if frame is None:
+        return None
+    if not dry_run:
+        ledger.clear_rejects(UNPLACED_LABEL)
+        ledger.save_rejects(unplaced_rejects(frame).to_dict("records"), UNPLACED_LABEL)
+    if len(frame):
+        get_run_logger().warning("%d source messages have no readable created_at, so no day can import them; "
+                                 "`amojo-etl rejects --reason no_timestamp` lists them", len(frame))
+    return len(frame)
 
 
 async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float, reprocess: Reprocess,

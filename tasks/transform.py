@@ -347,6 +347,19 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     return Batch(chats, messages, reject_frame, warnings)
 
 
+def unplaced_rejects(messages: pd.DataFrame) -> pd.DataFrame:
+    """Rejects for the source's messages that no interval can select: their created_at is NULL or no time."""
+    keys = _source_keys(_text(messages["id"]), pd.Series(pd.NA, index=messages.index, dtype="Int64"),
+                        messages["created_at"])
+    return pd.DataFrame({
+        "source_key": keys,
+        "reason": "no_timestamp",
+        "detail": "created_at is NULL or not an ISO 8601 time, so no interval selects the row; fix it at the source",
+        "row": messages.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines()
+        if len(messages) else [],
+    }, columns=REJECT_COLUMNS)
+
+
 def _source_keys(ids: pd.Series, msec: pd.Series, created_at: pd.Series) -> pd.Series:
     """`message:{id}@{created_at}`: which source row a reject is, stable across chunks, runs and days."""
     shown = ids.map(_key_part).fillna("<null id>")
