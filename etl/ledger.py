@@ -7,6 +7,7 @@ the request and `sent` after the answer; a `sending` row is checked against chat
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -458,7 +459,9 @@ class Ledger:
 
     def live_claims(self, kind: str, other_than: str | None = None, expired_within_s: float = 0.0) -> list[sa.Row]:
         """The claims of `kind` not yet expired (or expired less than `expired_within_s` ago), except `other_than`'s."""
-        query = sa.select(claims).where(claims.c.kind == kind, claims.c.expires_at >= time.time() - expired_within_s)
+        query = sa.select(claims).where(claims.c.kind == kind)
+        if math.isfinite(expired_within_s):  # MySQL takes no infinities
+            query = query.where(claims.c.expires_at >= time.time() - expired_within_s)
         if other_than:
             query = query.where(claims.c.holder != other_than)
         with self.engine.connect() as conn:

@@ -96,11 +96,22 @@ def reject_reused_ids(batch: Batch, ledger: Ledger) -> Batch:
         "reason": "duplicate_id",
         "detail": "the message id was imported before in conversation " + owner[reused]
                   + "; ids must be unique across conversations",
-        "row": rows[["source_id", "conversation_id", "msec", "type", "text"]].to_json(
-            orient="records", lines=True, force_ascii=False).splitlines(),
+        "row": _source_rows(rows).to_json(orient="records", lines=True, force_ascii=False).splitlines(),
     })
     return Batch(batch.conversations, batch.messages[~reused].reset_index(drop=True),
                  pd.concat([batch.rejects, rejected], ignore_index=True), batch.warnings)
+
+
+def _source_rows(messages: pd.DataFrame) -> pd.DataFrame:
+    """Valid messages shown as the source has them: source ids, created_at in UTC, what they say."""
+    prefix_length = messages["msgid"].str.len() - messages["source_id"].str.len()
+    return pd.DataFrame({
+        "id": messages["source_id"],
+        "conversation_id": [c[n:] for c, n in zip(messages["conversation_id"], prefix_length, strict=True)],
+        "created_at": pd.to_datetime(messages["msec"], unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "type": messages["type"],
+        "text": messages["text"],
+    })
 
 
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:

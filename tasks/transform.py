@@ -242,7 +242,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
                                                 client_id=_text(frames.conversations["client_id"]))
     conversations = conversations.drop_duplicates("id").set_index("id", drop=False)
     client_ids = set(_text(frames.clients["id"]).dropna())
-    client_of = m["conversation_id"].map(conversations["client_id"])
+    client_of = _text(m["conversation_id"].map(conversations["client_id"]))
     media_type = m["type"].isin(MEDIA_TYPES)
     media_url_ok = pd.Series(False, index=m.index)
     media_url_ok[media_type] = m.loc[media_type, "media_url"].str.match(r"^https?://\S+$").fillna(False)
