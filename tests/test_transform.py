@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 
 from amojo.emulator import app as emulator_rules
 from etl.intervals import Interval
-from etl.source import CANONICAL, SourceStream
+from etl.source import CANONICAL, SourceFrames, SourceStream
 from tasks.transform import (
     SeenIds,
     Senders,
@@ -221,3 +222,81 @@ def test_duplicates_are_found_across_chunks(repeated):
     assert list(first) == [False, False, False]
     assert list(second) == [False, True, True, False]
     assert len(seen) == (5 if repeated is None else 2)  # told which ids repeat, it remembers only those
+
+
+def _frames(rows: list[dict], conversations: list[tuple] | None = None) -> SourceFrames:
+    """One chunk as the source gives it: every column as objects, the canonical conversation and client."""
+    columns = ["id", "conversation_id", "created_at", "updated_at", "direction", "manager_id", "type", "text",
+               "media_url", "file_name", "file_size", "lat", "lon", "contact_name", "contact_phone"]
+    base = {"conversation_id": "v1", "created_at": "2026-10-05 12:00:00", "direction": "in", "type": "text"}
+    messages = pd.DataFrame([{c: {**base, **r}.get(c) for c in columns} for r in rows], dtype=object)
+    conversations = conversations or [("v1", "c1", "2026-10-01 00:00:00")]
+    return SourceFrames(
+        messages,
+        pd.DataFrame(conversations, columns=["id", "client_id", "created_at"], dtype=object),
+        pd.DataFrame([("c1", "Client", None, None, None, None)],
+                     columns=["id", "name", "phone", "email", "avatar_url", "profile_url"], dtype=object),
+        pd.DataFrame(columns=["id", "name", "email"], dtype=object),
+    )
+
+
+ONE_BAD_VALUE = {  # issue 11, "one bad value fails the whole interval": the bad row, and what it must become
+    "offset among naive timestamps": ({"created_at": "2026-03-29 12:00:00+05:00", "text": "x"}, None),
+    "T separator": ({"created_at": "2026-03-29T05:00:00", "text": "x"}, None),
+    "datetime objects with different offsets": (
+        {"created_at": datetime(2026, 3, 29, 12, tzinfo=ZoneInfo("Asia/Tokyo")), "text": "x"}, None),
+    "fractional file size": ({"type": "file", "media_url": "https://x.example/f", "file_size": 1.5},
+                             "bad_file_size"),
+    "file size as text": ({"type": "file", "media_url": "https://x.example/f", "file_size": "abc"},
+                          "bad_file_size"),
+    "file size as an integral float": ({"type": "file", "media_url": "https://x.example/f", "file_size": 10.0},
+                                       None),
+    "conversation without a client": ({"conversation_id": "v2", "text": "x"}, "missing_client"),
+    "infinite latitude": ({"type": "location", "lat": float("inf"), "lon": 1.0}, "bad_location"),
+    "latitude as a word": ({"type": "location", "lat": "north", "lon": 1.0}, "bad_location"),
+    "latitude out of range": ({"type": "location", "lat": 1000.0, "lon": 1.0}, "bad_location"),
+    "control characters only": ({"text": "\x01\x02\x07"}, "empty_text"),
+    "control characters and bad bytes": ({"text": "\x01\udcff"}, "invalid_utf8"),
+    "an id the ledger cannot hold": ({"id": "x" * 600, "text": "x"}, "id_too_long"),
+    "bytes where text belongs": ({"text": b"hello"}, None),
+    "a NaN conversation id": ({"conversation_id": float("nan"), "text": "x"}, "missing_conversation"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_BAD_VALUE))
+def test_one_bad_value_fails_only_its_own_row(case):
+    values, reason = ONE_BAD_VALUE[case]
+    rows = [{"id": "good", "text": "a valid row beside it"}, {"id": "odd", **values}]
+    frames = _frames(rows, [("v1", "c1", "2026-10-01 00:00:00"), ("v2", None, "2026-10-01 00:00:00")])
+    batch = transform(frames, SENDERS, "ae-", UTC, now=datetime(2026, 11, 25))
+    assert "good" in set(batch.messages["source_id"])
+    if reason is None:
+        assert set(batch.messages["source_id"]) == {"good", values.get("id", "odd")} and batch.rejects.empty
+        for message in batch.messages.itertuples(index=False):
+            conversation = next(batch.conversations.loc[[message.conversation_id]].itertuples())
+            json.dumps(message_payload(message, client_participant(conversation)), allow_nan=False).encode()
+    else:
+        assert list(batch.rejects["reason"]) == [reason]
+        assert len(batch.messages) == 1
+
+
+def test_offsets_are_read_at_their_own_instant():
+    ms = to_utc_ms(pd.Series(["2026-03-29 12:00:00+05:00", "2026-03-29 12:00:00", "2026-03-29T07:00:00Z",
+                              "2026-03-29 07:00:00.250"], dtype=object), UTC)
+    assert [datetime.fromtimestamp(v / 1000, UTC).isoformat() for v in ms] == [
+        "2026-03-29T07:00:00+00:00", "2026-03-29T12:00:00+00:00", "2026-03-29T07:00:00+00:00",
+        "2026-03-29T07:00:00.250000+00:00"]
+
+
+def test_reject_keys_stay_apart_across_chunks():
+    """Issue 11: reject keys restarted in every chunk, so later chunks overwrote earlier rows in the ledger."""
+    seen = SeenIds()
+    keys = []
+    for chunk in range(3):
+        rows = [{"id": "same", "text": "the first"}] if chunk == 0 else []
+        rows += [{"id": "same", "text": f"copy {chunk}", "created_at": "2026-10-05 12:00:00"},
+                 {"id": "same", "text": f"copy {chunk}", "created_at": "2026-10-05 12:00:00"},
+                 {"id": f"empty-{chunk}", "text": None}]
+        keys += list(transform(_frames(rows), SENDERS, "ae-", UTC, seen=seen, now=datetime(2026, 11, 25))
+                     .rejects["source_key"])
+    assert len(keys) == 9 and len(set(keys)) == 9
