@@ -246,7 +246,7 @@ def status(as_json: JsonOption = False) -> None:
         raise _fail(str(exc), 2) from None
     intervals = ledger.interval_rows()
     counts = ledger.status_counts()
-    unplaced = ledger.reject_counts("unplaced").get("no_timestamp", 0)
+    unplaced = sum(ledger.reject_counts("unplaced").values())
     now = time.time()
     running = [{"interval": interval_label(row.key), "alive": row.expires_at >= now,
                 "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
@@ -276,8 +276,8 @@ def status(as_json: JsonOption = False) -> None:
 
 
 def _unplaced_note(count: int) -> str:
-    return (f"{count} source messages have no readable created_at: no interval can import them "
-            "(amojo-etl rejects --reason no_timestamp lists them)")
+    return (f"{count} source messages have no readable created_at, or one before 1970: no interval can import "
+            "them (amojo-etl rejects --reason no_timestamp / bad_timestamp lists them)")
 
 
 @app.command("rejects")

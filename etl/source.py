@@ -62,10 +62,12 @@ CANONICAL = SourceQueries(
 )
 ENTITIES = {"messages": MESSAGE_COLUMNS, "conversations": CONVERSATION_COLUMNS, "clients": CLIENT_COLUMNS,
             "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS, "unplaced": MESSAGE_COLUMNS}
-UNPLACED = {  # dialect -> the canonical messages that no interval's bounds can select
+UNPLACED = {  # dialect -> the canonical messages no interval can send: no time, or one amojo cannot take
     "sqlite": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
-              "OR typeof(created_at) <> 'text' OR created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'",
-    "other": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL",
+              "OR typeof(created_at) <> 'text' OR created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' "
+              "OR created_at < '1970-01-01'",
+    "other": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
+             "OR created_at < '1970-01-01'",
 }
 REQUIRED = ("messages", "conversations", "clients", "managers")
 

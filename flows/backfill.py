@@ -102,10 +102,10 @@ def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int |
         return None
     if not dry_run:
         ledger.clear_rejects(UNPLACED_LABEL)
-        ledger.save_rejects(unplaced_rejects(frame).to_dict("records"), UNPLACED_LABEL)
+        ledger.save_rejects(unplaced_rejects(frame, settings.source_zone).to_dict("records"), UNPLACED_LABEL)
     if len(frame):
-        get_run_logger().warning("%d source messages have no readable created_at, so no day can import them; "
-                                 "`amojo-etl rejects --reason no_timestamp` lists them", len(frame))
+        get_run_logger().warning("%d source messages have no readable created_at, or one before 1970, so no day "
+                                 "can import them; `amojo-etl rejects` lists them", len(frame))
     return len(frame)
 
 

@@ -347,14 +347,16 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     return Batch(chats, messages, reject_frame, warnings)
 
 
-def unplaced_rejects(messages: pd.DataFrame) -> pd.DataFrame:
-    """Rejects for the source's messages that no interval can select: their created_at is NULL or no time."""
-    keys = _source_keys(_text(messages["id"]), pd.Series(pd.NA, index=messages.index, dtype="Int64"),
-                        messages["created_at"])
+def unplaced_rejects(messages: pd.DataFrame, source_zone: ZoneInfo) -> pd.DataFrame:
+    """Rejects for the source's messages no interval can send: created_at NULL, not a time, or before 1970."""
+    msec = to_utc_ms(messages["created_at"], source_zone)
+    readable = msec.notna().to_numpy(dtype=bool)
     return pd.DataFrame({
-        "source_key": keys,
-        "reason": "no_timestamp",
-        "detail": "created_at is NULL or not an ISO 8601 time, so no interval selects the row; fix it at the source",
+        "source_key": _source_keys(_text(messages["id"]), msec, messages["created_at"]),
+        "reason": np.where(readable, "bad_timestamp", "no_timestamp"),
+        "detail": np.where(readable, "created_at is before 1970, which amoCRM cannot hold",
+                           "created_at is NULL or not an ISO 8601 time, so no interval selects the row; "
+                           "fix it at the source"),
         "row": messages.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines()
         if len(messages) else [],
     }, columns=REJECT_COLUMNS)

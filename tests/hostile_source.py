@@ -202,13 +202,16 @@ def build() -> Corpus:
         created_at="2026-10-07 15:61:00")
 
     # -- no interval can select them: reported by the backfill
-    def unplaced(kind: str, id_: str, created_at: Any, dialects: tuple[str, ...]) -> None:
+    def unplaced(kind: str, id_: str, created_at: Any, dialects: tuple[str, ...],
+                 reason: str = "no_timestamp") -> None:
         add(Row(kind, {"id": id_, "conversation_id": "f5", "direction": "in", "type": "text", "text": "x",
-                       "created_at": created_at}, Expect("unplaced", "no_timestamp"), None, dialects))
+                       "created_at": created_at}, Expect("unplaced", reason), None, dialects))
 
     unplaced("NULL created_at", "no-time", None, ("sqlite", "postgresql", "mysql"))
     unplaced("created_at as a word", "word-time", "yesterday", ("sqlite",))
     unplaced("created_at as a unix number", "unix-time", 1759640000, ("sqlite",))
+    unplaced("created_at before 1970", "moon-landing", datetime(1969, 7, 20, 20, 17), ("sqlite", "postgresql", "mysql"),
+             "bad_timestamp")
     return corpus
 
 

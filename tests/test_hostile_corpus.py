@@ -15,10 +15,13 @@ import os
 from collections import Counter
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 from conftest import etl_env
 from hostile_source import DAYS, TEXT_LIMIT, ZONE, build, write
+from typer.testing import CliRunner
 
+from etl.cli import app
 from etl.ledger import Ledger
 from flows.backfill import backfill
 
@@ -106,6 +109,15 @@ async def test_every_row_of_a_hostile_source_is_sent_once_or_rejected_with_its_r
         assert day_summary["verdict"] == "complete", (label, day_summary)
     assert len(rejects) == sum(s["rejected"] for s in days.values()) + len(unplaced)
     ledger.close()
+
+    # What the user reads: `status` counts the rows no day can import; `rejects` lists every rejected row.
+    cli = CliRunner()
+    status = cli.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0 and json.loads(status.stdout)["unplaced"] == len(unplaced)
+    listed = cli.invoke(app, ["rejects", "--limit", "0", "--csv", str(tmp_path / "rejects.csv")])
+    assert listed.exit_code == 0 and len(pd.read_csv(tmp_path / "rejects.csv")) == len(rejects)
+    shown = cli.invoke(app, ["rejects", "--limit", "0"])
+    assert shown.exit_code == 0, shown.output
 
     if source_kind == "sqlite":  # again, everything: nothing sent twice, the same rejects under the same keys
         keys = {r["source_key"] for r in rejects}
