@@ -233,10 +233,12 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
                 "row": rows.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines(),
             }))
 
-    duplicate = seen.split(m["id"].fillna(""))
-    reject(duplicate & m["id"].notna(), "duplicate_id", "another row of the interval has the same message id; "
-           "the first is kept", duplicate=True)
-    m = m[~duplicate | m["id"].isna()]
+    has_id = (m["id"].notna() & (m["id"] != "")).astype(bool)  # rows without an id are rejected as such below
+    duplicate = pd.Series(False, index=m.index)
+    duplicate[has_id] = seen.split(m.loc[has_id, "id"])
+    reject(duplicate, "duplicate_id", "another row of the interval has the same message id; the first is kept",
+           duplicate=True)
+    m = m[~duplicate]
 
     conversations = frames.conversations.assign(id=_text(frames.conversations["id"]),
                                                 client_id=_text(frames.conversations["client_id"]))

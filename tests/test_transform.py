@@ -260,6 +260,7 @@ ONE_BAD_VALUE = {  # issue 11, "one bad value fails the whole interval": the bad
     "an id the ledger cannot hold": ({"id": "x" * 600, "text": "x"}, "id_too_long"),
     "bytes where text belongs": ({"text": b"hello"}, None),
     "a NaN conversation id": ({"conversation_id": float("nan"), "text": "x"}, "missing_conversation"),
+    "an empty id beside a NULL one": ({"id": "", "text": "x"}, "missing_id"),
 }
 
 
@@ -267,6 +268,8 @@ ONE_BAD_VALUE = {  # issue 11, "one bad value fails the whole interval": the bad
 def test_one_bad_value_fails_only_its_own_row(case):
     values, reason = ONE_BAD_VALUE[case]
     rows = [{"id": "good", "text": "a valid row beside it"}, {"id": "odd", **values}]
+    if case == "an empty id beside a NULL one":
+        rows.insert(1, {"id": None, "text": "x"})
     frames = _frames(rows, [("v1", "c1", "2026-10-01 00:00:00"), ("v2", None, "2026-10-01 00:00:00")])
     batch = transform(frames, SENDERS, "ae-", UTC, now=datetime(2026, 11, 25))
     assert "good" in set(batch.messages["source_id"])
@@ -276,7 +279,7 @@ def test_one_bad_value_fails_only_its_own_row(case):
             conversation = next(batch.conversations.loc[[message.conversation_id]].itertuples())
             json.dumps(message_payload(message, client_participant(conversation)), allow_nan=False).encode()
     else:
-        assert list(batch.rejects["reason"]) == [reason]
+        assert list(batch.rejects["reason"]) == [reason] * (len(rows) - 1)
         assert len(batch.messages) == 1
 
 
