@@ -48,7 +48,7 @@ async def test_import_lands_every_valid_message_exactly_once(emulator, pipeline_
 
     landed = Counter(m["msgid"] for messages in snapshot["messages"].values() for m in messages)
     assert set(landed.values()) == {1}, "a message landed twice"
-    rejected = {f"ae-{key.split(':', 1)[1]}" for key in (s["source_key"] for s in summary["reject_samples"])}
+    rejected = {f"ae-{json.loads(s['row'])['id']}" for s in summary["reject_samples"]}
     assert set(landed) == {f"ae-{i}" for i in source_ids} - rejected
     assert summary["messages_sent"] == len(landed) == summary["confirmed"]
     assert summary["rejects_by_reason"] == {"empty_text": 2, "unknown_type": 1}
