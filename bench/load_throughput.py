@@ -34,7 +34,7 @@ from etl.ledger import Ledger  # noqa: E402
 from etl.sample import SampleSize, write_sample  # noqa: E402
 from etl.settings import Settings  # noqa: E402
 from etl.source import CANONICAL, SourceStream  # noqa: E402
-from tasks.load import load, resolve_senders  # noqa: E402
+from tasks.load import load, own_ids, resolve_senders  # noqa: E402
 from tasks.transform import SeenIds, transform  # noqa: E402
 
 UTC = ZoneInfo("UTC")
@@ -75,7 +75,7 @@ async def pipeline(url: str, source: str, workdir: str, amojo_rate: float | None
             seen = SeenIds(stream.repeated_ids())
             began = time.perf_counter()
             while (frames := stream.next_chunk()) is not None:
-                batch = transform(frames, senders, "ae-", UTC, seen=seen)
+                batch = own_ids(transform(frames, senders, "ae-", UTC, seen=seen), ledger)
                 sent += (await load(batch, api, ledger, claims, MONTH.end_ms, MONTH.label, concurrency)).messages_sent
             seconds = time.perf_counter() - began
     ledger.close()

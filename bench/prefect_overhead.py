@@ -56,7 +56,7 @@ async def plain(settings_env_ledger: str) -> float:
     from etl.ledger import Ledger
     from etl.settings import load_settings
     from etl.source import open_source
-    from tasks.load import load, resolve_senders
+    from tasks.load import load, own_ids, resolve_senders
     from tasks.reconcile import reconcile
     from tasks.transform import SeenIds, transform
 
@@ -70,7 +70,8 @@ async def plain(settings_env_ledger: str) -> float:
             await claims.hold_interval(interval)
             senders = await resolve_senders(api.rest, settings.bot_id)
             while (frames := source.next_chunk()) is not None:
-                await load(transform(frames, senders, settings.id_prefix, settings.source_zone, seen=seen), api,
+                batch = own_ids(transform(frames, senders, settings.id_prefix, settings.source_zone, seen=seen), ledger)
+                await load(batch, api,
                            ledger, claims, interval.end_ms, interval.label, settings.concurrency)
             await reconcile(api, ledger, interval.start_ms, interval.end_ms)
     ledger.close()

@@ -281,9 +281,9 @@ class Ledger:
             self._upsert(conn, contacts, rows, ["client_key"])
 
     # -- messages
-    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
-        """msgid -> (status, content hash, conversation_id) for the messages the ledger knows."""
-        return {row.msgid: (row.status, row.content_hash, row.conversation_id)
+    def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int, str, int]]:
+        """msgid -> (status, content hash, conversation_id, msec) for the messages the ledger knows."""
+        return {row.msgid: (row.status, row.content_hash, row.conversation_id, row.msec)
                 for row in self._rows_where_in(messages, messages.c.msgid, msgids)}
 
     def add_pending(self, rows: list[dict[str, Any]]) -> None:
@@ -393,12 +393,21 @@ class Ledger:
             return {reason: count for reason, count in conn.execute(query)}
 
     def save_rejects(self, rows: list[dict[str, Any]], interval_label: str) -> None:
-        """Keep each rejected row with its reason, for the user to fix at the source."""
+        """Keep each rejected row with its reason, for the user to fix at the source.
+
+        A ledger from before version 4 keyed rejects `message:{id}` and kept no interval: such a row is replaced
+        by the same source row's reject under its new key, rather than listed twice.
+        """
         now = time.time()
         with self.engine.begin() as conn:
             for first in range(0, len(rows), 10_000):
+                part = rows[first:first + 10_000]
                 self._upsert(conn, rejects, [{**r, "interval_label": interval_label, "updated_at": now}
-                                             for r in rows[first:first + 10_000]], ["source_key"])
+                                             for r in part], ["source_key"])
+                legacy = sorted({r["source_key"].split("@", 1)[0] for r in part if "@" in r["source_key"]})
+                for start in range(0, len(legacy), IN_SLICE):
+                    conn.execute(rejects.delete().where(rejects.c.interval_label.is_(None),
+                                                        rejects.c.source_key.in_(legacy[start:start + IN_SLICE])))
 
     def clear_rejects(self, interval_label: str) -> None:
         """Forget an interval's rejects before its run starts again: what is still bad is rejected anew."""

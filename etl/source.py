@@ -38,7 +38,8 @@ class SourceQueries:
 
     `messages` binds `:start` and `:end`: wall times in the source's zone, a day or more wider than the interval
     on each side (the pipeline keeps the rows whose created_at, read, lies in the interval); `edits`, if given,
-    binds the interval's exact bounds, for messages created before the interval and changed in it; `unplaced`,
+    the same bounds on the edit time (`updated_at`): the pipeline keeps the rows edited in the interval and
+    created before it; `unplaced`,
     if given, binds nothing and returns the messages no interval can select (created_at NULL or not a time).
     Conversations and clients are looked up by id for each chunk, so their queries need no filter (they may
     bind `:start`/`:end` too).
@@ -57,8 +58,7 @@ CANONICAL = SourceQueries(
     conversations=f"SELECT {', '.join(CONVERSATION_COLUMNS)} FROM conversations",
     clients=f"SELECT {', '.join(CLIENT_COLUMNS)} FROM clients",
     managers=f"SELECT {', '.join(MANAGER_COLUMNS)} FROM managers",
-    edits=(f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages "
-           "WHERE updated_at >= :start AND updated_at < :end AND created_at < :start"),
+    edits=f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE updated_at >= :start AND updated_at < :end",
 )
 ENTITIES = {"messages": MESSAGE_COLUMNS, "conversations": CONVERSATION_COLUMNS, "clients": CLIENT_COLUMNS,
             "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS, "unplaced": MESSAGE_COLUMNS}
@@ -164,14 +164,34 @@ def _naive_bound(local: datetime, dialect: str) -> datetime | str:
     return naive
 
 
-def source_engine(url: str) -> sa.Engine:
-    """An engine for the source; SQLite text that is not valid UTF-8 is read, not fatal (transform rejects it)."""
+def source_engine(url: str, zone: ZoneInfo | None = None) -> sa.Engine:
+    """An engine for the source; SQLite text that is not valid UTF-8 is read, not fatal (transform rejects it).
+
+    On SQLite, `amojo_instant(created_at)` gives the instant a stored text means (naive ones in `zone`), so that
+    rows sort in time order whatever their separator or offset.
+    """
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite":
+        instant = _instant_in(zone or ZoneInfo("UTC"))
+
         @sa.event.listens_for(engine, "connect")
         def _tolerant_text(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+            dbapi_connection.create_function("amojo_instant", 1, instant, deterministic=True)
     return engine
+
+
+def _instant_in(zone: ZoneInfo) -> Any:
+    def instant(value: Any) -> float | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            moment = datetime.fromisoformat(value.strip())
+            return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).timestamp()
+        except (ValueError, OverflowError):
+            return None
+
+    return instant
 
 
 def create_schema(engine: sa.Engine) -> None:
@@ -203,6 +223,9 @@ def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values if values.dt.tz is not None else _localize(values, zone)
         return ((parsed.dt.tz_convert("UTC") - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
+    fast = _read_uniform(values, zone)
+    if fast is not None:
+        return ((fast - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
     values = values.astype(object)
     result = pd.Series(pd.NA, index=values.index, dtype="Int64")
     is_text = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=len(values))
@@ -224,6 +247,22 @@ def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
             parsed = read(values[mask])
             result[mask] = ((parsed - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
     return result
+
+
+def _read_uniform(values: pd.Series, zone: ZoneInfo) -> pd.Series | None:
+    """The common case in one vectorised read: all text or all datetimes, naive alike or with one offset, every
+    value read. None when the column mixes kinds or offsets, or a value needs a closer look (spaces, odd ones)."""
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "datetime", "date"):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
+        if not pd.api.types.is_datetime64_any_dtype(parsed) or parsed.isna().sum() != values.isna().sum():
+            return None
+        return (parsed if parsed.dt.tz is not None else _localize(parsed, zone)).dt.tz_convert("UTC")
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return None
 
 
 def _parse_timestamps(values: pd.Series, utc: bool) -> pd.Series:
@@ -368,7 +407,8 @@ class SourceStream:
 
     Each chunk comes with the conversations and clients its messages refer to, looked up by id on a second
     connection (a streaming MySQL cursor allows no other query on its own). Memory is set by the chunk size, not
-    by the interval. Messages edited in the interval but created before it follow in a second pass.
+    by the interval. Messages edited in the interval but created before it follow in a second pass. Both passes
+    read a wider span than the interval (`candidate_bounds`) and keep its rows by their parsed times.
     """
 
     LOOKUP_SLICE = 2000
@@ -378,11 +418,11 @@ class SourceStream:
         self.queries = queries
         self.zone = zone
         self.chunk_size = chunk_size
-        self.engine = source_engine(url)
+        self.engine = source_engine(url, zone)
         dialect = self.engine.dialect.name
-        # SQLite compares text: `2026-03-29T05:00` sorts after `2026-03-29 21:00`. julianday() reads either (and
-        # offsets), at no measurable cost over the plain column (1M rows: 5.5 s against 5.9 s).
-        self._time_order = "julianday(q.created_at), q.id" if dialect == "sqlite" else "q.created_at, q.id"
+        # SQLite compares text: `2026-03-29T05:00` sorts after `2026-03-29 21:00`, and an offset is just more text.
+        # Sorting by the parsed instant costs ~30% more read time (1M rows: 15.9 s against 12.6 s, a busy machine).
+        self._time_order = "amojo_instant(q.created_at), q.id" if dialect == "sqlite" else "q.created_at, q.id"
         self.params = {"start": bound(start, dialect, zone), "end": bound(end, dialect, zone)}
         self.candidate_params = candidate_bounds(start, end, dialect, zone)
         self.window = Window(int(start.timestamp() * 1000), int(end.timestamp() * 1000),
@@ -390,9 +430,9 @@ class SourceStream:
         self.chunks = 0
         self._carried = {"conversations": _frame([], [], CONVERSATION_COLUMNS),
                          "clients": _frame([], [], CLIENT_COLUMNS)}
-        self._passes = [(q, p) for q, p in self._queries_and_bounds()]
+        self._passes = [(q, p, q is queries.edits) for q, p in self._queries_and_bounds()]
         self._cursor: _DriverCursor | None = None
-        self._pass_window: Window | None = None
+        self._edits_pass = False
         try:
             self._lookup = self.engine.connect()
             self.managers = self._select(queries.managers, MANAGER_COLUMNS, "managers")
@@ -407,11 +447,8 @@ class SourceStream:
         self.close()
 
     def _queries_and_bounds(self) -> list[tuple[str, dict[str, Any]]]:
-        """The passes over messages with their bounds: new messages over the candidate span, edits exactly."""
-        passes = [(self.queries.messages, self.candidate_params)]
-        if self.queries.edits:
-            passes.append((self.queries.edits, self.params))
-        return passes
+        """The passes over messages, both over the candidate span: new messages, then edits."""
+        return [(q, self.candidate_params) for q in (self.queries.messages, self.queries.edits) if q]
 
     def count(self) -> int:
         """How many message rows the passes read (the candidate span, both passes), for progress."""
@@ -467,8 +504,7 @@ class SourceStream:
             if self._cursor is None:
                 if not self._passes:
                     return []
-                sql, params = self._passes.pop(0)
-                self._pass_window = self.window if params is self.candidate_params else None
+                sql, params, self._edits_pass = self._passes.pop(0)
                 self._cursor = _DriverCursor(self.engine, f"SELECT * FROM ({sql}) q ORDER BY {self._time_order}",
                                              _bind(sql, params), self.chunk_size)
                 _check_columns(self._cursor.columns, MESSAGE_COLUMNS, "messages")
@@ -486,9 +522,13 @@ class SourceStream:
                 return None
             messages = _frame(rows, self._cursor.columns, MESSAGE_COLUMNS)
             created_ms = to_utc_ms(messages["created_at"], self.zone)
-            if self._pass_window is not None:
-                mine = _in_window(created_ms, messages["created_at"], self._pass_window)
-                messages, created_ms = messages[mine].reset_index(drop=True), created_ms[mine].reset_index(drop=True)
+            if self._edits_pass:  # edited in the interval, created before it: the first pass has the others
+                edited_ms = to_utc_ms(messages["updated_at"], self.zone)
+                mine = ((edited_ms >= self.window.start_ms) & (edited_ms < self.window.end_ms)
+                        & (created_ms < self.window.start_ms)).fillna(False).astype(bool)
+            else:
+                mine = _in_window(created_ms, messages["created_at"], self.window)
+            messages, created_ms = messages[mine].reset_index(drop=True), created_ms[mine].reset_index(drop=True)
             messages["created_ms"] = created_ms
             conversation_ids = [str(v) for v in messages["conversation_id"].dropna().unique()]
             conversations = self._by_ids(self.queries.conversations, conversation_ids, CONVERSATION_COLUMNS,

@@ -21,7 +21,7 @@ from etl.settings import ConfigurationError, Settings, load_settings, with_secre
 from etl.source import SourceStream, open_source
 from etl.summary import RunSummary
 from tasks.extract import extract_task
-from tasks.load import DryRun, load_task, reject_reused_ids, resolve_senders_task
+from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
 from tasks.transform import SeenIds, transform_task
@@ -105,7 +105,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                 chunk = f"{interval.label}#{source.chunks}"
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                        settings.text_limit, label=chunk)
-                batch = reject_reused_ids(batch, ledger)
+                batch = own_ids(batch, ledger)  # registered as pending: what is sent from here on is known
                 totals.add_batch(batch)
                 # Chunks come in time order: a short one is the last, and then all of the interval is registered.
                 if frames.rows_read < settings.chunk_size:
@@ -142,7 +142,7 @@ async def _rehearse(settings: Settings, interval: Interval, source: SourceStream
     while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
         batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                settings.text_limit, label=f"{interval.label}#{source.chunks}")
-        batch = reject_reused_ids(batch, ledger)
+        batch = own_ids(batch, ledger, register=False)
         totals.add_batch(batch)
         plan.add(batch, ledger)
     summary = totals.summary(None, time.monotonic() - began)

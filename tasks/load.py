@@ -23,7 +23,16 @@ from etl.api import Api
 from etl.claims import RunClaims
 from etl.ledger import DONE, ChatState, Ledger
 
-from .transform import Batch, Senders, chat_payload, client_participant, contact_body, edit_payload, message_payload
+from .transform import (
+    Batch,
+    Senders,
+    chat_payload,
+    client_participant,
+    contact_body,
+    edit_payload,
+    message_payload,
+    source_keys,
+)
 
 
 @dataclass
@@ -73,32 +82,52 @@ def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
 
 
 def _known(messages: pd.DataFrame, ledger: Ledger) -> pd.DataFrame:
-    """The ledger's status, content hash and conversation for each message it knows, as columns."""
+    """The ledger's status, content hash, conversation and time for each message it knows, as columns."""
     states = ledger.message_states(messages["msgid"])
-    known = pd.DataFrame.from_dict(states, orient="index", columns=["status", "content_hash", "conversation_id"])
-    return known.astype({"content_hash": "Int64"}) if len(known) else known
+    known = pd.DataFrame.from_dict(states, orient="index",
+                                   columns=["status", "content_hash", "conversation_id", "msec"])
+    return known.astype({"content_hash": "Int64", "msec": "Int64"}) if len(known) else known
 
 
-def reject_reused_ids(batch: Batch, ledger: Ledger) -> Batch:
-    """A message id the ledger holds for another conversation is not this row's: the row is rejected.
+def _foreign(messages: pd.DataFrame, known: pd.DataFrame) -> pd.Series:
+    """Rows whose msgid the ledger holds for another source row: another conversation, or another time."""
+    owner = messages["msgid"].map(known["conversation_id"])
+    owner_msec = messages["msgid"].map(known["msec"])
+    return (owner.notna() & ((owner != messages["conversation_id"]) | (owner_msec != messages["msec"]))
+            ).fillna(False).astype(bool)
 
-    A message id is the message's identity in amoCRM (its msgid); a later row that reuses it in another
-    conversation (another day, another system's numbering) would otherwise edit the first chat's message. The
-    first row imported keeps the id; a mapping can make ids unique (`conversation_id || '-' || id`).
+
+def own_ids(batch: Batch, ledger: Ledger, *, register: bool = True) -> Batch:
+    """Register the batch's new messages as `pending`; reject the rows whose message id another row owns.
+
+    A message id is the message's identity in amoCRM (its msgid), and it belongs to the first source row
+    registered with it: the ledger keeps that row's conversation and time. A row with the same id in another
+    conversation, or at another time (another system's numbering, a reused id, a second row the interval
+    rejected as a duplicate and edited later), is rejected as `duplicate_id` rather than sent as an edit of the
+    first chat's message. Registering is an insert that leaves known ids alone, so when two runs register one id
+    at once exactly one owns it, and the other rejects its row. Without `register` (a dry run) it only reads.
     """
-    owner = batch.messages["msgid"].map(_known(batch.messages, ledger)["conversation_id"])
-    reused = owner.notna() & (owner != batch.messages["conversation_id"])
-    if not reused.any():
+    messages = batch.messages
+    known = _known(messages, ledger)
+    fresh = messages[~messages["msgid"].isin(known.index)]
+    if register and len(fresh):
+        ledger.add_pending([_ledger_row(m) for m in fresh.itertuples(index=False)])
+        known = pd.concat([known, _known(fresh, ledger)])
+    foreign = _foreign(messages, known)
+    if not foreign.any():
         return batch
-    rows = batch.messages[reused]
+    rows = messages[foreign]
+    shown = _source_rows(rows)
+    owner = rows["msgid"].map(known["conversation_id"])
+    when = pd.to_datetime(rows["msgid"].map(known["msec"]).astype("int64"), unit="ms", utc=True)
     rejected = pd.DataFrame({
-        "source_key": rows["source_key"],
+        "source_key": source_keys(rows["source_id"], rows["msec"], None, shown, always_digest=True),
         "reason": "duplicate_id",
-        "detail": "the message id was imported before in conversation " + owner[reused]
-                  + "; ids must be unique across conversations",
-        "row": _source_rows(rows).to_json(orient="records", lines=True, force_ascii=False).splitlines(),
+        "detail": "another source row owns this message id (conversation " + owner + ", created "
+                  + when.dt.strftime("%Y-%m-%dT%H:%M:%SZ") + "); message ids must be unique",
+        "row": shown.to_json(orient="records", lines=True, force_ascii=False).splitlines(),
     })
-    return Batch(batch.conversations, batch.messages[~reused].reset_index(drop=True),
+    return Batch(batch.conversations, messages[~foreign].reset_index(drop=True),
                  pd.concat([batch.rejects, rejected], ignore_index=True), batch.warnings)
 
 
@@ -111,21 +140,20 @@ def _source_rows(messages: pd.DataFrame) -> pd.DataFrame:
         "created_at": pd.to_datetime(messages["msec"], unit="ms", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "type": messages["type"],
         "text": messages["text"],
-    })
+    }, index=messages.index)
 
 
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """What to send and what to edit, from what the ledger says; and how many need nothing. Reads only.
 
-    A message the ledger holds for another conversation is never touched (see `reject_reused_ids`).
+    A message the ledger holds for another source row is never touched (`own_ids` has rejected it).
     """
     messages = batch.messages
     known = _known(messages, ledger)
     status = messages["msgid"].map(known["status"])
     # Int64 keeps 64-bit hashes exact where some messages are unknown to the ledger (a float would round them).
     recorded_hash = messages["msgid"].map(known["content_hash"])
-    owner = messages["msgid"].map(known["conversation_id"])
-    foreign = (owner.notna() & (owner != messages["conversation_id"])).astype(bool)
+    foreign = _foreign(messages, known)
     done = status.isin(DONE)
     changed = (recorded_hash != messages["content_hash"]).fillna(True).astype(bool)
     edits = done & changed & ~foreign
@@ -146,15 +174,15 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
                progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
     """Send what the ledger has not seen sent; edit what changed since it was sent.
 
-    Every message of the batch is registered as `pending` first, and `registered_through` (every message of the
-    run's interval before it is now in the ledger) is published, so that other runs can keep conversation order.
+    Every message of the batch is registered as `pending` first (`own_ids`), and `registered_through` (every
+    message of the run's interval before it is now in the ledger) is published, so that other runs can keep
+    conversation order.
     Then conversations are taken a claim at a time: those another live run holds, or whose earlier messages
     another run may still send, wait their turn.
     """
     report = LoadReport()
     ledger.save_rejects(batch.rejects.to_dict("records"), interval_label)
     to_send, to_edit, _ = plan(batch, ledger)
-    ledger.add_pending([_ledger_row(m) for m in to_send[to_send["status"].isna()].itertuples(index=False)])
     claims.advance(registered_through)
     active = set(to_send["conversation_id"]) | set(to_edit["conversation_id"])
     report.messages_skipped = int((~batch.messages["conversation_id"].isin(active)).sum())

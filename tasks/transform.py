@@ -6,6 +6,7 @@ Everything here is column-wise over the chunk. The JSON payload of a message is 
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -106,6 +107,8 @@ def _text(values: pd.Series) -> pd.Series:
 
 
 def _as_text(value: Any) -> str | None:
+    if isinstance(value, _COMPOUND):
+        return _compound_text(value)
     if value is None or (not isinstance(value, str | bytes) and pd.isna(value)):
         return None
     if isinstance(value, bytes | bytearray | memoryview):
@@ -170,11 +173,38 @@ def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     return text, pd.Series(kind == _TEXT_BLANK, index=raw.index), pd.Series(kind == _TEXT_INVALID, index=raw.index)
 
 
+_COMPOUND = (list, tuple, dict, set, frozenset, np.ndarray)
+"""Values a driver may return for JSON or array columns (PostgreSQL json, text[]): kept as their JSON text."""
+
+
+def _compound_text(value: Any) -> str:
+    return json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, ensure_ascii=False, default=str)
+
+
 def _printable(value: Any) -> str | None:
     """A source value as text that can be written anywhere: undecodable bytes shown as escapes."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if isinstance(value, _COMPOUND):
+        value = _compound_text(value)
+    elif value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+_SCALAR_KINDS = {"string", "empty", "integer", "floating", "mixed-integer-float", "decimal", "boolean", "datetime",
+                 "datetime64", "date", "bytes", "integer-na", "timedelta", "time"}
+
+
+def _scalars(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with JSON and array values (lists, dicts) as their JSON text, so that every check sees scalars."""
+    compound = [c for c in frame.columns
+                if pd.api.types.infer_dtype(frame[c], skipna=True) not in _SCALAR_KINDS
+                and any(isinstance(v, _COMPOUND) for v in frame[c])]
+    if not compound:
+        return frame
+    frame = frame.copy()
+    for column in compound:
+        frame[column] = frame[column].map(lambda v: _compound_text(v) if isinstance(v, _COMPOUND) else v)
+    return frame
 
 
 def _digest(frame: pd.DataFrame | pd.Series) -> pd.Series:
@@ -205,6 +235,8 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     seen = SeenIds() if seen is None else seen
     warnings: Counter = Counter()
     rejects: list[pd.DataFrame] = []
+    frames = SourceFrames(*(_scalars(f) for f in (frames.messages, frames.conversations, frames.clients,
+                                                   frames.managers)), frames.rows_read)
     m = frames.messages.reset_index(drop=True)
     m["msec"] = m["created_ms"] if "created_ms" in m.columns else to_utc_ms(m["created_at"], source_zone)
     raw = m[[c for c in MESSAGE_COLUMNS if c in m.columns]]
@@ -214,18 +246,13 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     m["type"] = _per_value(m["type"], lambda v: "text" if v is None or pd.isna(v) else str(v).strip().lower())
     m["direction"] = _per_value(m["direction"], lambda v: None if v is None or pd.isna(v) else str(v).strip().lower())
     m["text"], blank_text, bad_utf8 = repair_text(m["text"])
-    keys = _source_keys(m["id"], m["msec"], raw["created_at"])
 
     def reject(mask: pd.Series, reason: str, detail: str | pd.Series, *, duplicate: bool = False) -> None:
         mask = mask.fillna(False).astype(bool)
         if mask.any():
             rows = raw.loc[mask[mask].index]
-            key = keys.loc[rows.index]
-            if duplicate:  # rows that share an id and a time: told apart by what they hold
-                digest = _digest(rows.map(_printable).astype(str)).map(lambda h: f"{h & 0xFFFFFFFF:08x}")
-                key = key + "#" + digest
-                repeat = seen.occurrence(key)
-                key = key.where(repeat == 0, key + "~" + repeat.astype(str))
+            key = source_keys(m.loc[rows.index, "id"], m.loc[rows.index, "msec"], rows["created_at"], rows,
+                              seen, always_digest=duplicate)
             rejects.append(pd.DataFrame({
                 "source_key": key,
                 "reason": reason,
@@ -248,9 +275,9 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     media_type = m["type"].isin(MEDIA_TYPES)
     media_url_ok = pd.Series(False, index=m.index)
     media_url_ok[media_type] = m.loc[media_type, "media_url"].str.match(r"^https?://\S+$").fillna(False)
-    file_size = _whole_numbers(m["file_size"])
-    lat, lon = _numbers(m["lat"]), _numbers(m["lon"])
     location = m["type"] == "location"
+    file_size = _whole_numbers(m["file_size"].where(media_type & m["file_size"].notna()))
+    lat, lon = _numbers(m["lat"].where(location)), _numbers(m["lon"].where(location))
     checks = [
         (m["id"].isna() | (m["id"] == ""), "missing_id", "the message has no id"),
         (_unfit_id(m["id"]), "bad_id", "the message id holds control characters or bytes that are not UTF-8"),
@@ -301,7 +328,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     managers = frames.managers.assign(id=_text(frames.managers["id"])).drop_duplicates("id").set_index("id")
     manager_email = m["manager_id"].map(_per_value(managers["email"], lambda v: str(v).strip().lower()
                                                    if isinstance(v, str) else None))
-    ref_id = manager_email.map(senders.amojo_id_by_email)
+    ref_id = manager_email.map(senders.amojo_id_by_email).astype(object)
     known_manager = ref_id.notna()
     if senders.bot_id:
         ref_id = ref_id.fillna(senders.bot_id)
@@ -318,7 +345,6 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     messages = pd.DataFrame({
         "msgid": prefix + m["id"],
         "source_id": m["id"],
-        "source_key": keys.loc[m.index],
         "conversation_id": prefix + m["conversation_id"],
         "msec": m["msec"].astype("int64"),
         "outgoing": outgoing,
@@ -350,36 +376,69 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
 
 
 def unplaced_rejects(messages: pd.DataFrame, source_zone: ZoneInfo) -> pd.DataFrame:
-    """Rejects for the source's messages no interval can send: created_at NULL, not a time, or before 1970."""
+    """Rejects for the source's messages no interval can send: created_at NULL or not a time (`no_timestamp`),
+    before 1970, or stored in a form the database cannot compare with an interval (`bad_timestamp`)."""
+    messages = _scalars(messages).reset_index(drop=True)
     msec = to_utc_ms(messages["created_at"], source_zone)
     readable = msec.notna().to_numpy(dtype=bool)
+    before_1970 = (msec < 0).fillna(False).to_numpy(dtype=bool)
     return pd.DataFrame({
-        "source_key": _source_keys(_text(messages["id"]), msec, messages["created_at"]),
+        "source_key": source_keys(_text(messages["id"]), msec, messages["created_at"], messages),
         "reason": np.where(readable, "bad_timestamp", "no_timestamp"),
-        "detail": np.where(readable, "created_at is before 1970, which amoCRM cannot hold",
-                           "created_at is NULL or not an ISO 8601 time, so no interval selects the row; "
-                           "fix it at the source"),
+        "detail": np.where(before_1970, "created_at is before 1970, which amoCRM cannot hold",
+                           np.where(readable, "created_at is stored in a form the database cannot compare with an "
+                                              "interval; store it as YYYY-MM-DD HH:MM:SS",
+                                    "created_at is NULL or not an ISO 8601 time, so no interval selects the row; "
+                                    "fix it at the source")),
         "row": messages.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines()
         if len(messages) else [],
     }, columns=REJECT_COLUMNS)
 
 
-def _source_keys(ids: pd.Series, msec: pd.Series, created_at: pd.Series) -> pd.Series:
-    """`message:{id}@{created_at}`: which source row a reject is, stable across chunks, runs and days."""
-    shown = ids.map(_key_part).fillna("<null id>")
-    when = pd.Series(pd.to_datetime(msec.astype("float64"), unit="ms", utc=True, errors="coerce"), index=ids.index)
-    when = when.dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").str.replace(r"\.000000Z$", "Z", regex=True)
-    when = when.where(msec.notna(), created_at.map(_key_part).fillna("<null time>"))
-    return "message:" + shown + "@" + when
+def source_keys(ids: pd.Series, msec: pd.Series, created_at: pd.Series | None, rows: pd.DataFrame,
+                seen: SeenIds | None = None, *, always_digest: bool = False) -> pd.Series:
+    """`message:{id}@{created_at in UTC}`: which source row a reject is, the same across chunks, runs and days.
+
+    Rows that this cannot tell apart (a repeated id, no id, no readable time) get a digest of what they hold,
+    and identical rows a count of the copies before them in the interval (they are interchangeable).
+    """
+    shown = ids.map(_key_part)
+    when = pd.Series(_utc_text(msec), index=ids.index, dtype=object)
+    unreadable = msec.isna()
+    if created_at is not None and unreadable.any():
+        when[unreadable] = created_at[unreadable].map(_key_part)
+    keys = "message:" + shown.fillna("<null id>") + "@" + when.fillna("<null time>")
+    ambiguous = shown.isna() | (ids == "") | unreadable if not always_digest else pd.Series(True, index=ids.index)
+    if ambiguous.any():
+        digest = _digest(rows.loc[ambiguous[ambiguous].index].map(_printable).astype(str))
+        keys[ambiguous] = keys[ambiguous] + "#" + digest.map(lambda h: f"{h & 0xFFFFFFFF:08x}")
+        repeat = (seen or SeenIds()).occurrence(keys[ambiguous])
+        keys[ambiguous] = keys[ambiguous].where(repeat == 0, keys[ambiguous] + "~" + repeat.astype(str))
+    return keys
+
+
+def _utc_text(msec: pd.Series) -> np.ndarray:
+    """Unix milliseconds as `2026-10-05T12:00:00Z` (with `.250` when there are milliseconds); None where NA."""
+    known = msec.notna().to_numpy(dtype=bool)
+    text = np.full(len(msec), None, dtype=object)
+    if known.any():
+        stamps = np.datetime_as_string(msec[known].to_numpy(dtype="int64").astype("datetime64[ms]"), unit="ms")
+        text[known] = [t.removesuffix(".000") + "Z" for t in stamps]
+    return text
+
+
+_ESCAPED = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
 
 
 def _key_part(value: Any, limit: int = 200) -> str | None:
-    """A value as it can be written into any ledger column: control characters and bad bytes escaped, and cut
-    (with a digest, so that two long values stay apart) past `limit` characters."""
-    text = _printable(value)
+    """A value as it can be written into any ledger column: control characters, bad bytes and backslashes
+    escaped (so that no two values meet), and cut, with a digest of the whole, past `limit` characters."""
+    text = value if isinstance(value, str) else _printable(value)
     if text is None:
         return None
-    text = text.encode("unicode_escape").decode("ascii") if _UNFIT_ID.search(text) else text
+    if _ESCAPED.search(text):
+        text = _ESCAPED.sub(lambda c: "\\\\" if c.group() == "\\" else f"\\x{ord(c.group()):02x}"
+                            if ord(c.group()) < 256 else f"\\u{ord(c.group()):04x}", text)
     if len(text) > limit:
         text = f"{text[:limit]}…{hash_text(text):016x}"
     return text
@@ -403,14 +462,23 @@ def _any_unfit_text(m: pd.DataFrame, columns: tuple[str, ...]) -> pd.Series:
 
 
 def _numbers(values: pd.Series) -> pd.Series:
-    """Finite floats; NaN for anything else (text, ±inf, NaN itself)."""
-    numbers = pd.to_numeric(values.map(lambda v: v if not isinstance(v, bool) else None), errors="coerce")
-    numbers = numbers.astype("float64")
+    """Finite floats; NaN for anything else (text, ±inf, NaN itself, numbers no float holds)."""
+    try:
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    except (TypeError, ValueError, OverflowError):
+        numbers = pd.Series([_number(v) for v in values], index=values.index, dtype="float64")
     return numbers.where(np.isfinite(numbers))
 
 
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return np.nan
+
+
 def _whole_numbers(values: pd.Series) -> pd.Series:
-    """Whole numbers 0..2**63-1 (`10`, `10.0`, `"10"`) as Int64; NA for anything else (`1.5`, -1, `abc`)."""
+    """Whole numbers of 0 or more (`10`, `10.0`, `"10"`) as Int64; NA for anything else (`1.5`, -1, `abc`)."""
     numbers = _numbers(values)
     whole = (numbers >= 0) & (numbers < 2.0**63) & (numbers == np.floor(numbers))
     return numbers.where(whole).astype("Int64")

@@ -38,7 +38,7 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     assert upgraded.schema_version() == SCHEMA_VERSION == 4
     assert "messages_conversation_msec" in _indexes(url)
     assert upgraded.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
-    assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7, "c1")}  # the data stays
+    assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7, "c1", 1)}  # the data stays
     upgraded.close()
 
 
@@ -110,4 +110,8 @@ def test_a_version_3_ledger_takes_ids_of_any_length_the_source_may_hold(database
     assert {r["source_key"] for r in upgraded.reject_rows()} == {"message:old", "message:" + "k" * 500}
     upgraded.clear_rejects("2026-10-01..2026-10-02")
     assert [r["source_key"] for r in upgraded.reject_rows()] == ["message:old"]
+    # The same source row rejected again under its new key replaces the old one rather than being listed twice.
+    upgraded.save_rejects([{"source_key": "message:old@2026-10-05T10:00:00Z", "reason": "empty_text", "detail": "",
+                            "row": "{}"}], "2026-10-05..2026-10-06")
+    assert [r["source_key"] for r in upgraded.reject_rows()] == ["message:old@2026-10-05T10:00:00Z"]
     upgraded.close()

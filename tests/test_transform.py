@@ -21,6 +21,7 @@ from tasks.transform import (
     normalise_phones,
     to_utc_ms,
     transform,
+    unplaced_rejects,
 )
 
 UTC = ZoneInfo("UTC")
@@ -303,3 +304,32 @@ def test_reject_keys_stay_apart_across_chunks():
         keys += list(transform(_frames(rows), SENDERS, "ae-", UTC, seen=seen, now=datetime(2026, 11, 25))
                      .rejects["source_key"])
     assert len(keys) == 9 and len(set(keys)) == 9
+
+
+def test_rows_without_id_or_time_keep_keys_of_their_own():
+    """Review of issue 11: two NULL-id rows of one second shared `message:<null id>@…`, so the ledger kept one."""
+    rows = [{"id": None, "text": "one"}, {"id": None, "text": "two"}, {"id": "", "text": "three"},
+            {"id": "", "text": "three"}, {"id": "a\x01", "text": None}, {"id": "a\\x01", "text": None}]
+    batch = transform(_frames(rows), SENDERS, "ae-", UTC, now=datetime(2026, 11, 25))
+    assert len(batch.rejects) == 6 and batch.rejects["source_key"].is_unique
+    unplaced = unplaced_rejects(pd.DataFrame([{"id": None, "created_at": None, "text": "x"},
+                                              {"id": None, "created_at": None, "text": "y"},
+                                              {"id": "k", "created_at": None, "text": "z"},
+                                              {"id": "k", "created_at": None, "text": "z"}], dtype=object), UTC)
+    assert unplaced["source_key"].is_unique and set(unplaced["reason"]) == {"no_timestamp"}
+
+
+def test_json_and_array_values_are_data_not_failures():
+    """Review of issue 11: a PostgreSQL json or text[] value (a dict, a list) failed the whole chunk."""
+    rows = [{"id": "good", "text": "fine"},
+            {"id": "json-type", "type": {"kind": "text"}, "text": "x"},
+            {"id": "array-name", "type": "file", "media_url": "https://x.example/f", "file_name": ["a", "b"]},
+            {"id": ["list", "id"], "text": "x"},
+            {"id": "list-time", "created_at": ["2026-10-05"], "text": "x"},
+            {"id": "huge-lat", "type": "location", "lat": 10**400, "lon": 1.0}]
+    batch = transform(_frames(rows), SENDERS, "ae-", UTC, now=datetime(2026, 11, 25))
+    outcome = dict(zip(batch.messages["source_id"], ["sent"] * len(batch.messages), strict=True))
+    outcome.update(dict(zip(batch.rejects["row"].map(lambda r: json.loads(r)["id"]), batch.rejects["reason"],
+                            strict=True)))
+    assert outcome == {"good": "sent", "json-type": "unknown_type", "array-name": "sent", '["list", "id"]': "sent",
+                       "list-time": "bad_timestamp", "huge-lat": "bad_location"}
