@@ -64,6 +64,7 @@ class Row:
     expect: Expect
     day: date | None = None  # the interval it belongs to (Moscow days)
     dialects: tuple[str, ...] = ("sqlite", "postgresql", "mysql")
+    edited: date | None = None  # the interval whose edits pass reads it again (updated_at)
 
 
 @dataclass
@@ -99,7 +100,11 @@ def build() -> Corpus:
                 "direction": "in", "type": "text", "text": text}
         if expect.outcome == "sent" and expect.chat is None:
             expect = Expect("sent", chat=conv)
-        add(Row(kind, {**base, **values}, expect, day, dialects))
+        edited = values.get("updated_at")
+        edited_day = None
+        if edited is not None:
+            edited_day = (datetime.fromisoformat(str(edited)) + timedelta(hours=3)).date()  # stored UTC, days Moscow
+        add(Row(kind, {**base, **values}, expect, day, dialects, edited_day))
 
     # Valid filler: six conversations, 120 messages a day, so each day takes two chunks of 100 (and the odd
     # rows fall into both).
@@ -148,6 +153,9 @@ def build() -> Corpus:
     msg("file size on a text message is ignored", "size-on-text", d2, 690, sent, file_size="abc")
     msg("conversation repeated by a join", "dup-conv-msg", d2, 700, sent, "dup-conv")
     msg("message reused id, first conversation", "reused", d1, 710, sent, "conv-a", text="first, day one")
+    msg("edited a day later", "edited", d1, 720, sent, "f2", text="as edited", updated_at=_utc(d2, 60))
+    msg("edited a day later, T in updated_at", "edited-t", d1, 730, sent, "f2", text="as edited too",
+        updated_at="2026-10-06T10:00:00", dialects=("sqlite",))
     msg("exact copy of a row, first", "copy", d3, 600, sent, "f6", text="same")
     msg("same id twice in a day, first", "twice", d3, 610, sent, "f6", text="the first")
 
@@ -234,8 +242,9 @@ def write(url: str, corpus: Corpus) -> list[Row]:
         insert = sa.text(f"INSERT INTO messages ({', '.join(COLUMNS)}) VALUES ({', '.join(':' + c for c in COLUMNS)})")
         for row in rows:
             values = {c: row.values.get(c) for c in COLUMNS}
-            if isinstance(values["created_at"], datetime):
-                values["created_at"] = _stamp(values["created_at"], dialect)
+            for column in ("created_at", "updated_at"):
+                if isinstance(values[column], datetime):
+                    values[column] = _stamp(values[column], dialect)
             raw = {c: v for c, v in values.items() if isinstance(v, bytes)}
             if raw:  # bytes that are not UTF-8 in a TEXT column: only SQLite keeps them, through a cast
                 for column in raw:

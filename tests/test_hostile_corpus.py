@@ -91,6 +91,7 @@ async def test_every_row_of_a_hostile_source_is_sent_once_or_rejected_with_its_r
     texts = {m["msgid"]: m["message"].get("text") for ms in snapshot["messages"].values() for m in ms}
     assert texts["ae-reused"] == "first, day one"  # the later row with its id did not edit it
     assert texts["ae-ctrl-inside"] == "bell removed" and texts["ae-[/bold]"] == "x"
+    assert texts["ae-edited"] == "as edited"
 
     ledger = Ledger(ledger_url)
     rejects = ledger.reject_rows()
@@ -103,8 +104,9 @@ async def test_every_row_of_a_hostile_source_is_sent_once_or_rejected_with_its_r
     for day in DAYS:
         label = f"{day.isoformat()}..{(day + timedelta(days=1)).isoformat()}"
         selected = [r for r in rows if r.day == day]
+        edited = [r for r in rows if r.edited == day and r.day != day]  # read again by the edits pass
         day_summary = days[label]
-        assert day_summary["messages_valid"] + day_summary["rejected"] == len(selected), label
+        assert day_summary["messages_valid"] + day_summary["rejected"] == len(selected) + len(edited), label
         assert day_summary["rejected"] == sum(1 for r in selected if r.expect.outcome == "rejected"), label
         assert day_summary["verdict"] == "complete", (label, day_summary)
     assert len(rejects) == sum(s["rejected"] for s in days.values()) + len(unplaced)
