@@ -6,6 +6,7 @@ SQL query per entity) adapts any other schema, as long as its queries return the
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import warnings
@@ -325,6 +326,30 @@ def _in_window(msec: pd.Series, created_at: pd.Series, window: Window) -> pd.Ser
     return inside
 
 
+COMPOUND_TYPES = (list, tuple, dict, set, frozenset, np.ndarray)
+"""Values a driver may return for JSON or array columns (PostgreSQL json, text[]): kept as their JSON text."""
+
+
+def compound_text(value: Any) -> str:
+    """A JSON or array value as its JSON text."""
+    return json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, ensure_ascii=False, default=str)
+
+
+def as_text(value: Any) -> str | None:
+    """A source value as text, None for missing: bytes (a BLOB where text belongs) decoded as UTF-8, undecodable
+    bytes kept as lone surrogates for the checks to reject; `42`, not `42.0`, when a float holds an integer; a
+    JSON or array value as its JSON text."""
+    if isinstance(value, COMPOUND_TYPES):
+        return compound_text(value)
+    if value is None or (not isinstance(value, str | bytes) and pd.isna(value)):
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if f":{k}" in sql}
 
@@ -468,7 +493,7 @@ class SourceStream:
             for sql, params in self._queries_and_bounds():
                 result = self._lookup.execute(
                     sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"), _bind(sql, params))
-                repeated.update(str(row[0]) for row in result if row[0] is not None)
+                repeated.update(as_text(row[0]) for row in result if row[0] is not None)
         except sa.exc.SQLAlchemyError as exc:
             raise _unreadable(self.engine.url, exc) from None
         return repeated

@@ -30,6 +30,7 @@ from .transform import (
     client_participant,
     contact_body,
     edit_payload,
+    json_lines,
     message_payload,
     source_keys,
 )
@@ -125,7 +126,7 @@ def own_ids(batch: Batch, ledger: Ledger, *, register: bool = True) -> Batch:
         "reason": "duplicate_id",
         "detail": "another source row owns this message id (conversation " + owner + ", created "
                   + when.dt.strftime("%Y-%m-%dT%H:%M:%SZ") + "); message ids must be unique",
-        "row": shown.to_json(orient="records", lines=True, force_ascii=False).splitlines(),
+        "row": json_lines(shown),
     })
     return Batch(batch.conversations, messages[~foreign].reset_index(drop=True),
                  pd.concat([batch.rejects, rejected], ignore_index=True), batch.warnings)

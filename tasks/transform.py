@@ -6,7 +6,6 @@ Everything here is column-wise over the chunk. The JSON payload of a message is 
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from etl.ledger import KEY_LENGTH
-from etl.source import MESSAGE_COLUMNS, SourceFrames, to_utc_ms
+from etl.source import COMPOUND_TYPES, MESSAGE_COLUMNS, SourceFrames, as_text, compound_text, to_utc_ms
 
 MESSAGE_TYPES = ("text", "picture", "video", "file", "voice", "audio", "sticker", "location", "contact")
 MEDIA_TYPES = ("picture", "video", "file", "voice", "audio", "sticker")
@@ -103,19 +102,7 @@ def _text(values: pd.Series) -> pd.Series:
     """
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
         return values.where(values.notna(), None).astype(object)
-    return values.map(_as_text).astype(object)
-
-
-def _as_text(value: Any) -> str | None:
-    if isinstance(value, _COMPOUND):
-        return _compound_text(value)
-    if value is None or (not isinstance(value, str | bytes) and pd.isna(value)):
-        return None
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "surrogateescape")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return values.map(as_text).astype(object)
 
 
 def _per_value(values: pd.Series, normalise: Callable[[Any], Any]) -> pd.Series:
@@ -173,18 +160,17 @@ def repair_text(raw: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     return text, pd.Series(kind == _TEXT_BLANK, index=raw.index), pd.Series(kind == _TEXT_INVALID, index=raw.index)
 
 
-_COMPOUND = (list, tuple, dict, set, frozenset, np.ndarray)
-"""Values a driver may return for JSON or array columns (PostgreSQL json, text[]): kept as their JSON text."""
-
-
-def _compound_text(value: Any) -> str:
-    return json.dumps(value.tolist() if isinstance(value, np.ndarray) else value, ensure_ascii=False, default=str)
+def json_lines(frame: pd.DataFrame) -> list[str]:
+    """One JSON object per row. (Not `splitlines()`: JSON keeps U+2028, U+2029 and U+0085 as they are.)"""
+    if not len(frame):
+        return []
+    return frame.to_json(orient="records", lines=True, force_ascii=False).rstrip("\n").split("\n")
 
 
 def _printable(value: Any) -> str | None:
     """A source value as text that can be written anywhere: undecodable bytes shown as escapes."""
-    if isinstance(value, _COMPOUND):
-        value = _compound_text(value)
+    if isinstance(value, COMPOUND_TYPES):
+        value = compound_text(value)
     elif value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
@@ -198,12 +184,12 @@ def _scalars(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with JSON and array values (lists, dicts) as their JSON text, so that every check sees scalars."""
     compound = [c for c in frame.columns
                 if pd.api.types.infer_dtype(frame[c], skipna=True) not in _SCALAR_KINDS
-                and any(isinstance(v, _COMPOUND) for v in frame[c])]
+                and any(isinstance(v, COMPOUND_TYPES) for v in frame[c])]
     if not compound:
         return frame
     frame = frame.copy()
     for column in compound:
-        frame[column] = frame[column].map(lambda v: _compound_text(v) if isinstance(v, _COMPOUND) else v)
+        frame[column] = frame[column].map(lambda v: compound_text(v) if isinstance(v, COMPOUND_TYPES) else v)
     return frame
 
 
@@ -257,7 +243,7 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
                 "source_key": key,
                 "reason": reason,
                 "detail": detail if isinstance(detail, str) else detail.loc[rows.index],
-                "row": rows.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines(),
+                "row": json_lines(rows.map(_printable)),
             }))
 
     has_id = (m["id"].notna() & (m["id"] != "")).astype(bool)  # rows without an id are rejected as such below
@@ -348,7 +334,8 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
         "conversation_id": prefix + m["conversation_id"],
         "msec": m["msec"].astype("int64"),
         "outgoing": outgoing,
-        "sender_id": np.where(as_manager, prefix + "manager-" + m["manager_id"].fillna(""), prefix + "bot"),
+        "sender_id": np.where(as_manager, prefix + "manager-" + m["manager_id"].map(_key_part).fillna(""),
+                              prefix + "bot"),
         "sender_name": manager_name.where(as_manager, senders.bot_name).fillna(senders.bot_name),
         "ref_id": ref_id.where(outgoing, None),
         "type": m["type"],
@@ -390,8 +377,7 @@ def unplaced_rejects(messages: pd.DataFrame, source_zone: ZoneInfo) -> pd.DataFr
                                               "interval; store it as YYYY-MM-DD HH:MM:SS",
                                     "created_at is NULL or not an ISO 8601 time, so no interval selects the row; "
                                     "fix it at the source")),
-        "row": messages.map(_printable).to_json(orient="records", lines=True, force_ascii=False).splitlines()
-        if len(messages) else [],
+        "row": json_lines(messages.map(_printable)),
     }, columns=REJECT_COLUMNS)
 
 
@@ -485,14 +471,16 @@ def _whole_numbers(values: pd.Series) -> pd.Series:
 
 
 def _printable_names(names: pd.Series) -> pd.Series:
-    """Display names as JSON can carry them: undecodable bytes replaced, control characters dropped."""
+    """Display names as JSON can carry them: text (a number or bytes as their text), undecodable bytes replaced,
+    control characters dropped."""
     def clean(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
+        value = as_text(value)
+        if value is None:
+            return None
         value = value.encode("utf-8", "replace").decode("utf-8") if _SURROGATE.search(value) else value
         return _CONTROL.sub("", value)
 
-    return names.map(clean)
+    return names.map(clean).astype(object)
 
 
 def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.ndarray, prefix: str,
@@ -502,13 +490,13 @@ def _conversations(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.
     conv = conv[conv["conversation_id"].isin(used)]
     clients = clients.assign(id=_text(clients["id"])).drop_duplicates("id").rename(columns={"id": "client_id"})
     chat = conv.merge(clients, on="client_id", how="left")
-    phone = normalise_phones(_text(chat["phone"]).map(_valid_or_none))
-    email = normalise_emails(_text(chat["email"]).map(_valid_or_none))
+    phone = normalise_phones(_text(chat["phone"]).map(_valid_or_none).astype(object))
+    email = normalise_emails(_text(chat["email"]).map(_valid_or_none).astype(object))
     warnings["invalid_phone_dropped"] += int((chat["phone"].notna() & phone.isna()).sum())
     warnings["invalid_email_dropped"] += int((chat["email"].notna() & email.isna()).sum())
     name = _printable_names(_text(chat["name"])).str.strip()
-    avatar = _text(chat["avatar_url"]).map(_valid_or_none)
-    profile = _text(chat["profile_url"]).map(_valid_or_none)
+    avatar = _text(chat["avatar_url"]).map(_valid_or_none).astype(object)
+    profile = _text(chat["profile_url"]).map(_valid_or_none).astype(object)
     return pd.DataFrame({
         "conversation_id": chat["conversation_id"],
         "source_id": chat["id"],
