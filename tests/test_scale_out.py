@@ -6,6 +6,7 @@ together stay within the account's shared budget. Then the same with one worker 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -137,8 +138,7 @@ def _check_exactly_once_in_order(emulator, source: Path, ledger_url: str) -> Non
     engine = sa.create_engine(ledger_url)
     with engine.connect() as conn:
         statuses = dict(conn.execute(sa.text("SELECT msgid, status FROM messages")).all())
-        rejected = {f"ae-{key.split(':', 1)[1].split('#')[0]}"
-                    for (key,) in conn.execute(sa.text("SELECT source_key FROM rejects"))}
+        rejected = {f"ae-{json.loads(row)['id']}" for (row,) in conn.execute(sa.text('SELECT "row" FROM rejects'))}
     engine.dispose()
 
     landed = Counter(m["msgid"] for m in store.messages())
