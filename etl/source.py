@@ -445,9 +445,7 @@ class SourceStream:
         self.chunk_size = chunk_size
         self.engine = source_engine(url, zone)
         dialect = self.engine.dialect.name
-        # SQLite compares text: `2026-03-29T05:00` sorts after `2026-03-29 21:00`, and an offset is just more text.
-        # Sorting by the parsed instant costs ~30% more read time (1M rows: 15.9 s against 12.6 s, a busy machine).
-        self._time_order = "amojo_instant(q.created_at), q.id" if dialect == "sqlite" else "q.created_at, q.id"
+        self._time_order = "q.created_at, q.id"
         self.params = {"start": bound(start, dialect, zone), "end": bound(end, dialect, zone)}
         self.candidate_params = candidate_bounds(start, end, dialect, zone)
         self.window = Window(int(start.timestamp() * 1000), int(end.timestamp() * 1000),
@@ -460,6 +458,8 @@ class SourceStream:
         self._edits_pass = False
         try:
             self._lookup = self.engine.connect()
+            if dialect == "sqlite" and self._text_out_of_order():
+                self._time_order = "amojo_instant(q.created_at), q.id"
             self.managers = self._select(queries.managers, MANAGER_COLUMNS, "managers")
         except sa.exc.SQLAlchemyError as exc:
             self.engine.dispose()
@@ -470,6 +470,19 @@ class SourceStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _text_out_of_order(self) -> bool:
+        """Whether SQLite text timestamps of the span would sort out of time order: a `T` separator sorts after a
+        space, an offset or `Z` is just more text, a leading space sorts first. Then the stream sorts by the parsed
+        instant (`amojo_instant`), which costs a Python call per row before the first one arrives (10 days of 1M
+        messages: 3 s instead of 0.5 s); uniform text keeps the index order."""
+        odd = ("typeof(q.created_at) = 'text' AND (q.created_at GLOB '*T*' OR q.created_at GLOB '*[Zz]' "
+               "OR q.created_at GLOB '*[0-9]:[0-9][0-9]*[+-][0-9]*' OR q.created_at GLOB ' *')")
+        for sql, params in self._queries_and_bounds():
+            found = self._lookup.execute(sa.text(f"SELECT 1 FROM ({sql}) q WHERE {odd} LIMIT 1"), _bind(sql, params))
+            if found.first() is not None:
+                return True
+        return False
 
     def _queries_and_bounds(self) -> list[tuple[str, dict[str, Any]]]:
         """The passes over messages, both over the candidate span: new messages, then edits."""

@@ -270,14 +270,14 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
         ((len(prefix) + m["id"].str.len()) > KEY_LENGTH, "id_too_long",
          f"the message id is longer than {KEY_LENGTH - len(prefix)} characters"),
         (m["conversation_id"].isna(), "missing_conversation", "the message has no conversation_id"),
-        (_unfit_id(m["conversation_id"]) | ((len(prefix) + m["conversation_id"].str.len()) > KEY_LENGTH),
+        (_unfit_id(m["conversation_id"], few=True) | ((len(prefix) + m["conversation_id"].str.len()) > KEY_LENGTH),
          "bad_conversation_id",
          f"the conversation id holds control characters, bytes that are not UTF-8, or more than "
          f"{KEY_LENGTH - len(prefix)} characters"),
         (~m["conversation_id"].isin(conversations["id"]), "orphan_conversation",
          "the message's conversation does not exist in the source"),
         (client_of.isna(), "missing_client", "the message's conversation has no client_id"),
-        (_unfit_id(client_of) | ((len(prefix) + client_of.str.len()) > KEY_LENGTH), "bad_client_id",
+        (_unfit_id(client_of, few=True) | ((len(prefix) + client_of.str.len()) > KEY_LENGTH), "bad_client_id",
          f"the conversation's client id holds control characters, bytes that are not UTF-8, or more than "
          f"{KEY_LENGTH - len(prefix)} characters"),
         (~client_of.isin(client_ids), "orphan_client", "the conversation's client does not exist in the source"),
@@ -327,14 +327,14 @@ def transform(frames: SourceFrames, senders: Senders, prefix: str, source_zone: 
     file_size, lat, lon = file_size[keep], lat[keep], lon[keep]
 
     as_manager = (outgoing & known_manager).to_numpy()
-    manager_name = _printable_names(m["manager_id"].map(managers["name"]))
+    manager_name = m["manager_id"].map(_printable_names(managers["name"]))
     messages = pd.DataFrame({
         "msgid": prefix + m["id"],
         "source_id": m["id"],
         "conversation_id": prefix + m["conversation_id"],
         "msec": m["msec"].astype("int64"),
         "outgoing": outgoing,
-        "sender_id": np.where(as_manager, prefix + "manager-" + m["manager_id"].map(_key_part).fillna(""),
+        "sender_id": np.where(as_manager, prefix + "manager-" + _per_value(m["manager_id"], _key_part).fillna(""),
                               prefix + "bot"),
         "sender_name": manager_name.where(as_manager, senders.bot_name).fillna(senders.bot_name),
         "ref_id": ref_id.where(outgoing, None),
@@ -435,8 +435,11 @@ def hash_text(text: str) -> int:
     return int(pd.util.hash_array(np.array([text], dtype=object))[0])
 
 
-def _unfit_id(ids: pd.Series) -> pd.Series:
-    """Ids no ledger column and no JSON body can hold as they are: control characters or undecodable bytes."""
+def _unfit_id(ids: pd.Series, few: bool = False) -> pd.Series:
+    """Ids no ledger column and no JSON body can hold as they are: control characters or undecodable bytes.
+    With `few` (conversation and client ids repeat across a chunk's messages), each distinct id is looked at once."""
+    if few:
+        return _per_value(ids, lambda v: isinstance(v, str) and _UNFIT_ID.search(v) is not None).astype(bool)
     return ids.str.contains(_UNFIT_ID).fillna(False).astype(bool)
 
 
