@@ -26,6 +26,16 @@ MARIADB_URL = os.environ.get("AMOJO_ETL_TEST_MARIADB_URL", "mysql+pymysql://root
 REQUIRE_DATABASES = os.environ.get("AMOJO_ETL_REQUIRE_DATABASES") == "1"
 
 
+@pytest.fixture(scope="module")
+def prefect_harness() -> Iterator[None]:
+    """A temporary Prefect server for the flows a test module runs in-process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
 @pytest.fixture
 def emulator_config() -> EmulatorConfig:
     return EmulatorConfig()

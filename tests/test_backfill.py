@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from datetime import date
 
@@ -12,16 +11,8 @@ from flows.backfill import backfill
 from flows.import_chats import import_chats
 from flows.reconcile import reconcile
 
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def _landed(emulator) -> Counter:

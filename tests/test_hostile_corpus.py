@@ -11,7 +11,6 @@ all run: SQLite -> PostgreSQL, PostgreSQL -> MariaDB, MariaDB -> SQLite. After t
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from datetime import timedelta
 
@@ -25,16 +24,8 @@ from etl.cli import app
 from etl.ledger import Ledger
 from flows.backfill import backfill
 
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def _url(kind: str, tmp_path, request, name: str) -> str:

@@ -16,18 +16,10 @@ from conftest import etl_env
 
 from flows.import_chats import import_chats
 
-pytestmark = pytest.mark.prefect
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
 MONTH = (date(2026, 10, 1), date(2026, 11, 2))
 
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
 
 
 def _source_counts(url: str) -> tuple[int, set[str]]:
