@@ -88,6 +88,10 @@ class Window:
     start: datetime | str
     end: datetime | str
 
+    def holds(self, msec: pd.Series) -> pd.Series:
+        """Where these unix milliseconds lie in [start_ms, end_ms); False where NA."""
+        return ((msec >= self.start_ms) & (msec < self.end_ms)).fillna(False).astype(bool)
+
 
 @dataclass
 class SourceFrames:
@@ -243,7 +247,8 @@ def to_utc_ms(values: pd.Series, zone: ZoneInfo) -> pd.Series:
                                count=len(odd))
         values = values.copy()
         values[odd.index[~readable]] = odd[~readable].map(str)
-    for mask, read in ((aware, _read_aware), (~aware & values.notna().to_numpy(), lambda v: _read_naive(v, zone))):
+    for mask, read in ((aware, lambda v: _parse_timestamps(v, utc=True)),
+                       (~aware & values.notna().to_numpy(), lambda v: _read_naive(v, zone))):
         if mask.any():
             parsed = read(values[mask])
             result[mask] = ((parsed - epoch) // pd.Timedelta(milliseconds=1)).astype("Int64")
@@ -286,14 +291,8 @@ def _parse_one(value: Any, utc: bool) -> pd.Timestamp:
     return pd.NaT  # an offset where none was expected: not this group's
 
 
-def _read_aware(values: pd.Series) -> pd.Series:
-    return _parse_timestamps(values, utc=True)
-
-
 def _read_naive(values: pd.Series, zone: ZoneInfo) -> pd.Series:
     parsed = _parse_timestamps(values, utc=False)
-    if parsed.dt.tz is not None:  # cannot happen for naive input; kept exact rather than guessed
-        return parsed.dt.tz_convert("UTC")
     try:
         return _localize(parsed, zone).dt.tz_convert("UTC")
     except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
@@ -313,7 +312,7 @@ def _localize_one(value: pd.Timestamp, zone: ZoneInfo) -> pd.Timestamp:
 
 def _in_window(msec: pd.Series, created_at: pd.Series, window: Window) -> pd.Series:
     """Rows of the interval: a readable created_at inside it, or an unreadable one the bounds enclose as stored."""
-    inside = ((msec >= window.start_ms) & (msec < window.end_ms)).fillna(False).astype(bool)
+    inside = window.holds(msec)
     unreadable = msec.isna()
     if unreadable.any():
         def enclosed(value: Any) -> bool:
@@ -565,8 +564,7 @@ class SourceStream:
             created_ms = to_utc_ms(messages["created_at"], self.zone)
             if self._edits_pass:  # edited in the interval, created before it: the first pass has the others
                 edited_ms = to_utc_ms(messages["updated_at"], self.zone)
-                mine = ((edited_ms >= self.window.start_ms) & (edited_ms < self.window.end_ms)
-                        & (created_ms < self.window.start_ms)).fillna(False).astype(bool)
+                mine = self.window.holds(edited_ms) & (created_ms < self.window.start_ms).fillna(False).astype(bool)
             else:
                 mine = _in_window(created_ms, messages["created_at"], self.window)
             messages, created_ms = messages[mine].reset_index(drop=True), created_ms[mine].reset_index(drop=True)
