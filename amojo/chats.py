@@ -53,6 +53,7 @@ class ChatsClient:
         if budget is not None:
             limiters.append(budget)
         self._transport = Transport(self._http, "amojo", retry=retry, limiters=limiters)
+        self.guards = self._transport.guards  # checks run before every request (Api.guard)
 
     async def __aenter__(self) -> ChatsClient:
         return self
@@ -113,11 +114,21 @@ class ChatsClient:
         return response.json().get("messages", [])
 
     async def history(self, chat_id: str, *, older_than_ms: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Every message of a chat, newest first, page by page; stops early once past `older_than_ms`."""
+        """Every message of a chat, newest first, page by page; stops early once past `older_than_ms`.
+
+        Pages are counted from the newest message, so one that arrives while the history is read pushes the
+        next page's first item back onto it: each amojo message is yielded once, by its amojo id.
+        """
         offset = 0
+        seen: set[str] = set()
         while True:
             page = await self.history_page(chat_id, offset)
             for item in page:
+                amojo_id = item.get("message", {}).get("id")
+                if amojo_id:
+                    if amojo_id in seen:
+                        continue
+                    seen.add(amojo_id)
                 yield item
             if len(page) < HISTORY_PAGE:
                 return

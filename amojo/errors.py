@@ -1,7 +1,9 @@
 """The errors amoCRM answers with, as a small hierarchy the loader can act on.
 
-Retrying is decided by class: `Transient` and `RateLimited` are worth another attempt; the rest are not.
-Messages carry the API's own reason and never a secret or a token.
+Retrying is decided by class: `Transient` (408, 425, 5xx, timeouts, dropped connections) and `RateLimited` (429)
+are worth another attempt; the rest are not. Separately, `may_have_landed` says whether the request (this attempt or
+an earlier one) may have taken effect in amoCRM: such an outcome is resolved by reading amoCRM before anything is
+sent again. Messages carry the API's own reason and never a secret or a token.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ class AmojoError(Exception):
     retryable = False
     attempts = 1  # how many times the request was sent before this answer
 
-    def __init__(self, message: str, *, status: int | None = None, code: int | str | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: int | str | None = None,
+                 retry_after: float | None = None, uncertain: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after  # seconds the API asked us to wait (Retry-After), if it did
+        self.uncertain = uncertain  # this answer leaves unknown whether the request took effect
+        self.may_have_landed = uncertain  # this attempt or an earlier one of the same request may have taken effect
 
 
 class SignatureRejected(AmojoError):
@@ -32,7 +38,8 @@ class AccessDenied(AmojoError):
 
 
 class InvalidRequest(AmojoError):
-    """400-class answer: the request itself is wrong; resending it will not help."""
+    """400-class answer other than 401-404, 408, 425 and 429: amoCRM refused the request; resending the same
+    request will not help, though a later run may (the refusal is counted against the interval's verdict)."""
 
 
 class NotFound(AmojoError):
@@ -40,17 +47,13 @@ class NotFound(AmojoError):
 
 
 class RateLimited(AmojoError):
-    """429: too many requests; wait `retry_after` seconds."""
+    """429: too many requests; nothing was done. Wait `retry_after` seconds: a reason to wait, not to fail."""
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int = 429) -> None:
-        super().__init__(message, status=status)
-        self.retry_after = retry_after
-
 
 class Transient(AmojoError):
-    """5xx, a timeout or a dropped connection: the request may or may not have taken effect."""
+    """408, 425 (nothing was done), 5xx, a timeout or a dropped connection (`uncertain`: it may have been)."""
 
     retryable = True
 

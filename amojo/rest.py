@@ -142,8 +142,9 @@ class RefreshingAuth(httpx.Auth):
 
 
 class RestClient:
-    """Async REST v4 client behind a long-lived token or an OAuth pair, held to `rate` requests per second (and to
-    `budget`, when the account's budget is shared with other processes)."""
+    """Async REST v4 client behind a long-lived token or an OAuth pair, held to `rate` requests per second, or to
+    `limiter` when other clients of the same account share one (and to `budget`, when the account's budget is
+    shared with other processes)."""
 
     def __init__(
         self,
@@ -154,6 +155,7 @@ class RestClient:
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
         budget: Limiter | None = None,
+        limiter: Limiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
@@ -163,10 +165,11 @@ class RestClient:
             headers={"Content-Type": "application/json"},
             transport=transport,
         )
-        limiters: list[Limiter] = [TokenBucket(rate, burst=1)]
+        limiters: list[Limiter] = [limiter or TokenBucket(rate, burst=1)]
         if budget is not None:
             limiters.append(budget)
         self._transport = Transport(self._http, "REST v4", retry=retry, limiters=limiters)
+        self.guards = self._transport.guards  # checks run before every request (Api.guard)
 
     async def __aenter__(self) -> RestClient:
         return self
@@ -210,7 +213,8 @@ class RestClient:
         ids: list[int] = []
         for start in range(0, len(contacts), CONTACTS_BATCH):
             batch = [dict(c, request_id=str(i)) for i, c in enumerate(contacts[start : start + CONTACTS_BATCH])]
-            response = await self._transport.request("POST", "/api/v4/contacts", json_body=batch)
+            # Not idempotent: after a lost answer the caller finds what was created before creating again.
+            response = await self._transport.request("POST", "/api/v4/contacts", json_body=batch, idempotent=False)
             created = response.json()["_embedded"]["contacts"]
             by_request = {str(item.get("request_id")): item["id"] for item in created}
             ids.extend(by_request[str(i)] for i in range(len(batch)))
@@ -224,7 +228,8 @@ class RestClient:
                 {"contact_id": link.contact_id, "chat_id": link.chat_id, "request_id": str(i)}
                 for i, link in enumerate(links[start : start + CONTACTS_BATCH])
             ]
-            response = await self._transport.request("POST", "/api/v4/contacts/chats", json_body=batch)
+            response = await self._transport.request("POST", "/api/v4/contacts/chats", json_body=batch,
+                                                     idempotent=False)
             for item in response.json()["_embedded"]["chats"]:
                 made.append(ChatLink(item["chat_id"], item["contact_id"], item.get("id")))
         return made

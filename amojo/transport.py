@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import math
 import random
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import httpx
@@ -31,17 +35,31 @@ def dump_body(payload: Any) -> bytes:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; honours `Retry-After` when the API gives one."""
+    """When to send a failed request again, and after how long.
+
+    Backoff is exponential with full jitter, unless the API says how long to wait (`Retry-After`, in seconds or as
+    an HTTP date): that is honoured up to `retry_after_cap` seconds a time. A 429 is retried for as long as the
+    request's `patience` lasts, however many attempts that takes (the account's budget is a reason to wait, not to
+    fail); other retryable answers at most `attempts` times, within the same patience.
+    """
 
     attempts: int = 6
     base_delay: float = 0.2
     max_delay: float = 10.0
+    retry_after_cap: float = 300.0
+    patience: float = 900.0
 
     def delay(self, attempt: int, error: AmojoError) -> float:
-        if isinstance(error, RateLimited) and error.retry_after is not None:
-            return min(error.retry_after, self.max_delay * 3)
+        if error.retry_after is not None:
+            return min(error.retry_after, self.retry_after_cap)
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+    def again(self, attempt: int, error: AmojoError, waited: float, delay: float) -> bool:
+        """Whether to send the request once more, `delay` seconds from now, having spent `waited` on it so far."""
+        if not error.retryable or waited + delay > self.patience:
+            return False
+        return isinstance(error, RateLimited) or attempt < self.attempts
 
 
 class Limiter(Protocol):
@@ -52,25 +70,53 @@ class Limiter(Protocol):
 
 
 class TokenBucket:
-    """An in-process token bucket: at most `rate` requests per second, bursts up to `burst`."""
+    """At most `rate` requests per second, bursts up to `burst`, shared by every coroutine, event loop and thread
+    that holds it: each request reserves its moment to go under a thread lock, then waits for it on its own loop
+    (the generic cell rate algorithm)."""
 
     def __init__(self, rate: float, burst: int | None = None) -> None:
         self.rate = rate
         self.capacity = float(burst if burst is not None else max(1, int(rate)))
-        self._tokens = self.capacity
-        self._updated = time.monotonic()
-        self._lock = asyncio.Lock()
+        self._next = time.monotonic()  # when the next request may go if none is saved up
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take the next slot; return how many seconds from now it comes."""
+        interval = 1 / self.rate
+        with self._lock:
+            now = time.monotonic()
+            at = max(self._next, now)
+            self._next = at + interval
+        return max(0.0, at - now - (self.capacity - 1) * interval)
 
     async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+        wait = self.reserve()
+        if wait:
+            await asyncio.sleep(wait)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait per the answer's `Retry-After`: a number of seconds, or an HTTP date (RFC 9110 §10.2.3),
+    counted from the answer's own `Date` when it has one, so that our clock's error does not matter."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        try:
+            now = email.utils.parsedate_to_datetime(response.headers["Date"])
+        except (KeyError, TypeError, ValueError):
+            now = datetime.now(UTC)
+        if when.tzinfo is None or now.tzinfo is None:
+            return None
+        seconds = (when - now).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _reason(response: httpx.Response) -> tuple[str, int | str | None]:
@@ -118,23 +164,34 @@ def error_for(response: httpx.Response, api: str) -> AmojoError:
     if status in (402, 403):
         return AccessDenied(f"{where}: {status} access denied ({reason})", status=status, code=code)
     if status == 429:
-        retry_after = response.headers.get("Retry-After")
-        try:
-            seconds = float(retry_after) if retry_after is not None else None
-        except ValueError:
-            seconds = None
-        return RateLimited(f"{where}: 429 rate limited", retry_after=seconds)
+        return RateLimited(f"{where}: 429 rate limited", status=status, retry_after=retry_after(response))
     if status == 404:
         return NotFound(f"{where}: 404 not found ({reason})", status=status, code=code)
+    if status in (408, 425):
+        # Request Timeout, Too Early: the server did not act on the request; send it again.
+        return Transient(f"{where}: {status} {reason}", status=status, code=code, retry_after=retry_after(response))
     if 400 <= status < 500:
         return InvalidRequest(f"{where}: {status} {reason}", status=status, code=code)
-    return Transient(f"{where}: {status} {reason}", status=status, code=code)
+    # A 5xx may come after the server acted on the request.
+    return Transient(f"{where}: {status} {reason}", status=status, code=code, retry_after=retry_after(response),
+                     uncertain=True)
+
+
+def _unanswered(exc: httpx.TransportError, where: str) -> Transient:
+    """A request without an answer: uncertain unless it never left (no connection, or no free one)."""
+    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
+                            | httpx.UnsupportedProtocol)
+    what = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
+    return Transient(f"{where}: {what} ({type(exc).__name__})", uncertain=not never_sent)
 
 
 class Transport:
     """Sends JSON requests through one `httpx.AsyncClient` with rate limits and retries.
 
-    Every attempt, retries included, passes each of `limiters` in turn: what a retry sends counts too.
+    Every attempt, retries included, passes each of `limiters` in turn (what a retry sends counts too), then each
+    of `guards` (a run that lost its claims must not send). A request that is not `idempotent` is sent again only
+    after answers that say nothing was done (429, 408, 425, no connection); after an uncertain one it is left to
+    the caller, who reads amoCRM to learn what happened before sending anything again.
     """
 
     def __init__(
@@ -149,6 +206,8 @@ class Transport:
         self.api = api
         self.retry = retry or RetryPolicy()
         self.limiters = tuple(limiters)
+        self.guards: list[Callable[[], None]] = []
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def request(
         self,
@@ -157,26 +216,35 @@ class Transport:
         *,
         json_body: Any = None,
         params: Mapping[str, Any] | None = None,
-        retry: bool = True,
+        idempotent: bool = True,
     ) -> httpx.Response:
         """One logical call: the body serialised once, re-signed and re-sent on each retryable failure."""
         content = dump_body(json_body) if json_body is not None else b""
+        where = f"{self.api} {method} {path}"
+        spent = 0.0  # on this request: its attempts and the waits between them (not the wait for the rate limit)
         attempt = 0
+        landed = False
         while True:
             attempt += 1
             for limiter in self.limiters:
                 await limiter.acquire()
+            for guard in self.guards:
+                guard()
+            sent_at = time.monotonic()
             try:
                 response = await self.client.request(method, path, content=content, params=params)
-            except httpx.TimeoutException as exc:
-                error: AmojoError = Transient(f"{self.api} {method} {path}: timed out ({type(exc).__name__})")
             except httpx.TransportError as exc:
-                error = Transient(f"{self.api} {method} {path}: connection failed ({type(exc).__name__})")
+                error: AmojoError = _unanswered(exc, where)
             else:
                 if response.is_success:
                     return response
                 error = error_for(response, self.api)
-            if not (retry and error.retryable and attempt < self.retry.attempts):
-                error.attempts = attempt  # a refusal after a retry may be about a request that did land
+            spent += time.monotonic() - sent_at
+            landed = landed or error.uncertain
+            error.attempts = attempt
+            error.may_have_landed = landed
+            delay = self.retry.delay(attempt, error)
+            if (error.uncertain and not idempotent) or not self.retry.again(attempt, error, spent, delay):
                 raise error
-            await asyncio.sleep(self.retry.delay(attempt, error))
+            await self.sleep(delay)
+            spent += delay

@@ -5,6 +5,10 @@ client before it finds or creates the client's contact. A claim is a lease in th
 by a heartbeat while the run lives; a run killed mid-way stops renewing, and once its claims expire another run
 takes them over and resumes as after any crash: `sending` messages are looked up in the chat history first.
 
+The lease rule: claims expire by the ledger database's clock, never a worker's own; and the holder counts its lease
+from before its last successful claim or renewal by its own monotonic clock, doing nothing more for its claims once
+less than a sixth of the lease is left, whether or not the heartbeat managed to run.
+
 Conversation order across runs: a run registers its messages as `pending` chunk by chunk, in time order, and
 publishes how far it has got (the interval claim's frontier); a backfill reserves the days it has not started yet.
 A conversation's messages wait while another run may still hold earlier ones of it: its frontier (or a reserved
@@ -14,9 +18,9 @@ day) lies between the conversation's opening and them, or it has earlier ones no
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from datetime import datetime
@@ -29,9 +33,19 @@ log = logging.getLogger(__name__)
 ABANDONED_AFTER = 10
 """Claim timeouts after which a dead run's interval, taken over by nobody, stops holding later messages back."""
 
+RENEW_EVERY = 1 / 3
+"""Of the lease (`ttl_s`): how often the heartbeat renews the claims."""
+RETRY_EVERY = 1 / 10
+"""Of the lease: how soon a renewal that failed (the ledger did not answer) is tried again."""
+MARGIN = 1 / 6
+"""Of the lease: how much of it must be left for the run to go on. A renewal is due with two thirds left, so
+failed ones get half a lease of retries before the run stops; the margin itself covers the time from `check` to
+the side effect it guards (a request under way) and any drift between this machine's and the database's clock."""
+
 
 class ClaimLost(Exception):
-    """This run stalled longer than its claims last, and another run took its work over; run the interval again."""
+    """This run could not keep its claims (it stalled, or the ledger did not answer, for longer than they last), and
+    another run may have taken its work over; run the interval again."""
 
 
 class RunClaims:
@@ -45,6 +59,7 @@ class RunClaims:
         self.interval: Interval | None = None
         self._held: set[tuple[str, str]] = set()
         self._lost = False
+        self._deadline = math.inf  # time.monotonic() by which every claim in _held has expired, at the earliest
         self._heartbeat: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunClaims:
@@ -52,31 +67,79 @@ class RunClaims:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        self.ledger.release_claims(self.holder)
-        self._held.clear()
+        """Stop the heartbeat and give up every claim, whatever happened to the run or to the heartbeat."""
+        heartbeat, self._heartbeat = self._heartbeat, None
+        try:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                try:
+                    await heartbeat
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # this run itself is being cancelled: release, then let it go
+                except Exception as error:  # noqa: BLE001 - a dead heartbeat must not hide the run's own outcome
+                    log.warning("the claims heartbeat had stopped (%s)", type(error).__name__)
+        finally:
+            try:
+                self.ledger.release_claims(self.holder)
+            except Exception as error:  # noqa: BLE001 - unreleased claims expire by themselves
+                log.warning("could not release this run's claims (%s); other runs can take them in %.0f s, "
+                            "when they expire", type(error).__name__, self.ttl_s)
+            self._held.clear()
+            self._deadline = math.inf
 
     async def _beat(self) -> None:
+        """Renew the claims every third of the lease; after a failure, again soon, never giving up."""
+        pause = self.ttl_s * RENEW_EVERY
         while True:
-            await asyncio.sleep(self.ttl_s / 3)
-            if self._held and self.ledger.renew_claims(self.holder, self.ttl_s) < len(self._held):
-                self._lost = True
+            await asyncio.sleep(pause)
+            pause = self.ttl_s * RENEW_EVERY
+            if not self._held:
+                continue
+            began = time.monotonic()
+            try:
+                renewed = self.ledger.renew_claims(self.holder, self.ttl_s)
+            except Exception as error:  # noqa: BLE001 - a database blip: check() stops the run if it lasts
+                pause = self.ttl_s * RETRY_EVERY
+                log.warning("could not renew this run's claims (%s); retrying in %.1f s, %.1f s of the lease left",
+                            type(error).__name__, pause, self._deadline - time.monotonic())
+                continue
+            if renewed < len(self._held):
+                self._lost = True  # another run took one over while the lease had run out
+            else:
+                self._deadline = began + self.ttl_s
+
+    @property
+    def lost(self) -> bool:
+        """Whether this run may no longer hold its claims: another run took one over, or too little of the lease
+        is left (by this machine's monotonic clock) to go on safely."""
+        return self._lost or (bool(self._held) and time.monotonic() > self._deadline - self.ttl_s * MARGIN)
 
     def check(self) -> None:
-        """Stop the run if another one took over a claim of ours: going on could send a message twice."""
+        """Stop the run if its claims are gone or about to expire: going on could send a message twice."""
         if self._lost:
             raise ClaimLost(f"this run's claims expired (it stalled for more than {self.ttl_s:.0f} s, see "
                             "AMOJO_ETL_CLAIM_TIMEOUT_S) and another run took its work over; run the interval again")
+        if self.lost:
+            raise ClaimLost(f"this run could not renew its claims in time (its event loop stalled, or the ledger "
+                            f"did not answer, for most of their {self.ttl_s:.0f} s lease, see "
+                            "AMOJO_ETL_CLAIM_TIMEOUT_S): another run may take its work over; run the interval again")
+
+    def _claim(self, kind: str, keys: Iterable[str], **span: int) -> set[str]:
+        """Claim `keys` in the ledger, and count the lease of what this run holds from before the request."""
+        began = time.monotonic()
+        held = self.ledger.claim(kind, keys, self.holder, self.ttl_s, **span)
+        if held:
+            if not self._held:
+                self._deadline = began + self.ttl_s  # claims held before keep their own, earlier, expiry
+            self._held.update((kind, key) for key in held)
+        return held
 
     def take(self, kind: str, keys: Iterable[str]) -> set[str]:
         """Claim what of `keys` no live run holds; return the keys this run now holds."""
         self.check()
-        held = self.ledger.claim(kind, keys, self.holder, self.ttl_s)
-        self._held.update((kind, key) for key in held)
-        return held
+        return self._claim(kind, keys)
 
     def release(self, kind: str, keys: Iterable[str]) -> None:
         keys = list(keys)
@@ -110,10 +173,8 @@ class RunClaims:
         key = interval_key(interval)
         waited = False
         while True:
-            held = self.ledger.claim("interval", [key], self.holder, self.ttl_s, start_ms=interval.start_ms,
-                                     end_ms=interval.end_ms, frontier_ms=interval.start_ms)
-            if held:
-                self._held.add(("interval", key))
+            if self._claim("interval", [key], start_ms=interval.start_ms, end_ms=interval.end_ms,
+                           frontier_ms=interval.start_ms):
                 self.interval = interval
                 return
             if not waited:
@@ -158,9 +219,7 @@ class RunClaims:
         """Announce the days a backfill will import, so that runs of later days keep conversation order."""
         for day in days:
             key = f"{interval_key(day)}#{self.holder}"
-            self.ledger.claim("reserved", [key], self.holder, self.ttl_s, start_ms=day.start_ms, end_ms=day.end_ms,
-                              frontier_ms=day.start_ms)
-            self._held.add(("reserved", key))
+            self._claim("reserved", [key], start_ms=day.start_ms, end_ms=day.end_ms, frontier_ms=day.start_ms)
 
     def unreserve(self, day: Interval) -> None:
         self.release("reserved", [f"{interval_key(day)}#{self.holder}"])

@@ -247,7 +247,7 @@ def status(as_json: JsonOption = False) -> None:
     intervals = ledger.interval_rows()
     counts = ledger.status_counts()
     unplaced = sum(ledger.reject_counts("unplaced").values())
-    now = time.time()
+    now = ledger.clock()  # claims expire by the ledger's clock, not this machine's
     running = [{"interval": interval_label(row.key), "alive": row.expires_at >= now,
                 "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
                for row in ledger.live_claims("interval", expired_within_s=math.inf)]

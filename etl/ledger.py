@@ -20,7 +20,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .settings import ConfigurationError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 KEY_LENGTH = 512
 """Longest id the ledger keeps (msgid, conversation and client ids, reject keys): what real sources hold, and
 within what MySQL can index (3072 bytes of utf8mb4). Longer source ids are rejected before they get here."""
@@ -109,7 +109,18 @@ claims = sa.Table(
     sa.Column("frontier_ms", sa.BigInteger),
 )
 
+# Requests sent whose effect amoCRM has not confirmed (their answer was lost, or the run died waiting for it):
+# before the same thing is done again, amoCRM is read to learn whether it was done. Added in version 5.
+uncertain = sa.Table(
+    "uncertain", metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # contact: a create of the client `key`'s contact
+    sa.Column("key", sa.String(KEY_LENGTH), primary_key=True),
+    sa.Column("since", sa.Float, nullable=False),
+)
+
 DONE = ("sent", "confirmed")
+UNKNOWN_CONTENT = 0
+"""The content hash of a sent message whose content in amoCRM is not the source's: the next run edits it."""
 UNSENT = ("pending", "sending", "failed")
 IN_SLICE = 500
 
@@ -153,6 +164,7 @@ UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
     2: lambda conn: messages_by_conversation_time.create(conn, checkfirst=True),
     3: lambda conn: claims.create(conn, checkfirst=True),
     4: _widen_keys,
+    5: lambda conn: uncertain.create(conn, checkfirst=True),
 }
 """Schema version -> the step that brings a ledger of the version before up to it."""
 
@@ -280,6 +292,26 @@ class Ledger:
         with self.engine.begin() as conn:
             self._upsert(conn, contacts, rows, ["client_key"])
 
+    # -- requests whose effect is unknown
+    def expect_effects(self, kind: str, keys: Iterable[str]) -> None:
+        """Say, before sending them, that requests for `keys` are under way: until `settle_effects`, their effect
+        is unknown, and whoever comes next reads amoCRM before doing them again."""
+        rows = [{"kind": kind, "key": key, "since": time.time()} for key in keys]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_ignoring_known(uncertain), rows)
+
+    def settle_effects(self, kind: str, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        with self.engine.begin() as conn:
+            for first in range(0, len(keys), IN_SLICE):
+                conn.execute(uncertain.delete().where(uncertain.c.kind == kind,
+                                                      uncertain.c.key.in_(keys[first:first + IN_SLICE])))
+
+    def uncertain_keys(self, kind: str, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` have a request of `kind` whose effect is unknown."""
+        return {row.key for row in self._rows_where_in(uncertain, uncertain.c.key, keys) if row.kind == kind}
+
     # -- messages
     def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int, str, int]]:
         """msgid -> (status, content hash, conversation_id, msec) for the messages the ledger knows."""
@@ -366,6 +398,14 @@ class Ledger:
                 conn.execute(messages.update().where(messages.c.msgid.in_(msgids[first:first + IN_SLICE]))
                              .values(status=status, updated_at=time.time()))
 
+    def mark_changed(self, msgids: list[str]) -> None:
+        """Say that amoCRM holds other content for these sent messages (reconcile's repair): the next run edits
+        them to the source's."""
+        with self.engine.begin() as conn:
+            for first in range(0, len(msgids), IN_SLICE):
+                conn.execute(messages.update().where(messages.c.msgid.in_(msgids[first:first + IN_SLICE]))
+                             .values(content_hash=UNKNOWN_CONTENT, updated_at=time.time()))
+
     def interval_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(intervals).order_by(intervals.c.start))
@@ -415,21 +455,40 @@ class Ledger:
             conn.execute(rejects.delete().where(rejects.c.interval_label == interval_label))
 
     # -- claims: leases on work, so that concurrent runs never do the same thing twice
+    def clock(self) -> float:
+        """Now, in seconds since the epoch, as the ledger database sees it: the one clock that claims expire by,
+        whatever the workers' own clocks say. A SQLite ledger is a local file: its clock is this machine's."""
+        with self.engine.connect() as conn:
+            return self._now(conn)
+
+    def _now(self, conn: sa.Connection) -> float:
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            query = "SELECT extract(epoch FROM clock_timestamp())"
+        elif dialect in ("mysql", "mariadb"):
+            # Not UNIX_TIMESTAMP(NOW(6)): NOW() is in the session's time zone, ambiguous in the hour a DST change
+            # repeats; UTC_TIMESTAMP is not.
+            query = "SELECT TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) / 1000000"
+        else:
+            return time.time()
+        return float(conn.execute(sa.text(query)).scalar_one())
+
     def claim(self, kind: str, keys: Iterable[str], holder: str, ttl_s: float, **span: int) -> set[str]:
         """Take the claims on `keys` that are free, expired or already ours; return the keys now held.
 
         Rows are locked with SKIP LOCKED where the database has it (PostgreSQL, MariaDB), so a key another run is
         claiming at this moment is skipped rather than waited for; SQLite serialises writers by itself. Keys are
-        taken in sorted order, so two runs inserting the same keys never deadlock.
+        taken in sorted order, so two runs inserting the same keys never deadlock. Expiry is by the database's
+        clock (`clock`), read in the same transaction.
         """
         keys = sorted(set(keys))
         held: set[str] = set()
-        now = time.time()
-        claimable = sa.or_(claims.c.holder == holder, claims.c.expires_at < now)
         for first in range(0, len(keys), IN_SLICE):
             part = keys[first:first + IN_SLICE]
             mine = claims.c.kind == kind, claims.c.key.in_(part)
             with self.engine.begin() as conn:
+                now = self._now(conn)
+                claimable = sa.or_(claims.c.holder == holder, claims.c.expires_at < now)
                 conn.execute(self._insert_ignoring_known(claims),
                              [{"kind": kind, "key": k, "holder": holder, "expires_at": now + ttl_s, **span}
                               for k in part])
@@ -443,10 +502,11 @@ class Ledger:
         return held
 
     def renew_claims(self, holder: str, ttl_s: float) -> int:
-        """Extend every claim `holder` still has; the count tells it whether another run took one over."""
+        """Extend every claim `holder` still has, to `ttl_s` from now by the database's clock; the count tells it
+        whether another run took one over."""
         with self.engine.begin() as conn:
             return conn.execute(claims.update().where(claims.c.holder == holder)
-                                .values(expires_at=time.time() + ttl_s)).rowcount
+                                .values(expires_at=self._now(conn) + ttl_s)).rowcount
 
     def release_claims(self, holder: str, kind: str | None = None, keys: Iterable[str] | None = None) -> None:
         """Give up `holder`'s claims: those on `keys` of `kind`, or all of them."""
@@ -467,13 +527,14 @@ class Ledger:
                          .values(frontier_ms=frontier_ms))
 
     def live_claims(self, kind: str, other_than: str | None = None, expired_within_s: float = 0.0) -> list[sa.Row]:
-        """The claims of `kind` not yet expired (or expired less than `expired_within_s` ago), except `other_than`'s."""
+        """The claims of `kind` not yet expired (or expired less than `expired_within_s` ago), except `other_than`'s;
+        expired by the database's clock (`clock`)."""
         query = sa.select(claims).where(claims.c.kind == kind)
-        if math.isfinite(expired_within_s):  # MySQL takes no infinities
-            query = query.where(claims.c.expires_at >= time.time() - expired_within_s)
         if other_than:
             query = query.where(claims.c.holder != other_than)
         with self.engine.connect() as conn:
+            if math.isfinite(expired_within_s):  # MySQL takes no infinities
+                query = query.where(claims.c.expires_at >= self._now(conn) - expired_within_s)
             return list(conn.execute(query))
 
     def earliest_unsent(self, conversation_ids: list[str], spans: list[tuple[int, int]]) -> dict[str, int]:

@@ -59,9 +59,11 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
     try:
         summary = await _import(settings, interval, dry_run, began)
     except (ConfigurationError, ClaimLost, *FATAL) as exc:
-        # Expected ways to fail: say what to fix, without a traceback, and stop the run.
+        # Expected ways to fail: say what to fix, without a traceback, and stop the run. A run that lost its claims
+        # leaves the interval's status to the run that took it over.
         logger.error("%s", exc)
-        _record_failure(settings, interval, dry_run, exc)
+        if not isinstance(exc, ClaimLost):
+            _record_failure(settings, interval, dry_run, exc)
         return Failed(message=str(exc))
     except BaseException as exc:
         _record_failure(settings, interval, dry_run, exc)
@@ -97,10 +99,12 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
         seen = SeenIds(source.repeated_ids())
         progress = await ImportProgress.start(interval.label, source.count())
         async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s) as claims:
+            api.guard(claims.check)  # no request goes out once this run's lease is gone
             await claims.hold_interval(interval)
             ledger.clear_rejects(interval.label)  # what is still bad is rejected again below
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             registered = interval.start_ms
+            stopped: dict[str, str] = {}  # conversations that failed: their later chunks wait for the next run
             while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
                 chunk = f"{interval.label}#{source.chunks}"
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
@@ -112,8 +116,10 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                     registered = interval.end_ms
                 elif len(batch.messages):
                     registered = max(registered, int(batch.messages["msec"].max()))
-                totals.load.add(await load_task(batch, api, ledger, claims, registered, interval.label,
-                                                settings.concurrency, progress.sending, label=chunk))
+                report = await load_task(batch, api, ledger, claims, registered, interval.label,
+                                         settings.concurrency, progress.sending, stopped, label=chunk)
+                stopped.update(report.stopped)
+                totals.load.add(report)
                 await progress.chunk_done(frames.rows_read)
             claims.advance(interval.end_ms)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)

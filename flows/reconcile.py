@@ -1,4 +1,5 @@
-"""reconcile: read the chats of a date range back from amoCRM, day by day; with `repair`, send what is missing."""
+"""reconcile: read the chats of a date range back from amoCRM, day by day; with `repair`, send what is missing and
+edit what differs."""
 
 from __future__ import annotations
 
@@ -42,9 +43,11 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                        "missing": len(verdict.missing), "duplicates": len(verdict.duplicates),
                        "mismatched": len(verdict.mismatched), "surplus": len(verdict.surplus),
                        "verdict": verdict.verdict, "repaired": 0}
-                if repair and verdict.missing:
-                    # Marked failed, a message is first looked up in the chat, then sent if it is not there.
+                if repair and (verdict.missing or verdict.mismatched):
+                    # Marked failed, a message is first looked up in the chat, then sent if it is not there; one
+                    # whose text there is not the source's is edited.
                     ledger.mark_messages(verdict.missing, "failed")
+                    ledger.mark_changed(verdict.mismatched)
                     redone = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1))
                     row.update(repaired=redone["messages_sent"], verdict=redone["verdict"])
                 rows.append(row)

@@ -3,13 +3,35 @@
 Chat created once -> contact found (phone, then email) or created in batches -> chat linked before its first
 message -> messages in time order with `silent: true`. Conversations run concurrently; one conversation's
 messages go one after the other.
+
+One conversation's states, and what each crash window (or lost answer) resolves to. Every request whose effect
+is unknown is resolved by reading amoCRM before anything is sent again:
+
+    chat       create_chat is idempotent on conversation_id: a lost answer is retried, and a run that dies before
+               `chats.chat_id` is saved gets the same chat next time.
+    contact    looked for by phone, then email. Before a batch of creates is sent the ledger says so (`uncertain`,
+               kind "contact"); every contact we create carries our key (`contact_key`) in its IM field. A lost
+               answer, or a run that dies before the ids are saved, is resolved by searching those keys: the
+               clients found keep their contact, only the others are created again.
+    link       the chats' links are read first and only the missing ones made; after a lost answer they are read
+               again. A chat is `linked` in the ledger only once amoCRM has shown or confirmed its link.
+    messages   `sending` is written before a message's request, `sent` after its answer. A `sending` or `failed`
+               message is looked up in the chat history before it is sent again; one found there is `sent` with
+               the hash of what amoCRM holds, and edited when the source changed since. A refusal that follows a
+               lost answer (a duplicate msgid) that the history does not show yet stays uncertain (`failed`), and
+               the conversation stops there until the next run.
+    confirmed  reconcile finds the message in the chat's history, once, with the source's text.
+
+A conversation that fails stops alone, for the rest of the run (its later messages would land before the one
+that failed); errors that concern the whole run (credentials, lost claims) stop every conversation, and the load
+returns only once none of its requests is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +40,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
-from amojo.rest import ChatLink, RestClient
+from amojo.rest import CONTACTS_BATCH, ChatLink, RestClient
 from etl.api import Api
 from etl.claims import RunClaims
-from etl.ledger import DONE, ChatState, Ledger
+from etl.ledger import DONE, UNKNOWN_CONTENT, ChatState, Ledger
 
 from .transform import (
     Batch,
@@ -29,10 +51,12 @@ from .transform import (
     chat_payload,
     client_participant,
     contact_body,
+    contact_key,
     edit_payload,
     json_lines,
     message_payload,
     source_keys,
+    text_hash,
 )
 
 
@@ -47,15 +71,18 @@ class LoadReport:
     messages_edited: int = 0
     api_rejected: Counter = field(default_factory=Counter)
     failed: int = 0
+    held_back: int = 0  # messages of conversations stopped earlier in the run: they wait for the next run
     quarantined: dict[str, str] = field(default_factory=dict)  # conversation_id -> reason
+    stopped: dict[str, str] = field(default_factory=dict)  # conversation_id -> the error that stopped it
 
     def add(self, other: LoadReport) -> None:
         """Fold another chunk's report into this one."""
         for name in ("chats_created", "contacts_created", "contacts_matched", "links_created", "messages_sent",
-                     "messages_skipped", "messages_edited", "failed"):
+                     "messages_skipped", "messages_edited", "failed", "held_back"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.api_rejected.update(other.api_rejected)
         self.quarantined.update(other.quarantined)
+        self.stopped.update(other.stopped)
 
 
 async def resolve_senders(rest: RestClient | None, bot_id: str | None) -> Senders:
@@ -67,14 +94,32 @@ async def resolve_senders(rest: RestClient | None, bot_id: str | None) -> Sender
     return Senders({u.email.strip().lower(): u.amojo_id for u in users if u.email and u.amojo_id}, bot_id)
 
 
-async def _bounded(limit: int, jobs: list[Awaitable[Any]]) -> list[Any]:
+async def _bounded(limit: int, jobs: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run the jobs, `limit` at a time. The first to raise cancels the others, and is raised once all have
+    stopped: nothing of a failed load is still in flight when its caller releases the claims."""
     semaphore = asyncio.Semaphore(limit)
 
-    async def run(job: Awaitable[Any]) -> Any:
-        async with semaphore:
-            return await job
+    async def run(job: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            async with semaphore:
+                return await job
+        finally:
+            job.close()  # one cancelled before it started is closed, not left never awaited
 
-    return await asyncio.gather(*(run(job) for job in jobs))
+    # Not asyncio.TaskGroup: on Python 3.11 a failed group leaves its parent task marked as being cancelled.
+    tasks = [asyncio.ensure_future(run(job)) for job in jobs]
+    if not tasks:
+        return []
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+    return [task.result() for task in tasks]
 
 
 def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
@@ -158,7 +203,8 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
     done = status.isin(DONE)
     changed = (recorded_hash != messages["content_hash"]).fillna(True).astype(bool)
     edits = done & changed & ~foreign
-    settled = (done & ~changed) | ((status == "rejected") & ~changed) | foreign
+    # A message amoCRM refused (`rejected`) is tried again: the refusal counts against the verdict until it lands.
+    settled = (done & ~changed) | foreign
     to_send = ~done & ~settled
     return (messages[to_send].assign(status=status[to_send]),
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
@@ -172,21 +218,27 @@ def _restricted(batch: Batch, conversation_ids: set[str]) -> Batch:
 
 async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, registered_through: int,
                interval_label: str, concurrency: int = 32,
-               progress: Callable[[int], Awaitable[None]] | None = None) -> LoadReport:
+               progress: Callable[[int], Awaitable[None]] | None = None,
+               stopped: dict[str, str] | None = None) -> LoadReport:
     """Send what the ledger has not seen sent; edit what changed since it was sent.
 
     Every message of the batch is registered as `pending` first (`own_ids`), and `registered_through` (every
     message of the run's interval before it is now in the ledger) is published, so that other runs can keep
     conversation order.
     Then conversations are taken a claim at a time: those another live run holds, or whose earlier messages
-    another run may still send, wait their turn.
+    another run may still send, wait their turn. `stopped` (conversation -> why) holds the conversations that
+    failed in an earlier chunk of the same run: none of their later messages is sent, or they would land before
+    the one that failed.
     """
     report = LoadReport()
+    if stopped:
+        report.stopped.update(stopped)
     ledger.save_rejects(batch.rejects.to_dict("records"), interval_label)
     to_send, to_edit, _ = plan(batch, ledger)
     claims.advance(registered_through)
-    active = set(to_send["conversation_id"]) | set(to_edit["conversation_id"])
-    report.messages_skipped = int((~batch.messages["conversation_id"].isin(active)).sum())
+    active = (set(to_send["conversation_id"]) | set(to_edit["conversation_id"])) - set(report.stopped)
+    report.messages_skipped = int((~batch.messages["conversation_id"].isin(active | set(report.stopped))).sum())
+    report.held_back = int(to_send["conversation_id"].isin(report.stopped).sum())
     first_unsent = to_send.groupby("conversation_id")["msec"].min()
     opened = batch.conversations["opened_ms"]
 
@@ -202,7 +254,8 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
 async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, concurrency: int,
                               report: LoadReport, progress: Callable[[int], Awaitable[None]] | None) -> None:
     """The seed's sequence for conversations this run holds, planned again from the ledger: another run may have
-    sent some of their messages since."""
+    sent some of their messages since. A conversation that fails stops alone; an error that concerns the whole
+    run (credentials, lost claims, a bug) cancels the others, and returns only once none of them is sending."""
     to_send, to_edit, settled = plan(batch, ledger)
     report.messages_skipped += settled
     active = sorted(set(to_send["conversation_id"]) | set(to_edit["conversation_id"]))
@@ -217,7 +270,9 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
     states = ledger.chat_states(active)
     ready = []
     for conversation_id in active:
-        state = states[conversation_id]
+        state = states.get(conversation_id)
+        if state is None or conversation_id in report.stopped:
+            continue
         if state.quarantine:
             report.quarantined[conversation_id] = state.quarantine
         elif state.linked:
@@ -227,25 +282,38 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
     empty = to_send.iloc[0:0]
 
     async def send(conversation: Any) -> None:
-        await _send_conversation(states[conversation.Index].chat_id, client_participant(conversation),
-                                 sends.get(conversation.Index, empty), edits.get(conversation.Index, empty), api,
-                                 ledger, claims, report)
+        await _send_conversation(conversation.Index, states[conversation.Index].chat_id,
+                                 client_participant(conversation), sends.get(conversation.Index, empty),
+                                 edits.get(conversation.Index, empty), api, ledger, claims, report)
         if progress is not None:
             await progress(report.messages_sent + report.messages_edited)
 
     await _bounded(concurrency, [send(c) for c in conversations.loc[ready].itertuples()])
 
 
+def _stop(report: LoadReport, conversation_id: str, error: AmojoError) -> None:
+    """This conversation goes no further in this run; the next run resumes it from the ledger."""
+    if isinstance(error, FATAL):
+        raise error
+    report.stopped.setdefault(conversation_id, str(error))
+
+
 async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
                         report: LoadReport) -> None:
+    """create_chat is idempotent on conversation_id: a lost answer is retried, and a crash before the chat id is
+    saved gets the same chat next time."""
     states = ledger.chat_states(conversations.index)
     missing = [c for c in conversations.itertuples() if not (states.get(c.Index) and states[c.Index].chat_id)]
 
-    async def create(conversation: Any) -> dict[str, Any]:
-        chat_id = await api.chats.create_chat(chat_payload(conversation.Index, conversation))
+    async def create(conversation: Any) -> dict[str, Any] | None:
+        try:
+            chat_id = await api.chats.create_chat(chat_payload(conversation.Index, conversation))
+        except AmojoError as exc:
+            _stop(report, conversation.Index, exc)
+            return None
         return {"conversation_id": conversation.Index, "chat_id": chat_id, "client_key": conversation.client_key}
 
-    rows = await _bounded(concurrency, [create(c) for c in missing])
+    rows = [row for row in await _bounded(concurrency, [create(c) for c in missing]) if row]
     ledger.save_chats(rows)
     report.chats_created += len(rows)
 
@@ -255,8 +323,8 @@ async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledge
     """Find each client's contact; a client another run is finding or creating right now waits for it, so that
     no client gets two contacts."""
     states = ledger.chat_states(conversations.index)
-    needing = conversations[[states[c].contact_id is None or bool(states[c].quarantine)
-                             for c in conversations.index]]
+    needing = conversations[[c in states and (states[c].contact_id is None or bool(states[c].quarantine))
+                             and c not in report.stopped for c in conversations.index]]
     async for mine in claims.turns("client", needing["client_key"]):
         await _find_or_create_contacts(needing[needing["client_key"].isin(mine)], api, ledger, concurrency, report)
 
@@ -266,25 +334,34 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
     """Find each client's contact by normalised phone, then email; create the rest in batches.
 
     A search that matches several contacts quarantines the client's conversations: sending them to the wrong
-    contact cannot be undone, and a person can tell which one is right.
+    contact cannot be undone, and a person can tell which one is right. A create whose answer was lost (in this
+    run, or in one that died waiting for it) is resolved by searching the key every contact we create carries.
     """
     clients = needing.drop_duplicates("client_key")
     known = ledger.contact_ids(clients["client_key"])
-    to_create: list[Any] = []
     ambiguous: dict[str, str] = {}
+    failed: dict[str, AmojoError] = {}
+    unknown = [c for c in clients.itertuples() if c.client_key not in known]
+    uncertain = ledger.uncertain_keys("contact", [c.client_key for c in unknown])
+
     async def search(client: Any) -> tuple[Any, list[int]]:
-        # The last ten digits find the contact however its phone was typed into amoCRM (+7…, 8…, spaces).
-        for query in (client.phone[-10:] if isinstance(client.phone, str) else None,
-                      client.email if isinstance(client.email, str) else None):
-            if query:
-                found = await api.rest.search_contacts(query)
-                if found:
+        try:
+            if client.client_key in uncertain and (ours := await _search_key(api, client)) is not None:
+                return client, [ours]
+            # The last ten digits find the contact however its phone was typed into amoCRM (+7…, 8…, spaces).
+            for query in (client.phone[-10:] if isinstance(client.phone, str) else None,
+                          client.email if isinstance(client.email, str) else None):
+                if query and (found := await api.rest.search_contacts(query)):
                     return client, found
+        except AmojoError as exc:
+            failed[client.client_key] = exc
         return client, []
 
     # Searches overlap their latency; the REST client's token bucket still keeps them under the rate limit.
-    unknown = [c for c in clients.itertuples() if c.client_key not in known]
+    to_create: list[Any] = []
     for client, found in await _bounded(concurrency, [search(c) for c in unknown]):
+        if client.client_key in failed:
+            continue
         if len(found) == 1:
             known[client.client_key] = found[0]
             ledger.save_contacts([{"client_key": client.client_key, "contact_id": found[0], "created": False}])
@@ -294,112 +371,198 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
                                             f"({', '.join(map(str, found))})")
         else:
             to_create.append(client)
-    if to_create:
-        ids = await api.rest.create_contacts([contact_body(c) for c in to_create])
-        rows = [{"client_key": c.client_key, "contact_id": i, "created": True}
-                for c, i in zip(to_create, ids, strict=True)]
-        ledger.save_contacts(rows)
-        known.update({r["client_key"]: r["contact_id"] for r in rows})
-        report.contacts_created += len(rows)
+    ledger.settle_effects("contact", [c.client_key for c in unknown if c.client_key in known])
+    for first in range(0, len(to_create), CONTACTS_BATCH):
+        await _create_contacts(to_create[first:first + CONTACTS_BATCH], api, ledger, known, failed, report)
+    for conversation in needing.itertuples():
+        if conversation.client_key in failed:
+            _stop(report, conversation.Index, failed[conversation.client_key])
     ledger.save_chats([
         {"conversation_id": c.Index, "contact_id": known.get(c.client_key), "quarantine": ambiguous.get(c.client_key)}
-        for c in needing.itertuples()
+        for c in needing.itertuples() if c.client_key not in failed
     ])
 
 
+async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: dict[str, int],
+                           failed: dict[str, AmojoError], report: LoadReport) -> None:
+    """Create one batch of contacts. The ledger says the creates are under way before they are sent; when the
+    answer is lost, each client's key is searched, and only those not found are created again."""
+    keys = [c.client_key for c in clients]
+    ledger.expect_effects("contact", keys)
+    remaining = clients
+    for _ in range(3):
+        try:
+            ids = await api.rest.create_contacts([contact_body(c) for c in remaining])
+            _save_created(ledger, {c.client_key: i for c, i in zip(remaining, ids, strict=True)}, known, report)
+            ledger.settle_effects("contact", keys)
+            return
+        except AmojoError as exc:
+            error = exc
+            if not exc.may_have_landed:
+                break
+        try:
+            landed = await _bounded(CONTACTS_BATCH, [_search_key(api, c) for c in remaining])
+        except AmojoError as exc:
+            error = exc
+            break
+        _save_created(ledger, {c.client_key: i for c, i in zip(remaining, landed, strict=True) if i is not None},
+                      known, report)
+        remaining = [c for c in remaining if c.client_key not in known]
+        if not remaining:
+            ledger.settle_effects("contact", keys)
+            return
+    # Still uncertain where a create may have landed: the next run searches these clients' keys first.
+    failed.update((c.client_key, error) for c in remaining)
+
+
+async def _search_key(api: Api, client: Any) -> int | None:
+    """The contact we created for this client, found by the key it carries; the first one if a create was
+    repeated (before creates were resolved this way)."""
+    found = await api.rest.search_contacts(contact_key(client.client_id))
+    return min(found) if found else None
+
+
+def _save_created(ledger: Ledger, ids: dict[str, int], known: dict[str, int], report: LoadReport) -> None:
+    ledger.save_contacts([{"client_key": k, "contact_id": i, "created": True} for k, i in ids.items()])
+    known.update(ids)
+    report.contacts_created += len(ids)
+
+
 async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, report: LoadReport) -> None:
-    """Link before the first message, so amoCRM makes no unsorted lead; a link that already exists is kept."""
+    """Link before the first message, so amoCRM makes no unsorted lead. What is linked is read first and kept;
+    after a lost answer it is read again, and only what is still unlinked is linked."""
     states = ledger.chat_states(conversations.index)
-    unlinked: list[ChatState] = [s for s in states.values() if not s.linked and not s.quarantine and s.contact_id]
+    unlinked: list[ChatState] = [s for s in states.values() if not s.linked and not s.quarantine and s.contact_id
+                                 and s.conversation_id not in report.stopped]
     if not unlinked:
         return
-    existing = {link.chat_id: link for link in await api.rest.chat_links([s.chat_id for s in unlinked])}
-    to_link = [ChatLink(s.chat_id, s.contact_id) for s in unlinked if s.chat_id not in existing]
-    made = {link.chat_id: link for link in await api.rest.link_chats(to_link)} if to_link else {}
-    report.links_created += len(made)
-    links = {**existing, **made}
+    links: dict[str, ChatLink] = {}
+    error: AmojoError | None = None
+    for _ in range(3):
+        try:
+            links.update((link.chat_id, link) for link in await api.rest.chat_links([s.chat_id for s in unlinked
+                                                                                      if s.chat_id not in links]))
+            to_link = [ChatLink(s.chat_id, s.contact_id) for s in unlinked if s.chat_id not in links]
+            made = await api.rest.link_chats(to_link) if to_link else []
+        except AmojoError as exc:
+            error = exc
+            if exc.may_have_landed:
+                continue
+            break
+        report.links_created += len(made)
+        links.update((link.chat_id, link) for link in made)
+        error = None
+        break
     ledger.save_chats([
         {"conversation_id": s.conversation_id, "contact_id": links[s.chat_id].contact_id, "linked": True}
         for s in unlinked if s.chat_id in links
     ])
+    if error is not None:
+        for state in unlinked:
+            if state.chat_id not in links:
+                _stop(report, state.conversation_id, error)
 
 
-async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int, patience: int = 0) -> dict[str, str]:
-    """Which of these msgids the chat already holds (msgid -> amojo id), from its history back to `since_ms`.
+async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int, patience: int = 0
+                  ) -> dict[str, dict[str, Any]]:
+    """Which of these msgids the chat already holds (msgid -> the history's message), back to `since_ms`.
 
     With `patience`, a msgid not found is looked for again that many times, with backoff: amojo stores messages
     asynchronously, so one accepted a moment ago may not be in the history yet.
     """
-    found: dict[str, str] = {}
+    found: dict[str, dict[str, Any]] = {}
     for attempt in range(patience + 1):
         async for item in api.chats.history(chat_id, older_than_ms=since_ms):
             message = item.get("message", {})
             if message.get("client_id") in msgids:
-                found[message["client_id"]] = message.get("id", "")
+                found.setdefault(message["client_id"], message)
         if len(found) == len(msgids) or attempt == patience:
             return found
         await asyncio.sleep(0.25 * 2**attempt)
     return found
 
 
-async def _send_conversation(chat_id: str, client: dict[str, Any], pending: pd.DataFrame, edits: pd.DataFrame,
-                             api: Api, ledger: Ledger, claims: RunClaims, report: LoadReport) -> None:
+def _arrived(message: Any, landed: dict[str, Any]) -> dict[str, Any]:
+    """The ledger row of a message found in the chat: sent, with the hash of what amoCRM holds. When its text
+    there is not the source's (the source was edited after a send whose answer was lost), the row says so, and
+    the message is edited."""
+    same = int(text_hash(pd.Series([landed.get("text", "")], dtype=object)).iloc[0]) == int(message.text_hash)
+    return _ledger_row(message, status="sent", amojo_id=landed.get("id", ""), last_error=None,
+                       content_hash=int(message.content_hash) if same else UNKNOWN_CONTENT)
+
+
+async def _send_conversation(conversation_id: str, chat_id: str, client: dict[str, Any], pending: pd.DataFrame,
+                             edits: pd.DataFrame, api: Api, ledger: Ledger, claims: RunClaims,
+                             report: LoadReport) -> None:
     """Send one conversation's messages in time order; stop it at the first message that cannot be sent.
 
     A message left `sending` (or `failed`) by an earlier run may have landed before its answer was lost: the chat
     history is asked first, and only what is not there is sent again.
     """
     outcomes: list[dict[str, Any]] = []
-    uncertain = pending[pending["status"].isin(["sending", "failed"])]
-    if len(uncertain):
-        landed = await _landed(api, chat_id, set(uncertain["msgid"]), int(uncertain["msec"].min()))
-        for message in uncertain[uncertain["msgid"].isin(landed)].itertuples(index=False):
-            outcomes.append(_ledger_row(message, status="sent", amojo_id=landed[message.msgid], last_error=None))
-            report.messages_skipped += 1
-        pending = pending[~pending["msgid"].isin(landed)]
-    if len(pending):
-        ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
     try:
+        uncertain = pending[pending["status"].isin(["sending", "failed"])]
+        if len(uncertain):
+            landed = await _landed(api, chat_id, set(uncertain["msgid"]), int(uncertain["msec"].min()))
+            arrived = [_arrived(m, landed[m.msgid]) for m in uncertain.itertuples(index=False) if m.msgid in landed]
+            outcomes += arrived
+            report.messages_skipped += len(arrived)
+            changed = {row["msgid"] for row in arrived if row["content_hash"] == UNKNOWN_CONTENT}
+            edits = pd.concat([edits, pending[pending["msgid"].isin(changed)]], ignore_index=True)
+            pending = pending[~pending["msgid"].isin(landed)]
+        if len(pending):
+            ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
         for message in pending.itertuples(index=False):
             claims.check()
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
             except InvalidRequest as exc:
-                # A retry of a message whose first answer was lost can be refused as a duplicate: if the chat
-                # holds it, it was sent. Otherwise the API's reason stands.
-                landed = await _landed(api, chat_id, {message.msgid}, int(message.msec),
-                                       patience=4 if exc.attempts > 1 else 0)
-                if landed:
-                    outcomes.append(_ledger_row(message, status="sent", amojo_id=landed[message.msgid],
-                                                last_error=None))
-                    report.messages_sent += 1
+                if not exc.may_have_landed:
+                    outcomes.append(_ledger_row(message, status="rejected", last_error=str(exc)))
+                    report.api_rejected[f"api_{exc.code or exc.status}"] += 1
                     continue
-                outcomes.append(_ledger_row(message, status="rejected", last_error=str(exc)))
-                report.api_rejected[f"api_{exc.code or exc.status}"] += 1
+                # A retry after a lost answer can be refused as a duplicate: if the chat holds it, it was sent.
+                # If the history does not show it yet, it may still have landed: it stays uncertain, and the
+                # conversation stops here (the next run asks the history again).
+                landed = await _landed(api, chat_id, {message.msgid}, int(message.msec), patience=4)
+                if not landed:
+                    raise
+                outcomes.append(_arrived(message, landed[message.msgid]))
+                report.messages_sent += 1
                 continue
-            except FATAL:
-                raise
-            except AmojoError as exc:
-                outcomes.append(_ledger_row(message, status="failed", last_error=str(exc)))
-                report.failed += 1
-                break  # later messages would land out of order; the next run resumes from here
             outcomes.append(_ledger_row(message, status="sent", amojo_id=sent.amojo_id, last_error=None))
             report.messages_sent += 1
         for message in edits.itertuples(index=False):
+            claims.check()
             try:
                 await api.chats.edit_message(edit_payload(message))
-            except FATAL:
-                raise
             except AmojoError as exc:
-                # Keep the old hash so that the next run tries the edit again.
-                outcomes.append(_ledger_row(message, status="sent", content_hash=int(message.recorded_hash),
-                                            last_error=str(exc)))
+                if isinstance(exc, FATAL):
+                    raise
+                # Keep a hash that differs from the source's, so that the next run tries the edit again.
+                recorded = getattr(message, "recorded_hash", UNKNOWN_CONTENT)
+                outcomes.append(_ledger_row(message, status="sent", last_error=str(exc),
+                                            content_hash=UNKNOWN_CONTENT if pd.isna(recorded) else int(recorded)))
                 report.failed += 1
                 continue
             outcomes.append(_ledger_row(message, status="sent", last_error=None))
             report.messages_edited += 1
+    except AmojoError as exc:
+        if isinstance(exc, FATAL):
+            raise
+        unsent = pending[~pending["msgid"].isin({row["msgid"] for row in outcomes})]
+        if len(unsent):
+            # The first unsent message failed (it may have landed: it is asked for first next time); later ones
+            # would land out of order, so they wait for the next run.
+            outcomes.append(_ledger_row(unsent.iloc[0], status="failed", last_error=str(exc)))
+            report.failed += 1
+        _stop(report, conversation_id, exc)
     finally:
-        ledger.record_messages(outcomes)
+        # One row per message, the last outcome winning (a message found in the chat, then edited).
+        merged: dict[str, dict[str, Any]] = {}
+        for row in outcomes:
+            merged[row["msgid"]] = {**merged.get(row["msgid"], {}), **row}
+        ledger.record_messages(list(merged.values()))
 
 
 @dataclass
@@ -430,8 +593,9 @@ class DryRun:
 @task(name="load", task_run_name="load-{label}", cache_policy=NO_CACHE)
 async def load_task(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, registered_through: int,
                     interval_label: str, concurrency: int, progress: Callable[[int], Awaitable[None]] | None,
-                    label: str) -> LoadReport:
-    return await load(batch, api, ledger, claims, registered_through, interval_label, concurrency, progress)
+                    stopped: dict[str, str], label: str) -> LoadReport:
+    return await load(batch, api, ledger, claims, registered_through, interval_label, concurrency, progress,
+                      stopped)
 
 
 @task(name="resolve-senders", cache_policy=NO_CACHE)

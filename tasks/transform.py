@@ -6,6 +6,7 @@ Everything here is column-wise over the chunk. The JSON payload of a message is 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -543,17 +544,25 @@ def chat_payload(conversation_id: str, conversation: Any) -> dict[str, Any]:
     return {"conversation_id": conversation_id, "user": client_participant(conversation)}
 
 
+def contact_key(client_id: str) -> str:
+    """The key written into every contact we create, by which a create whose answer was lost is found again
+    (for a client without phone or email too): one per client and id prefix, letters and digits only, so that
+    amoCRM's search matches it whole."""
+    return "amojoetl" + hashlib.blake2b(client_id.encode("utf-8", "surrogatepass"), digest_size=10).hexdigest()
+
+
 def contact_body(conversation: Any) -> dict[str, Any]:
-    """The REST v4 contact for a conversation's client, with phone and email as amoCRM fields."""
+    """The REST v4 contact for a conversation's client: phone and email as amoCRM fields, and our key in the
+    system IM field (⚠️ amojo-api.md §6.3 names only PHONE and EMAIL field codes; IM is a system field of every
+    account's contacts, and `query` searches every filled field)."""
     fields = []
     if _present(conversation.phone):
         fields.append({"field_code": "PHONE", "values": [{"value": conversation.phone, "enum_code": "WORK"}]})
     if _present(conversation.email):
         fields.append({"field_code": "EMAIL", "values": [{"value": conversation.email, "enum_code": "WORK"}]})
-    body: dict[str, Any] = {"name": conversation.name}
-    if fields:
-        body["custom_fields_values"] = fields
-    return body
+    fields.append({"field_code": "IM", "values": [{"value": contact_key(conversation.client_id),
+                                                   "enum_code": "OTHER"}]})
+    return {"name": conversation.name, "custom_fields_values": fields}
 
 
 def message_body(message: Any) -> dict[str, Any]:

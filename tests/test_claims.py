@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import date
@@ -155,3 +156,113 @@ def test_status_shows_the_intervals_being_imported_and_the_dead_runs(tmp_path, m
     assert result.exit_code == 0, result.output
     running = {r["interval"]: r["alive"] for r in json.loads(result.output)["running"]}
     assert running == {"2026-10-01..2026-10-02": True, "2026-10-02..2026-10-03": False}
+
+
+# -- the lease: kept through blips, known by time, released always, timed by the ledger's clock
+def _sqlite_ledger(tmp_path) -> Ledger:
+    return Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+
+
+async def test_the_heartbeat_survives_a_failed_renewal_and_the_run_keeps_its_claims(tmp_path, monkeypatch, caplog):
+    import asyncio
+
+    ledger = _sqlite_ledger(tmp_path)
+    renew, calls = ledger.renew_claims, []
+
+    def blip_once(holder: str, ttl_s: float) -> int:
+        calls.append(holder)
+        if len(calls) == 1:
+            raise OSError("the ledger database did not answer")
+        return renew(holder, ttl_s)
+
+    monkeypatch.setattr(ledger, "renew_claims", blip_once)
+    async with RunClaims(ledger, ttl_s=0.6) as claims:
+        await claims.hold_interval(DAY1)
+        assert claims.take("conversation", ["v1"]) == {"v1"}
+        await asyncio.sleep(1.5)  # 2.5 leases: only renewals after the failed one keep the claims
+        assert len(calls) >= 3
+        assert ledger.claim("conversation", ["v1"], "another-run", ttl_s=30) == set()  # still ours
+        assert not claims.lost
+        claims.check()
+    assert any(r.levelname == "WARNING" and "renew" in r.getMessage() for r in caplog.records)
+    ledger.close()
+
+
+async def test_a_blocked_event_loop_stops_at_the_next_side_effect_without_any_heartbeat(tmp_path):
+    ledger = _sqlite_ledger(tmp_path)
+    async with RunClaims(ledger, ttl_s=0.6) as claims:
+        await claims.hold_interval(DAY1)
+        assert claims.take("conversation", ["v1"]) == {"v1"}
+        claims.check()
+        time.sleep(0.7)  # a long synchronous call: no heartbeat could run, nobody has taken anything yet
+        with pytest.raises(ClaimLost):
+            claims.take("conversation", ["v2"])
+        assert ledger.live_claims("conversation", expired_within_s=math.inf)[0].key == "v1"  # v2 not claimed
+        assert claims.lost
+    ledger.close()
+
+
+async def test_the_run_stops_once_less_than_the_safety_margin_of_its_lease_is_left(tmp_path):
+    ledger = _sqlite_ledger(tmp_path)
+    async with RunClaims(ledger, ttl_s=0.6) as claims:
+        await claims.hold_interval(DAY1)
+        claims.check()
+        time.sleep(0.6 - 0.6 / 6 + 0.02)  # the lease is not over, but less than its margin (ttl/6) is left
+        with pytest.raises(ClaimLost):
+            claims.check()
+    ledger.close()
+
+
+async def test_the_claims_are_released_even_when_every_renewal_fails(tmp_path, monkeypatch):
+    import asyncio
+
+    ledger = _sqlite_ledger(tmp_path)
+
+    def down(holder: str, ttl_s: float) -> int:
+        raise OSError("the ledger database did not answer")
+
+    monkeypatch.setattr(ledger, "renew_claims", down)
+    async with RunClaims(ledger, ttl_s=0.6) as claims:
+        await claims.hold_interval(DAY1)
+        assert claims.take("conversation", ["v1"]) == {"v1"}
+        await asyncio.sleep(0.5)  # a few failed renewals
+    for kind in ("interval", "conversation"):
+        assert ledger.live_claims(kind, expired_within_s=math.inf) == []
+    ledger.close()
+
+
+async def test_the_claims_are_released_when_the_run_fails(tmp_path):
+    ledger = _sqlite_ledger(tmp_path)
+    with pytest.raises(RuntimeError, match="the run's own error"):
+        async with RunClaims(ledger, ttl_s=0.6) as claims:
+            await claims.hold_interval(DAY1)
+            raise RuntimeError("the run's own error")
+    assert ledger.live_claims("interval", expired_within_s=math.inf) == []
+    ledger.close()
+
+
+def test_the_ledger_clock_is_the_database_time(ledger_url):
+    ledger = Ledger(ledger_url)
+    assert abs(ledger.clock() - time.time()) < 5  # this machine's servers keep its time
+    ledger.close()
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def server_ledger_url(request) -> str:
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+def test_a_worker_whose_clock_runs_ahead_does_not_take_live_claims(server_ledger_url, monkeypatch):
+    """Lease times come from the ledger database's clock, not from each worker's own."""
+    first, second = Ledger(server_ledger_url), Ledger(server_ledger_url)
+    assert first.claim("conversation", ["v1"], "first-run", ttl_s=0.6) == {"v1"}
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 40)  # the second worker's host runs 40 s ahead
+    assert second.claim("conversation", ["v1"], "second-run", ttl_s=30) == set()
+    assert [row.holder for row in second.live_claims("conversation")] == ["first-run"]
+    time.sleep(0.7)  # the real lease is over
+    assert second.live_claims("conversation") == []
+    assert second.claim("conversation", ["v1"], "second-run", ttl_s=30) == {"v1"}
+    assert first.renew_claims("first-run", 0.6) == 0
+    first.close()
+    second.close()

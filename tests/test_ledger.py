@@ -23,6 +23,7 @@ def _set_version(url: str, version: int, drop_index: bool = False) -> None:
         if drop_index:  # and the claims table of version 3
             conn.execute(sa.text("DROP INDEX messages_conversation_msec"))
             conn.execute(sa.text("DROP TABLE claims"))
+            conn.execute(sa.text("DROP TABLE uncertain"))  # and that of version 5
     engine.dispose()
 
 
@@ -35,9 +36,11 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     _set_version(url, 1, drop_index=True)  # as version 1 left it
     assert "messages_conversation_msec" not in _indexes(url)
     upgraded = Ledger(url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 4
+    assert upgraded.schema_version() == SCHEMA_VERSION == 5
     assert "messages_conversation_msec" in _indexes(url)
     assert upgraded.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
+    upgraded.expect_effects("contact", ["client-1"])
+    assert upgraded.uncertain_keys("contact", ["client-1", "client-2"]) == {"client-1"}
     assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7, "c1", 1)}  # the data stays
     upgraded.close()
 

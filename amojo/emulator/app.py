@@ -16,6 +16,8 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
@@ -23,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .config import EmulatorConfig, Faults
+from .config import ENDPOINTS, EmulatorConfig, Faults
 from .store import Store, derived_id, digits
 from .verify import BadSignature, verify
 
@@ -95,6 +97,8 @@ class Emulator:
         self.store = Store(self.config.state_path)
         self.faults = self.config.faults
         self._rng = random.Random(self.faults.seed)
+        self._script_lock = threading.Lock()
+        self._script: list[dict] = [dict(entry) for entry in self.faults.script]  # what is left of it
         self._clock_offset = timedelta(0)
         self._buckets: dict[str, RateBucket] = {}
         self._log_lock = threading.Lock()
@@ -118,8 +122,15 @@ class Emulator:
         self._clock_offset = timedelta(0) if moment is None else moment - datetime.now(UTC)
 
     def set_faults(self, faults: Faults) -> None:
-        self.faults = faults
-        self._rng = random.Random(faults.seed)
+        with self._script_lock:
+            self.faults = faults
+            self._rng = random.Random(faults.seed)
+            self._script = [dict(entry) for entry in faults.script]
+
+    def script_left(self) -> list[dict]:
+        """The script entries not used up yet, each with the uses it has left."""
+        with self._script_lock:
+            return [dict(entry) for entry in self._script]
 
     def request_counts(self) -> dict[str, int]:
         """Requests by `api endpoint status`."""
@@ -141,24 +152,26 @@ class Emulator:
 
     # -- routing
     def _routes(self) -> list[Route]:
+        # Route names are what faults name (config.ENDPOINTS, which also holds each route's methods).
         chats_api = [
-            (f"{BASE}/{{channel_id}}/connect", ["POST"], self.connect, "connect"),
-            (f"{BASE}/{{channel_id}}/disconnect", ["DELETE", "POST"], self.disconnect, "disconnect"),
-            (f"{BASE}/{{scope_id}}/chats", ["POST"], self.create_chat, "create_chat"),
-            (f"{BASE}/{{scope_id}}/chats/{{chat_id}}/history", ["GET"], self.history, "history"),
-            (f"{BASE}/{{scope_id}}/typing", ["POST"], self.typing, "typing"),
-            (f"{BASE}/{{scope_id}}/{{msg_id}}/delivery_status", ["POST"], self.delivery_status, "delivery_status"),
-            (f"{BASE}/{{scope_id}}", ["POST"], self.message_event, "message"),
+            (f"{BASE}/{{channel_id}}/connect", self.connect, "connect"),
+            (f"{BASE}/{{channel_id}}/disconnect", self.disconnect, "disconnect"),
+            (f"{BASE}/{{scope_id}}/chats", self.create_chat, "create_chat"),
+            (f"{BASE}/{{scope_id}}/chats/{{chat_id}}/history", self.history, "history"),
+            (f"{BASE}/{{scope_id}}/typing", self.typing, "typing"),
+            (f"{BASE}/{{scope_id}}/{{msg_id}}/delivery_status", self.delivery_status, "delivery_status"),
+            (f"{BASE}/{{scope_id}}", self.message_event, "message"),
         ]
         rest_api = [
-            ("/api/v4/account", ["GET"], self.account, "account"),
-            ("/api/v4/users", ["GET"], self.users, "users"),
-            ("/api/v4/contacts", ["GET", "POST"], self.contacts, "contacts"),
-            ("/api/v4/contacts/chats", ["GET", "POST"], self.contact_chats, "contacts_chats"),
-            ("/oauth2/access_token", ["POST"], self.oauth_token, "oauth"),
+            ("/api/v4/account", self.account, "account"),
+            ("/api/v4/users", self.users, "users"),
+            ("/api/v4/contacts", self.contacts, "contacts"),
+            ("/api/v4/contacts/chats", self.contact_chats, "contacts_chats"),
+            ("/oauth2/access_token", self.oauth_token, "oauth"),
         ]
-        routes = [Route(p, self._endpoint("amojo", h, n), methods=m, name=n) for p, m, h, n in chats_api]
-        routes += [Route(p, self._endpoint("rest", h, n), methods=m, name=n) for p, m, h, n in rest_api]
+        assert sorted(n for _, _, n in chats_api + rest_api) == sorted(ENDPOINTS)
+        routes = [Route(p, self._endpoint("amojo", h, n), methods=list(ENDPOINTS[n]), name=n) for p, h, n in chats_api]
+        routes += [Route(p, self._endpoint("rest", h, n), methods=list(ENDPOINTS[n]), name=n) for p, h, n in rest_api]
         routes += [
             Route("/_emulator/state", self.admin_state, methods=["GET"]),
             Route("/_emulator/faults", self.admin_faults, methods=["GET", "POST"]),
@@ -172,13 +185,14 @@ class Emulator:
         with self._log_lock:
             self.request_log.append((time.time(), api, endpoint, status))
 
-    async def _inject(self) -> Response | None:
-        """Latency, hangs and errors before any effect, drawn from the seeded generator."""
+    async def _inject(self, random_faults: bool = True) -> Response | None:
+        """Latency, and (unless a script entry decides this request) hangs and errors before any effect, drawn
+        from the seeded generator."""
         f = self.faults
         delay = f.latency_ms + (self._rng.uniform(0, f.jitter_ms) if f.jitter_ms else 0.0)
-        hang = f.hang_rate and self._rng.random() < f.hang_rate
+        hang = random_faults and f.hang_rate and self._rng.random() < f.hang_rate
         error_status = None
-        for status, rate in sorted(f.error_rates.items()):
+        for status, rate in sorted(f.error_rates.items()) if random_faults else ():
             if rate and self._rng.random() < rate:
                 error_status = status
                 break
@@ -187,12 +201,55 @@ class Emulator:
         if hang:
             await asyncio.sleep(f.hang_seconds)
             return Response(status_code=504)
+        headers = self._retry_after_header(error_status)
         if error_status == 429:
-            return Response(status_code=429, headers={"Retry-After": "1"}, content=b"")
+            return Response(status_code=429, headers=headers, content=b"")
         if error_status:
             body = {"status": 0, "error_code": error_status, "error_type": "INTERNAL", "error_description": "fault"}
-            return JSONResponse(body, status_code=error_status)
+            return JSONResponse(body, status_code=error_status, headers=headers)
         return None
+
+    def _retry_after_header(self, status: int | None) -> dict[str, str]:
+        """Retry-After for an injected 429 or 503, in the form `Faults.retry_after` asks for."""
+        f = self.faults
+        if status not in (429, 503) or f.retry_after == "none":
+            return {}
+        if f.retry_after == "seconds":
+            return {"Retry-After": str(math.ceil(f.retry_after_s))}
+        moment = self.now() + timedelta(seconds=f.retry_after_s)
+        whole = moment.replace(microsecond=0)
+        if whole < moment:
+            whole += timedelta(seconds=1)
+        return {"Retry-After": format_datetime(whole.astimezone(UTC), usegmt=True)}
+
+    def _take_script(self, endpoint: str, method: str) -> dict | None:
+        """Use up one use of the first script entry for this endpoint and method; None when none matches."""
+        with self._script_lock:
+            for index, entry in enumerate(self._script):
+                if entry["endpoint"] == endpoint and entry.get("method", method) == method:
+                    entry["times"] -= 1
+                    if entry["times"] <= 0:
+                        del self._script[index]
+                    return dict(entry)
+        return None
+
+    def _scripted_status(self, api: str, entry: dict) -> Response:
+        """A script entry's status, before any effect, in the API's own error envelope."""
+        status = entry["status"]
+        headers = {"Retry-After": entry["retry_after"]} if "retry_after" in entry else \
+            self._retry_after_header(status)
+        if status in (204, 304):
+            return Response(status_code=status, headers=headers)
+        if api == "amojo":
+            body = {"status": 0, "error_code": status, "error_type": "FAULT", "error_description": f"injected {status}"}
+            return JSONResponse(body, status_code=status, headers=headers)
+        try:
+            title = HTTPStatus(status).phrase
+        except ValueError:
+            title = "Error"
+        response = rest_problem(status, title, "injected")
+        response.headers.update(headers)
+        return response
 
     def _rate_limited(self, key: str, rate: float | None) -> Response | None:
         if not rate:
@@ -216,13 +273,23 @@ class Emulator:
         async def endpoint_fn(request: Request) -> Response:
             body = await request.body()
             response = await gate(request, body, endpoint)
+            entry = None
+            if response is None:
+                entry = self._take_script(endpoint, request.method)
+                if entry is not None and "status" in entry:
+                    response = self._scripted_status(api, entry)
+                else:
+                    response = await self._inject(random_faults=entry is None)
             if response is None:
                 try:
                     response = await handler(request, _json(body))
                 except ApiError as exc:
                     response = render(exc)
-                if endpoint == "message" and response.status_code == 200:
-                    response = self._maybe_lose(response)
+                if 200 <= response.status_code < 300:
+                    if entry is not None:
+                        response = self._lose(api, entry["lose"])
+                    elif endpoint in self.faults.lost_answer_endpoints:
+                        response = self._maybe_lose(api, response)
             self._log(api, endpoint, response.status_code)
             return response
 
@@ -244,7 +311,7 @@ class Emulator:
             )
         except BadSignature:
             return amojo_error(403, "ORIGIN_INVALID_SIGNATURE", "invalid signature")
-        return self._rate_limited("amojo", self.config.amojo_rate) or await self._inject()
+        return self._rate_limited("amojo", self.config.amojo_rate)
 
     async def _rest_gate(self, request: Request, body: bytes, endpoint: str) -> Response | None:
         if endpoint != "oauth":
@@ -255,17 +322,24 @@ class Emulator:
             limited = self._rate_limited(f"rest:{token}", self.config.rest_rate)
             if limited is not None:
                 return limited
-        return await self._inject()
+        return None
 
-    def _maybe_lose(self, response: Response) -> Response:
-        """A "lost answer": the message is stored, then the client sees a 500 or a dropped connection."""
+    def _maybe_lose(self, api: str, response: Response) -> Response:
+        """A "lost answer" at `lost_answer_rate`: the effect is stored, then the client sees a 500 or a dropped
+        connection."""
         f = self.faults
         if not (f.lost_answer_rate and self._rng.random() < f.lost_answer_rate):
             return response
         mode = f.lost_answer_mode if f.lost_answer_mode != "mixed" else self._rng.choice(["500", "drop"])
-        if mode == "500":
+        return self._lose(api, mode)
+
+    def _lose(self, api: str, mode: str) -> Response:
+        """What the client gets instead of an answer: a 500 in the API's envelope, or a dropped connection."""
+        if mode == "drop":
+            return _DroppedConnection()
+        if api == "amojo":
             return amojo_error(500, "INTERNAL", "internal error")
-        return _DroppedConnection()
+        return rest_problem(500, "Internal Server Error", "internal error")
 
     def _scope_or_404(self, request: Request) -> str:
         scope_id = request.path_params["scope_id"]
@@ -596,10 +670,16 @@ class Emulator:
         return JSONResponse(log)
 
     async def admin_faults(self, request: Request) -> Response:
+        """The faults in force (POST: replace them, fields as in `Faults`); `script` is what is left of it."""
         if request.method == "POST":
-            self.set_faults(Faults.from_dict(await request.json()))
+            try:
+                faults = Faults.from_dict(json.loads(await request.body()))
+            except ValueError as exc:  # also a body that is not JSON
+                return JSONResponse({"error": "invalid faults", "detail": str(exc)}, status_code=400)
+            self.set_faults(faults)
         return JSONResponse({**asdict(self.faults), "error_rates": {str(k): v for k, v in
-                                                                    self.faults.error_rates.items()}})
+                                                                    self.faults.error_rates.items()},
+                             "script": self.script_left()})
 
     async def admin_clock(self, request: Request) -> Response:
         body = await request.json()
@@ -750,11 +830,14 @@ def _contact_fields(item: dict) -> tuple[list[str], list[str]]:
 
 
 def _contact_matches(contact: dict, query: str) -> bool:
-    """amoCRM's `query`: phone digits, email or name (§6, issue 3)."""
+    """amoCRM's `query` searches every filled field: phone digits, an email, or else a case-insensitive substring
+    of the name or of any custom field's value (e.g. a key in the IM field) (§6, issues 3 and 12)."""
     lowered = query.lower()
     query_digits = digits(query)
-    if query_digits and len(query_digits) >= 5 and len(query_digits) >= len(query.strip()) // 2:
+    looks_like_phone = len(query_digits) >= 5 and len(query_digits) >= len(query.strip()) // 2 \
+        and not any(ch.isalpha() for ch in query)  # a key such as amojoetl3f9a… is mostly digits, but not a phone
+    if looks_like_phone:
         return any(query_digits in phone or phone in query_digits for phone in contact["phones"])
     if "@" in lowered:
         return lowered in contact["emails"]
-    return lowered in contact["name"].lower()
+    return lowered in contact["name"].lower() or any(lowered in value.lower() for value in contact["values"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 DEMO_CHANNEL_ID = "344a5002-f8ca-454d-af3d-396180102ac7"
@@ -30,26 +31,190 @@ DEMO_USERS: tuple[EmulatedUser, ...] = (
 )
 
 
+# Route names of the emulated endpoints (`Emulator._routes`) and their methods: what `lost_answer_endpoints` and
+# `script` entries name.
+ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "connect": ("POST",),
+    "disconnect": ("DELETE", "POST"),
+    "create_chat": ("POST",),
+    "history": ("GET",),
+    "typing": ("POST",),
+    "delivery_status": ("POST",),
+    "message": ("POST",),
+    "account": ("GET",),
+    "users": ("GET",),
+    "contacts": ("GET", "POST"),
+    "contacts_chats": ("GET", "POST"),
+    "oauth": ("POST",),
+}
+
+SCRIPT_KEYS = ("endpoint", "method", "status", "lose", "retry_after", "times")
+
+
 @dataclass
 class Faults:
-    """Seeded, reproducible faults; every rate is a probability per request in [0, 1]."""
+    """Seeded, reproducible faults; every rate is a probability per request in [0, 1].
+
+    Random faults (drawn from a generator seeded with `seed`, so a run repeats exactly):
+      - `latency_ms` + up to `jitter_ms` on every answer that passes the API's own checks;
+      - `hang_rate`: the request hangs `hang_seconds`, then answers 504;
+      - `error_rates`: status (400..599, e.g. 429, 500, 502, 503) -> rate, answered before any effect; an injected
+        429 or 503 carries Retry-After as `retry_after` says;
+      - `lost_answer_rate`: on the endpoints named in `lost_answer_endpoints`, a 2xx answer is lost after the
+        handler ran (its effect is stored): the client sees a 500 in the API's envelope, or a connection dropped
+        mid-answer (`lost_answer_mode`: "500", "drop", or "mixed", chosen per request);
+      - `history_lag_ms`: a stored message shows in history only this long after it was stored.
+
+    Retry-After on injected 429/503 (`retry_after`): "seconds" sends ceil(`retry_after_s`) as delay-seconds,
+    "http-date" sends the RFC 9110 IMF-fixdate of the emulator's clock + `retry_after_s`, rounded up to a whole
+    second (e.g. "Sun, 06 Nov 1994 08:49:37 GMT"), "none" sends no header. The REST rate limiter's own 429 always
+    says seconds.
+
+    `script`: one-shot faults in order, each `{"endpoint": <route name, see ENDPOINTS>, "method": "POST"
+    (optional: any method), "status": 408 | "lose": "500" | "drop", "retry_after": "120" | <HTTP-date>
+    (optional, only with status), "times": 1 (optional, >= 1)}` with exactly one of `status` and `lose`. A request
+    that passes the API's own checks (signature; token and rate limit) consumes one use of the first entry that
+    matches its endpoint and method, and then gets no random error, hang or lost answer (latency still applies):
+      - `status` (200..599): answered before any effect, with the API's error envelope (amojo
+        `{"status":0,"error_code":N,"error_type":"FAULT","error_description":"injected N"}`, REST problem+json
+        `{"title":<reason>,"type":…,"status":N,"detail":"injected"}`; no body for 204/304); `retry_after` is sent
+        verbatim as Retry-After (so malformed values can be tested too); without it a 429 or 503 gets the
+        `retry_after` form above;
+      - `lose`: the handler runs (its effect is stored), then a 2xx answer is lost as a 500 or a dropped
+        connection; an answer that is not 2xx is passed on as it is (the entry is used up all the same).
+    GET /_emulator/faults shows what is left of the script (entries with the uses they have left).
+
+    `from_dict` (and POST /_emulator/faults, which answers 400 for it) rejects unknown keys and wrongly typed or
+    out-of-range values with a ValueError naming the field.
+    """
 
     seed: int = 0
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
-    error_rates: dict[int, float] = field(default_factory=dict)  # status (500/502/503/429) -> rate, before any effect
-    lost_answer_rate: float = 0.0  # the message is stored, then the answer is lost
+    error_rates: dict[int, float] = field(default_factory=dict)  # status -> rate, before any effect
+    lost_answer_rate: float = 0.0  # the handler's effect is stored, then the answer is lost
     lost_answer_mode: Literal["500", "drop", "mixed"] = "mixed"
+    lost_answer_endpoints: tuple[str, ...] = ("message",)  # route names (ENDPOINTS) whose answers may be lost
     hang_rate: float = 0.0
     hang_seconds: float = 60.0
     history_lag_ms: float = 0.0
+    retry_after: Literal["seconds", "http-date", "none"] = "seconds"  # Retry-After form on injected 429/503
+    retry_after_s: float = 1.0  # the delay Retry-After says
+    script: list[dict] = field(default_factory=list)  # one-shot faults, see above
+
+    def __post_init__(self) -> None:
+        self.seed = _int("seed", self.seed)
+        for name in ("latency_ms", "jitter_ms", "hang_seconds", "history_lag_ms", "retry_after_s"):
+            setattr(self, name, _number(name, getattr(self, name)))
+        for name in ("lost_answer_rate", "hang_rate"):
+            setattr(self, name, _rate(name, getattr(self, name)))
+        if not isinstance(self.error_rates, dict):
+            raise ValueError(f"error_rates must be an object of status -> rate, not {self.error_rates!r}")
+        self.error_rates = {_status(f"error_rates key {k!r}", k, 400): _rate(f"error_rates[{k!r}]", v)
+                            for k, v in self.error_rates.items()}
+        _choice("lost_answer_mode", self.lost_answer_mode, ("500", "drop", "mixed"))
+        _choice("retry_after", self.retry_after, ("seconds", "http-date", "none"))
+        if not isinstance(self.lost_answer_endpoints, list | tuple):
+            raise ValueError(f"lost_answer_endpoints must be a list of route names, not {self.lost_answer_endpoints!r}")
+        self.lost_answer_endpoints = tuple(_endpoint("lost_answer_endpoints", e) for e in self.lost_answer_endpoints)
+        if not isinstance(self.script, list | tuple):
+            raise ValueError(f"script must be a list of entries, not {self.script!r}")
+        self.script = [_script_entry(i, entry) for i, entry in enumerate(self.script)]
 
     @classmethod
     def from_dict(cls, data: dict) -> Faults:
+        """Faults from JSON: error_rates keys may be strings ("503"); unknown keys and bad values are a ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"faults must be a JSON object, not {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(map(str, unknown))}")
         data = dict(data)
-        if "error_rates" in data:
-            data["error_rates"] = {int(k): float(v) for k, v in data["error_rates"].items()}
+        if isinstance(data.get("error_rates"), dict):
+            data["error_rates"] = {_status_key(k): v for k, v in data["error_rates"].items()}
         return cls(**data)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(name: str, value: object) -> int:
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _number(name: str, value: object) -> float:
+    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
+        raise ValueError(f"{name} must be a non-negative number, not {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _rate(name: str, value: object) -> float:
+    number = _number(name, value)
+    if number > 1:
+        raise ValueError(f"{name} must be a rate between 0 and 1, not {value!r}")
+    return number
+
+
+def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+
+
+def _status_key(key: object) -> object:
+    return int(key) if isinstance(key, str) and key.isdigit() else key
+
+
+def _status(name: str, value: object, low: int) -> int:
+    if not _is_int(value) or not low <= value <= 599:  # type: ignore[operator]
+        raise ValueError(f"{name} must be an HTTP status between {low} and 599, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _endpoint(name: str, value: object) -> str:
+    if not isinstance(value, str) or value not in ENDPOINTS:
+        raise ValueError(f"{name}: {value!r} is not a route name; use one of {', '.join(ENDPOINTS)}")
+    return value
+
+
+def _script_entry(index: int, entry: object) -> dict:
+    where = f"script[{index}]"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object, not {entry!r}")
+    unknown = sorted(set(entry) - set(SCRIPT_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(map(str, unknown))}; use {', '.join(SCRIPT_KEYS)}")
+    out: dict = {"endpoint": _endpoint(f"{where}.endpoint", entry.get("endpoint"))}
+    if entry.get("method") is not None:
+        method = entry["method"]
+        if not isinstance(method, str) or method.upper() not in ENDPOINTS[out["endpoint"]]:
+            raise ValueError(f"{where}.method: {out['endpoint']} takes {', '.join(ENDPOINTS[out['endpoint']])}, "
+                             f"not {method!r}")
+        out["method"] = method.upper()
+    has_status, has_lose = entry.get("status") is not None, entry.get("lose") is not None
+    if has_status == has_lose:
+        raise ValueError(f"{where} needs exactly one of status and lose")
+    if has_status:
+        out["status"] = _status(f"{where}.status", entry["status"], 200)
+    else:
+        _choice(f"{where}.lose", entry["lose"], ("500", "drop"))
+        out["lose"] = entry["lose"]
+    retry_after = entry.get("retry_after")
+    if retry_after is not None:
+        if has_lose:
+            raise ValueError(f"{where}.retry_after goes only with a status")
+        if _is_int(retry_after) and retry_after >= 0:
+            retry_after = str(retry_after)
+        if not isinstance(retry_after, str) or not retry_after or not all(" " <= ch <= "~" for ch in retry_after):
+            raise ValueError(f"{where}.retry_after must be seconds (\"120\") or an HTTP-date, not {retry_after!r}")
+        out["retry_after"] = retry_after
+    times = entry.get("times", 1)
+    if not _is_int(times) or times < 1:
+        raise ValueError(f"{where}.times must be an integer >= 1, not {times!r}")
+    out["times"] = times
+    return out
 
 
 @dataclass

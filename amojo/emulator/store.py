@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id T
     UNIQUE (scope_id, msgid));
 CREATE INDEX IF NOT EXISTS messages_chat ON messages (chat_id, msec_timestamp);
 CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, name TEXT, phones TEXT, emails TEXT, body_json TEXT,
-    created_at REAL);
+    created_at REAL, field_values TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS links (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT UNIQUE, contact_id INTEGER);
 CREATE TABLE IF NOT EXISTS leads (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
     status TEXT, created_at REAL);
@@ -47,6 +47,20 @@ def digits(value: str) -> str:
     return "".join(ch for ch in value if ch.isdigit())
 
 
+def field_values(body: dict) -> list[str]:
+    """Every filled custom field value of a contact, as text: what amoCRM's contact search looks in."""
+    values: list[str] = []
+    custom_fields = body.get("custom_fields_values")
+    for custom_field in custom_fields if isinstance(custom_fields, list) else []:
+        if not isinstance(custom_field, dict):
+            continue
+        entries = custom_field.get("values")
+        for value in entries if isinstance(entries, list) else []:
+            if isinstance(value, dict) and value.get("value") not in (None, ""):
+                values.append(str(value["value"]))
+    return values
+
+
 class Store:
     """Chats, messages, contacts, links, leads and notifications of one emulated account."""
 
@@ -59,6 +73,17 @@ class Store:
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a state file written by an older emulator up to this schema."""
+        columns = {row["name"] for row in self._all("PRAGMA table_info(contacts)")}
+        if "field_values" not in columns:  # before issue 12: derive the searchable values from the stored bodies
+            with self.transaction() as db:
+                db.execute("ALTER TABLE contacts ADD COLUMN field_values TEXT NOT NULL DEFAULT '[]'")
+                for row in db.execute("SELECT id, body_json FROM contacts").fetchall():
+                    db.execute("UPDATE contacts SET field_values = ? WHERE id = ?",
+                               (json.dumps(field_values(json.loads(row["body_json"]))), row["id"]))
 
     def close(self) -> None:
         self._db.close()
@@ -198,8 +223,10 @@ class Store:
             row = db.execute("SELECT COALESCE(MAX(id), ?) + 1 FROM contacts", (CONTACT_ID_START,)).fetchone()
             contact_id = int(row[0])
             db.execute(
-                "INSERT INTO contacts VALUES (?, ?, ?, ?, ?, ?)",
-                (contact_id, name, json.dumps(phones), json.dumps(emails), json.dumps(body), time.time()),
+                "INSERT INTO contacts (id, name, phones, emails, body_json, created_at, field_values) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (contact_id, name, json.dumps(phones), json.dumps(emails), json.dumps(body), time.time(),
+                 json.dumps(field_values(body))),
             )
         return contact_id
 
@@ -317,5 +344,6 @@ def _contact(row: sqlite3.Row) -> dict:
         "name": row["name"],
         "phones": json.loads(row["phones"]),
         "emails": json.loads(row["emails"]),
+        "values": json.loads(row["field_values"]),  # every custom field value, for search
         "body": json.loads(row["body_json"]),
     }

@@ -1,0 +1,260 @@
+"""Exactly once at the edges of the load path: lost answers on every endpoint, odd status codes, uncertain sends,
+failures that must stop one conversation and no more (issue 12). Each runs the flow's steps without Prefect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+
+import httpx
+import pytest
+from load_harness import DAY, edit_text, landed, run_interval, settings_for, write_source
+
+from amojo.chats import ChatsClient
+from amojo.emulator.config import EmulatorConfig, Faults
+from amojo.errors import SignatureRejected
+from etl.ledger import Ledger
+
+
+class Killed(Exception):
+    """The process died here: nothing of the run after this point runs (nothing in the load path catches it)."""
+
+
+@pytest.fixture
+def source(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'source.db'}"
+    write_source(url)
+    return url
+
+
+@pytest.fixture
+def ledger_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+def _contacts(emulator) -> list[dict]:
+    return emulator.emulator.snapshot()["contacts"]
+
+
+def _once_each(emulator, expected: int) -> dict[str, list[dict]]:
+    held = landed(emulator)
+    assert len(held) == expected and {len(copies) for copies in held.values()} == {1}, Counter(map(len, held.values()))
+    return held
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+async def test_a_lost_answer_on_creating_contacts_creates_none_twice(emulator, source, ledger_url, mode):
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "contacts", "method": "POST", "lose": mode}]))
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    assert len(_contacts(emulator)) == 6  # one per client, with or without phone and email
+    _once_each(emulator, 48)
+
+
+async def test_a_run_killed_between_creating_contacts_and_saving_them_creates_none_twice(
+        emulator, source, ledger_url, monkeypatch):
+    original = Ledger.save_contacts
+
+    def killed_after_creating(self, rows):
+        if any(row["created"] for row in rows):
+            raise Killed
+        original(self, rows)
+
+    monkeypatch.setattr(Ledger, "save_contacts", killed_after_creating)
+    with pytest.raises(Killed):
+        await run_interval(settings_for(emulator, source, ledger_url))
+    assert len(_contacts(emulator)) == 6  # created, their ids never saved
+    monkeypatch.setattr(Ledger, "save_contacts", original)
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    # Found again by the key each carries: those without phone or email too.
+    assert len(_contacts(emulator)) == 6 and result.load.contacts_created == 0 and result.load.contacts_matched == 6
+
+
+async def test_a_lost_answer_on_linking_is_resolved_by_reading_the_links(emulator, source, ledger_url):
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "contacts_chats", "method": "POST", "lose": "drop"}]))
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    links = emulator.emulator.snapshot()["links"]
+    assert len(links) == 6 and len({link["chat_id"] for link in links}) == 6
+
+
+@pytest.mark.parametrize("status", [408, 425, 502])
+async def test_answers_that_say_try_again_are_tried_again(emulator, source, ledger_url, status):
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "message", "status": status, "times": 2},
+                                                {"endpoint": "contacts", "status": status}]))
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    _once_each(emulator, 48)
+
+
+async def test_a_refusal_by_the_api_counts_against_the_verdict_and_is_sent_by_the_next_run(
+        emulator, source, ledger_url):
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "message", "status": 409}]))
+    first = await run_interval(settings_for(emulator, source, ledger_url))
+    assert first.load.api_rejected == Counter({"api_409": 1})
+    assert first.verdict.verdict == "incomplete" and len(first.verdict.missing) == 1
+    second = await run_interval(settings_for(emulator, source, ledger_url))
+    assert second.verdict.verdict == "complete" and second.load.messages_sent == 1
+    _once_each(emulator, 48)
+
+
+def _kill_after_landing(monkeypatch, msgid: str) -> None:
+    """The request for `msgid` lands in amoCRM, then the process dies before it reads the answer."""
+    original = ChatsClient.new_message
+
+    async def new_message(self, payload):
+        answer = await original(self, payload)
+        if payload["msgid"] == msgid:
+            raise Killed
+        return answer
+
+    monkeypatch.setattr(ChatsClient, "new_message", new_message)
+
+
+async def test_an_edit_after_a_send_whose_answer_was_lost_reaches_amocrm(emulator, source, ledger_url, monkeypatch):
+    _kill_after_landing(monkeypatch, "ae-cv1-3")
+    settings = settings_for(emulator, source, ledger_url)
+    with pytest.raises(Killed):
+        await run_interval(settings)
+    monkeypatch.undo()
+    edit_text(source, "cv1-3", "edited after the lost answer")
+    result = await run_interval(settings)
+    assert result.verdict.verdict == "complete", result.verdict
+    held = _once_each(emulator, 48)
+    assert held["ae-cv1-3"][0]["message"]["text"] == "edited after the lost answer"
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(duplicate_msgid="reject")])
+async def test_a_refused_retry_the_history_does_not_show_yet_stays_uncertain(emulator, tmp_path, ledger_url):
+    source = f"sqlite:///{tmp_path / 'small.db'}"
+    write_source(source, conversations=2, messages=3)
+    # The first answer is lost, the retry refused as a duplicate, and the history lags behind: not knowing, the
+    # loader must neither call the message rejected nor send the conversation's later ones.
+    emulator.emulator.set_faults(Faults(history_lag_ms=8000,
+                                        script=[{"endpoint": "message", "lose": "500"}]))
+    settings = settings_for(emulator, source, ledger_url, concurrency=1)
+    first = await run_interval(settings)
+    assert not first.load.api_rejected and len(first.load.stopped) == 1
+    stopped = next(iter(first.load.stopped))
+    assert [m for m in landed(emulator) if m.startswith(stopped + "-")] == [stopped + "-0"]
+    emulator.emulator.set_faults(Faults())  # the history has caught up
+    edit_text(source, stopped.removeprefix("ae-") + "-0", "edited while it was uncertain")
+    second = await run_interval(settings)
+    assert second.verdict.verdict == "complete", second.verdict
+    held = _once_each(emulator, 6)
+    assert held[stopped + "-0"][0]["message"]["text"] == "edited while it was uncertain"
+
+
+async def test_a_failed_history_lookup_stops_its_conversation_only(emulator, source, ledger_url, monkeypatch):
+    _kill_after_landing(monkeypatch, "ae-cv2-5")
+    settings = settings_for(emulator, source, ledger_url, concurrency=1)
+    with pytest.raises(Killed):
+        await run_interval(settings)
+    monkeypatch.undo()
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "history", "status": 400}]))
+    second = await run_interval(settings)  # returns: the lookup's failure is one conversation's
+    assert list(second.load.stopped) == ["ae-cv2"]
+    assert {m.rsplit("-", 1)[0] for m in second.verdict.missing} == {"ae-cv2"}
+    third = await run_interval(settings)
+    assert third.verdict.verdict == "complete", third.verdict
+    _once_each(emulator, 48)
+
+
+async def test_when_a_load_fails_nothing_of_it_is_in_flight_once_its_claims_are_released(
+        emulator, source, ledger_url, monkeypatch):
+    in_flight = 0
+    at_release: list[int] = []
+    send = httpx.AsyncClient.send
+
+    async def counted(self, request, **kwargs):
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            return await send(self, request, **kwargs)
+        finally:
+            in_flight -= 1
+
+    release = Ledger.release_claims
+
+    def noted(self, holder, kind=None, keys=None):
+        if kind is None:
+            at_release.append(in_flight)
+        return release(self, holder, kind, keys)
+
+    calls = 0
+    new_message = ChatsClient.new_message
+
+    async def refused_sixth(self, payload):
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            raise SignatureRejected("the Chats API rejected the request signature", status=403)
+        return await new_message(self, payload)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", counted)
+    monkeypatch.setattr(Ledger, "release_claims", noted)
+    monkeypatch.setattr(ChatsClient, "new_message", refused_sixth)
+    # Every answer takes 200 ms; the sixth message meets a wrong secret: the run stops, its siblings with it.
+    emulator.emulator.set_faults(Faults(latency_ms=200))
+    with pytest.raises(SignatureRejected):
+        await run_interval(settings_for(emulator, source, ledger_url))
+    assert at_release == [0]
+
+
+async def test_a_conversation_that_failed_sends_nothing_later_in_the_same_run(emulator, source, ledger_url):
+    # Chunks of 6 rows: one message of each conversation per chunk. The first message sent fails for good.
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "message", "status": 503, "times": 6}]))
+    settings = settings_for(emulator, source, ledger_url, concurrency=1).model_copy(update={"chunk_size": 6})
+    result = await run_interval(settings)
+    assert list(result.load.stopped) == ["ae-cv0"] and result.load.held_back == 7
+    assert not [m for m in landed(emulator) if m.startswith("ae-cv0-")]
+    again = await run_interval(settings)
+    assert again.verdict.verdict == "complete", again.verdict
+    held = landed(emulator)
+    order = [m["msgid"] for chat in emulator.emulator.snapshot()["messages"].values() for m in chat
+             if m["msgid"].startswith("ae-cv0-")]
+    assert order == [f"ae-cv0-{n}" for n in range(8)] and len(held) == 48
+
+
+async def test_history_that_shifts_while_it_is_read_shows_no_false_duplicates(emulator, tmp_path, ledger_url,
+                                                                             monkeypatch):
+    from tasks.reconcile import reconcile
+
+    source = f"sqlite:///{tmp_path / 'long.db'}"
+    write_source(source, conversations=1, messages=70)  # two pages of history
+    settings = settings_for(emulator, source, ledger_url)
+    assert (await run_interval(settings)).verdict.verdict == "complete"
+
+    page = ChatsClient.history_page
+
+    async def shifting(self, chat_id, offset=0, limit=50):
+        items = await page(self, chat_id, offset, limit)
+        if offset == 0:  # the next day's run sends into the chat between our two pages
+            await self.new_message({"timestamp": 1_790_000_000, "msgid": f"next-day-{len(items)}",
+                                    "conversation_id": chat_id, "silent": True,
+                                    "sender": {"id": "ae-cl0", "name": "Client 0"},
+                                    "message": {"type": "text", "text": "the next day"}})
+        return items
+
+    monkeypatch.setattr(ChatsClient, "history_page", shifting)
+    from etl.api import open_api
+    from etl.intervals import Interval
+
+    interval = Interval.days(DAY, DAY + timedelta(days=1), settings.zone)
+    ledger = Ledger(ledger_url)
+    async with open_api(settings, ledger) as api:
+        verdict = await reconcile(api, ledger, interval.start_ms, interval.end_ms)
+    ledger.close()
+    assert verdict.duplicates == [] and verdict.missing == [] and verdict.confirmed == 70
+
+
+async def test_runs_side_by_side_in_one_process_share_the_accounts_rest_limit(emulator, source, ledger_url):
+    write_source(source, day=DAY + timedelta(days=1), tag="b")
+    settings = settings_for(emulator, source, ledger_url, rest_rate=7)
+    emulator.emulator.request_log.clear()
+    first, second = await asyncio.gather(run_interval(settings), run_interval(settings, DAY + timedelta(days=1)))
+    assert first.verdict.verdict == second.verdict.verdict == "complete"
+    rest = Counter(status for _, api, _, status in emulator.emulator.request_log if api == "rest")
+    assert rest[429] == 0 and rest[200] > 7, rest

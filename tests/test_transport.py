@@ -1,0 +1,153 @@
+"""Status classes and retries of both API clients: what is sent again, after how long, and what is left uncertain."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from amojo.errors import InvalidRequest, RateLimited, Transient
+from amojo.transport import RetryPolicy, TokenBucket, Transport, retry_after
+
+NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
+
+
+def _transport(answers: list, policy: RetryPolicy | None = None) -> tuple[Transport, list[float], list[int]]:
+    """A transport over scripted answers (a status with headers, or an exception); the waits it makes, recorded."""
+    sent: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        status, headers = answer if isinstance(answer, tuple) else (answer, {})
+        return httpx.Response(status, headers=headers, json={"ok": status < 300})
+
+    client = httpx.AsyncClient(base_url="http://api.test", transport=httpx.MockTransport(handler))
+    transport = Transport(client, "REST v4", retry=policy or RetryPolicy())
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    transport.sleep = sleep
+    return transport, waits, sent
+
+
+def _date(moment: datetime) -> str:
+    return email.utils.format_datetime(moment, usegmt=True)
+
+
+@pytest.mark.parametrize("status", [408, 425, 500, 502, 503, 504])
+async def test_timeouts_too_early_and_server_errors_are_retried(status):
+    transport, waits, sent = _transport([status, status, 200])
+    response = await transport.request("GET", "/api/v4/users")
+    assert response.status_code == 200 and len(sent) == 3 and len(waits) == 2
+
+
+@pytest.mark.parametrize("status", [400, 409, 422])
+async def test_other_client_errors_are_refusals_with_the_apis_reason(status):
+    transport, waits, sent = _transport([status])
+    with pytest.raises(InvalidRequest) as refused:
+        await transport.request("POST", "/api/v4/contacts", json_body=[{}])
+    assert refused.value.status == status and len(sent) == 1 and not refused.value.may_have_landed
+
+
+def test_retry_after_in_seconds_and_as_an_http_date_counted_from_the_answers_date():
+    def answer(value: str, date: datetime | None = NOW) -> httpx.Response:
+        headers = {"Retry-After": value}
+        if date is not None:
+            headers["Date"] = _date(date)
+        return httpx.Response(429, headers=headers)
+
+    assert retry_after(answer("120")) == 120
+    assert retry_after(answer(_date(NOW + timedelta(seconds=90)))) == 90  # our clock does not matter
+    assert retry_after(answer(_date(NOW - timedelta(seconds=5)))) == 0  # a date in the past: at once
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert 55 <= retry_after(answer(_date(later), date=None)) <= 60  # no Date: from our clock
+    assert retry_after(answer("soon")) is None
+    assert retry_after(httpx.Response(429)) is None
+
+
+async def test_a_long_retry_after_is_honoured_and_a_429_waits_rather_than_fails():
+    # A server asking for 120 s between attempts, nine times: more attempts than other errors get, all waited.
+    answers = [(429, {"Retry-After": "120"})] * 9 + [200]
+    transport, waits, sent = _transport(answers, RetryPolicy(attempts=6, patience=1200))
+    response = await transport.request("GET", "/api/v4/contacts", params={"query": "x"})
+    assert response.status_code == 200 and len(sent) == 10 and waits == [120.0] * 9
+
+
+async def test_retry_after_is_capped_and_the_requests_patience_ends_the_waiting():
+    policy = RetryPolicy(retry_after_cap=300, patience=1000)
+    assert policy.delay(1, RateLimited("x", retry_after=86400)) == 300
+    transport, waits, sent = _transport([(429, {"Retry-After": "400"})] * 10, policy)
+    with pytest.raises(RateLimited):
+        await transport.request("GET", "/api/v4/users")
+    # Waited 300 s at a time while the total stayed within the patience of 1000 s: three waits, four attempts.
+    assert waits == [300.0, 300.0, 300.0] and len(sent) == 4
+
+
+async def test_a_request_that_is_not_idempotent_is_not_sent_again_after_an_uncertain_answer():
+    for uncertain in (500, httpx.ReadTimeout("lost"), httpx.RemoteProtocolError("dropped")):
+        transport, _, sent = _transport([uncertain, 200])
+        with pytest.raises(Transient) as lost:
+            await transport.request("POST", "/api/v4/contacts", json_body=[{}], idempotent=False)
+        assert lost.value.may_have_landed and len(sent) == 1
+
+
+async def test_a_request_that_is_not_idempotent_is_sent_again_when_nothing_was_done():
+    for nothing_done in (408, 425, (429, {"Retry-After": "1"}), httpx.ConnectError("refused")):
+        transport, _, sent = _transport([nothing_done, 200])
+        response = await transport.request("POST", "/api/v4/contacts", json_body=[{}], idempotent=False)
+        assert response.status_code == 200 and len(sent) == 2
+
+
+async def test_a_refusal_after_a_lost_answer_says_the_request_may_have_landed():
+    transport, _, _ = _transport([500, 400])
+    with pytest.raises(InvalidRequest) as refused:
+        await transport.request("POST", "/v2/origin/custom/scope", json_body={})
+    assert refused.value.attempts == 2 and refused.value.may_have_landed
+
+
+async def test_guards_run_before_every_attempt_and_stop_the_request():
+    transport, _, sent = _transport([500, 200])
+    calls: list[int] = []
+
+    def guard() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("lease gone")
+
+    transport.guards.append(guard)
+    with pytest.raises(RuntimeError, match="lease gone"):
+        await transport.request("GET", "/api/v4/users")
+    assert len(sent) == 1  # the retry was never sent
+
+
+def test_one_rate_limit_is_shared_by_event_loops_in_threads():
+    """The days of a backfill run side by side on their own loops: together they keep to the account's rate."""
+    bucket = TokenBucket(20, burst=1)
+    stamps: list[float] = []
+
+    def run_loop() -> None:
+        async def requests() -> None:
+            for _ in range(10):
+                await bucket.acquire()
+                stamps.append(time.monotonic())
+
+        asyncio.run(requests())
+
+    threads = [threading.Thread(target=run_loop) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stamps.sort()
+    # 30 requests at 20/s take at least 29/20 s; with a bucket per loop they would take a third of that.
+    assert stamps[-1] - stamps[0] >= 29 / 20 * 0.95
