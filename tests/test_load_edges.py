@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import httpx
 import pytest
@@ -228,12 +228,13 @@ async def test_history_that_shifts_while_it_is_read_shows_no_false_duplicates(em
     assert (await run_interval(settings)).verdict.verdict == "complete"
 
     page = ChatsClient.history_page
+    next_day = int(datetime.combine(DAY + timedelta(days=1), time(12), UTC).timestamp())
 
     async def shifting(self, chat_id, offset=0, limit=50):
         items = await page(self, chat_id, offset, limit)
         if offset == 0:  # the next day's run sends into the chat between our two pages
-            await self.new_message({"timestamp": 1_790_000_000, "msgid": f"next-day-{len(items)}",
-                                    "conversation_id": chat_id, "silent": True,
+            await self.new_message({"timestamp": next_day, "msgid": f"next-day-{len(items)}",
+                                    "conversation_id": "ae-cv0", "silent": True,
                                     "sender": {"id": "ae-cl0", "name": "Client 0"},
                                     "message": {"type": "text", "text": "the next day"}})
         return items
