@@ -49,7 +49,7 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                     ledger.mark_messages(verdict.missing, "failed")
                     ledger.mark_changed(verdict.mismatched)
                     redone = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1))
-                    row.update(repaired=redone["messages_sent"], verdict=redone["verdict"])
+                    row.update(repaired=redone["messages_sent"] + redone["messages_edited"], verdict=redone["verdict"])
                 rows.append(row)
     except (ConfigurationError, *FATAL) as exc:
         logger.error("%s", exc)

@@ -58,6 +58,21 @@ async def test_reconcile_finds_a_lost_message_and_repair_sends_it_once(emulator,
     assert landed[lost] == 1 and set(landed.values()) == {1}
 
 
+async def test_repair_edits_a_message_whose_text_in_amocrm_is_not_the_sources(emulator, pipeline_env):
+    day = (date(2026, 10, 11), date(2026, 10, 12))
+    await import_chats(start=day[0], end=day[1])
+    store = emulator.emulator.store
+    changed = next(m for m in store.messages() if m["message"].get("type") == "text")
+    source_text = changed["message"]["text"]
+    store.edit_message(changed["id"], {"text": "changed in amoCRM"})
+    found = await reconcile(start=day[0], end=day[1])
+    assert found["verdict"] == "incomplete" and found["by_day"][0]["mismatched"] == 1
+    repaired = await reconcile(start=day[0], end=day[1], repair=True)
+    assert repaired["repaired"] == 1 and repaired["verdict"] == "complete"
+    assert store.message(changed["id"])["message"]["text"] == source_text
+    assert set(_landed(emulator).values()) == {1}
+
+
 async def test_reconcile_reports_surplus_messages(emulator, pipeline_env):
     from amojo.chats import ChatsClient
 
