@@ -340,13 +340,24 @@ class HistoryLimit(StrEnum):
     reject = "reject"
 
 
+class RetryAfter(StrEnum):
+    seconds = "seconds"
+    http_date = "http-date"
+    none = "none"
+
+
 def _error_rates(values: list[str]) -> dict[int, float]:
     rates = {}
     for value in values:
         status, _, rate = value.partition("=")
-        if status not in ("429", "500", "502", "503") or not rate:
-            raise typer.BadParameter(f"{value!r}: use STATUS=RATE with STATUS 429, 500, 502 or 503, e.g. 503=0.05")
-        rates[int(status)] = float(rate)
+        try:
+            code, share = int(status), float(rate)
+        except ValueError:
+            code, share = 0, -1.0
+        if not (400 <= code <= 599 and 0 <= share <= 1):
+            raise typer.BadParameter(f"{value!r}: use STATUS=RATE with a STATUS from 400 to 599 and a RATE from 0 to 1,"
+                                     " e.g. 503=0.05")
+        rates[code] = share
     return rates
 
 
@@ -374,8 +385,13 @@ def emulator(
     latency_ms: Annotated[float, typer.Option(help="added to every answer")] = 0.0,
     jitter_ms: Annotated[float, typer.Option(help="random extra latency, up to this")] = 0.0,
     error_rate: Annotated[list[str] | None, typer.Option(
-        help="STATUS=RATE, answered before any effect; repeat for 429, 500, 502, 503")] = None,
-    lost_answer_rate: Annotated[float, typer.Option(help="message stored, then a 500 or a dropped connection")] = 0.0,
+        help="STATUS=RATE, answered before any effect; repeat for several (429, 408, 503, ...)")] = None,
+    retry_after: Annotated[RetryAfter, typer.Option(help="Retry-After of injected 429/503: seconds or HTTP date")
+                           ] = RetryAfter.seconds,
+    retry_after_s: Annotated[float, typer.Option(help="the wait Retry-After asks for")] = 1.0,
+    lost_answer_rate: Annotated[float, typer.Option(help="request done, then a 500 or a dropped connection")] = 0.0,
+    lost_answer_endpoint: Annotated[list[str] | None, typer.Option(
+        help="where answers are lost (repeat): message, create_chat, contacts, contacts_chats, history, ...")] = None,
     hang_rate: Annotated[float, typer.Option(help="requests that hang for --hang-seconds")] = 0.0,
     hang_seconds: Annotated[float, typer.Option(help="how long a hang lasts")] = 60.0,
     history_lag_ms: Annotated[float, typer.Option(help="a stored message shows in history only after this")] = 0.0,
@@ -387,9 +403,14 @@ def emulator(
     from amojo.emulator.config import EmulatorConfig, Faults
     from amojo.emulator.server import serve
 
-    faults = Faults(seed=seed, latency_ms=latency_ms, jitter_ms=jitter_ms, error_rates=_error_rates(error_rate or []),
-                    lost_answer_rate=lost_answer_rate, hang_rate=hang_rate, hang_seconds=hang_seconds,
-                    history_lag_ms=history_lag_ms)
+    try:
+        faults = Faults(seed=seed, latency_ms=latency_ms, jitter_ms=jitter_ms,
+                        error_rates=_error_rates(error_rate or []), lost_answer_rate=lost_answer_rate,
+                        hang_rate=hang_rate, hang_seconds=hang_seconds, history_lag_ms=history_lag_ms,
+                        retry_after=retry_after.value, retry_after_s=retry_after_s,
+                        lost_answer_endpoints=tuple(lost_answer_endpoint or ("message",)))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     config = EmulatorConfig(
         state_path=str(state) if state else None, duplicate_msgid=duplicate_msgid.value,
         content_md5=content_md5.value, legacy_signatures=legacy_signatures, history_limit=history_limit.value,
