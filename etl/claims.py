@@ -7,7 +7,8 @@ takes them over and resumes as after any crash: `sending` messages are looked up
 
 The lease rule: claims expire by the ledger database's clock, never a worker's own; and the holder counts its lease
 from before its last successful claim or renewal by its own monotonic clock, doing nothing more for its claims once
-less than a sixth of the lease is left, whether or not the heartbeat managed to run.
+less than its margin (a sixth of the lease, or the longest a request can last, up to a third) is left, whether or
+not the heartbeat managed to run.
 
 Conversation order across runs: a run registers its messages as `pending` chunk by chunk, in time order, and
 publishes how far it has got (the interval claim's frontier); a backfill reserves the days it has not started yet.
@@ -38,9 +39,10 @@ RENEW_EVERY = 1 / 3
 RETRY_EVERY = 1 / 10
 """Of the lease: how soon a renewal that failed (the ledger did not answer) is tried again."""
 MARGIN = 1 / 6
-"""Of the lease: how much of it must be left for the run to go on. A renewal is due with two thirds left, so
-failed ones get half a lease of retries before the run stops; the margin itself covers the time from `check` to
-the side effect it guards (a request under way) and any drift between this machine's and the database's clock."""
+"""Of the lease: how much of it must be left for the run to go on, at least; more when a request can last
+longer (`request_s`), up to a third of the lease. A renewal is due with two thirds left, so failed ones get retries
+before the run stops; the margin itself covers the time from `check` to the side effect it guards (a request under
+way) and any drift between this machine's and the database's clock."""
 
 
 class ClaimLost(Exception):
@@ -51,9 +53,12 @@ class ClaimLost(Exception):
 class RunClaims:
     """The claims of one run, kept alive by a heartbeat every third of `ttl_s`, released when the run ends."""
 
-    def __init__(self, ledger: Ledger, ttl_s: float = 60.0, poll_s: float | None = None) -> None:
+    def __init__(self, ledger: Ledger, ttl_s: float = 60.0, poll_s: float | None = None,
+                 request_s: float = 0.0) -> None:
         self.ledger = ledger
         self.ttl_s = ttl_s
+        # A request that passed `check` may take up to `request_s` to land: the lease must outlast it.
+        self.margin_s = min(max(ttl_s * MARGIN, request_s), ttl_s / 3)
         self.poll_s = poll_s if poll_s is not None else min(0.5, ttl_s / 10)
         self.holder = uuid.uuid4().hex
         self.interval: Interval | None = None
@@ -114,7 +119,7 @@ class RunClaims:
     def lost(self) -> bool:
         """Whether this run may no longer hold its claims: another run took one over, or too little of the lease
         is left (by this machine's monotonic clock) to go on safely."""
-        return self._lost or (bool(self._held) and time.monotonic() > self._deadline - self.ttl_s * MARGIN)
+        return self._lost or (bool(self._held) and time.monotonic() > self._deadline - self.margin_s)
 
     def check(self) -> None:
         """Stop the run if its claims are gone or about to expire: going on could send a message twice."""

@@ -98,7 +98,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
         totals = RunTotals(interval.label)
         seen = SeenIds(source.repeated_ids())
         progress = await ImportProgress.start(interval.label, source.count())
-        async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s) as claims:
+        async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s,
+                                                                request_s=settings.timeout_s) as claims:
             api.guard(claims.check)  # no request goes out once this run's lease is gone
             await claims.hold_interval(interval)
             ledger.clear_rejects(interval.label)  # what is still bad is rejected again below

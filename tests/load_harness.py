@@ -85,7 +85,8 @@ async def run_interval(settings: Settings, day: date = DAY, days: int = 1) -> Ru
     ledger = Ledger(settings.state_url)
     total = LoadReport()
     try:
-        async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s) as claims:
+        async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s,
+                                                                request_s=settings.timeout_s) as claims:
             api.guard(claims.check)
             await claims.hold_interval(interval)
             senders = await resolve_senders(api.rest, settings.bot_id)

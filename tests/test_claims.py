@@ -213,6 +213,19 @@ async def test_the_run_stops_once_less_than_the_safety_margin_of_its_lease_is_le
     ledger.close()
 
 
+async def test_the_margin_outlasts_the_longest_request(tmp_path):
+    """A request that passed the check may take its whole timeout to land: the lease must still hold by then."""
+    ledger = _sqlite_ledger(tmp_path)
+    async with RunClaims(ledger, ttl_s=0.6) as plain, RunClaims(ledger, ttl_s=0.6, request_s=0.2) as patient:
+        await plain.hold_interval(DAY1)
+        assert patient.take("conversation", ["v1"]) == {"v1"}
+        time.sleep(0.6 - 0.2 + 0.03)  # less than a request's 0.2 s left, more than a sixth of the lease
+        plain.check()
+        with pytest.raises(ClaimLost):
+            patient.check()
+    ledger.close()
+
+
 async def test_the_claims_are_released_even_when_every_renewal_fails(tmp_path, monkeypatch):
     import asyncio
 
