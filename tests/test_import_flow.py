@@ -88,6 +88,26 @@ async def test_wrong_channel_secret_fails_fast_without_retries(emulator, pipelin
     assert counts == {"rest account 200": 1, "amojo connect 403": 1}  # no retry loop, nothing else sent
 
 
+async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run_that_took_over(
+        emulator, pipeline_env, monkeypatch):
+    import tasks.load
+    from etl.claims import ClaimLost
+    from etl.ledger import Ledger
+
+    day = (date(2026, 10, 3), date(2026, 10, 4))
+    assert (await import_chats(start=day[0], end=day[1]))["verdict"] == "complete"
+
+    async def stalled(*args, **kwargs):
+        raise ClaimLost("this run's claims expired")
+
+    monkeypatch.setattr(tasks.load, "load", stalled)  # another run took this one's work over meanwhile
+    state = await import_chats(start=day[0], end=day[1], return_state=True)
+    assert state.is_failed() and "claims" in state.message
+    ledger = Ledger(pipeline_env["AMOJO_ETL_STATE_URL"])
+    assert set(ledger.interval_statuses().values()) == {"complete"}  # not overwritten with `failed`
+    ledger.close()
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **env, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     full_env.pop("PREFECT_API_URL", None)  # the CLI runs as a user would: its own temporary server
