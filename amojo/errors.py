@@ -1,9 +1,9 @@
 """The errors amoCRM answers with, as a small hierarchy the loader can act on.
 
 Retrying is decided by class: `Transient` (408, 425, 5xx, timeouts, dropped connections) and `RateLimited` (429)
-are worth another attempt; the rest are not. Separately, `may_have_landed` says whether the request (this attempt or
-an earlier one) may have taken effect in amoCRM: such an outcome is resolved by reading amoCRM before anything is
-sent again. Messages carry the API's own reason and never a secret or a token.
+are worth another attempt at once; `Refused` in a later run; the rest are not. Separately, `may_have_landed` says
+whether the request (this attempt or an earlier one) may have taken effect in amoCRM: such an outcome is resolved
+by reading amoCRM before anything is sent again. Messages carry the API's own reason and never a secret or a token.
 """
 
 from __future__ import annotations
@@ -38,8 +38,16 @@ class AccessDenied(AmojoError):
 
 
 class InvalidRequest(AmojoError):
-    """400-class answer other than 401-404, 408, 425 and 429: amoCRM refused the request; resending the same
-    request will not help, though a later run may (the refusal is counted against the interval's verdict)."""
+    """400, 413, 414, 415 or 422: amoCRM refused what the request says (the data); resending it will not help."""
+
+
+class Refused(AmojoError):
+    """Another 4xx (409, 410, 423, ...): amoCRM would not take the request now, for reasons of its own rather than
+    the data's; a later run tries again."""
+
+
+class Redirected(AmojoError):
+    """3xx: the URL is not the API's (http instead of https, another host); every request would meet the same."""
 
 
 class NotFound(AmojoError):
@@ -58,5 +66,5 @@ class Transient(AmojoError):
     retryable = True
 
 
-FATAL = (SignatureRejected, Unauthorized, AccessDenied)
+FATAL = (SignatureRejected, Unauthorized, AccessDenied, Redirected)
 """Errors that will repeat for every request of the run: stop instead of burning through the queue."""

@@ -22,6 +22,8 @@ from .errors import (
     InvalidRequest,
     NotFound,
     RateLimited,
+    Redirected,
+    Refused,
     SignatureRejected,
     Transient,
     Unauthorized,
@@ -50,10 +52,13 @@ class RetryPolicy:
     patience: float = 900.0
 
     def delay(self, attempt: int, error: AmojoError) -> float:
-        if error.retry_after is not None:
-            return min(error.retry_after, self.retry_after_cap)
+        """The backoff, or what the API asked for when that is longer (a `Retry-After: 0` repeated does not make
+        a tight loop)."""
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        backoff = random.uniform(ceiling / 2, ceiling)
+        if error.retry_after is not None:
+            return max(min(error.retry_after, self.retry_after_cap), backoff)
+        return backoff
 
     def again(self, attempt: int, error: AmojoError, waited: float, delay: float) -> bool:
         """Whether to send the request once more, `delay` seconds from now, having spent `waited` on it so far."""
@@ -113,8 +118,8 @@ def retry_after(response: httpx.Response) -> float | None:
             now = email.utils.parsedate_to_datetime(response.headers["Date"])
         except (KeyError, TypeError, ValueError):
             now = datetime.now(UTC)
-        if when.tzinfo is None or now.tzinfo is None:
-            return None
+        # asctime dates and a -0000 zone parse without a zone: they are in UTC (RFC 9110 §5.6.7).
+        when, now = (moment if moment.tzinfo else moment.replace(tzinfo=UTC) for moment in (when, now))
         seconds = (when - now).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
@@ -154,6 +159,11 @@ def error_for(response: httpx.Response, api: str) -> AmojoError:
             status=status,
             code=code,
         )
+    if 300 <= status < 400:
+        return Redirected(
+            f"{where}: {status} redirect to {response.headers.get('Location', 'elsewhere')}: the base URL is not "
+            "the API's; check AMOJO_ETL_AMOJO_URL and AMOJO_ETL_AMOCRM_URL (https, the account's own host)",
+            status=status)
     if status == 401:
         return Unauthorized(
             f"{where}: 401 unauthorised ({reason}). Check AMOJO_ETL_AMOCRM_TOKEN: it is missing, "
@@ -170,8 +180,10 @@ def error_for(response: httpx.Response, api: str) -> AmojoError:
     if status in (408, 425):
         # Request Timeout, Too Early: the server did not act on the request; send it again.
         return Transient(f"{where}: {status} {reason}", status=status, code=code, retry_after=retry_after(response))
-    if 400 <= status < 500:
+    if status in (400, 413, 414, 415, 422):
         return InvalidRequest(f"{where}: {status} {reason}", status=status, code=code)
+    if 400 <= status < 500:
+        return Refused(f"{where}: {status} {reason}", status=status, code=code)
     # A 5xx may come after the server acted on the request.
     return Transient(f"{where}: {status} {reason}", status=status, code=code, retry_after=retry_after(response),
                      uncertain=True)
@@ -221,13 +233,15 @@ class Transport:
         """One logical call: the body serialised once, re-signed and re-sent on each retryable failure."""
         content = dump_body(json_body) if json_body is not None else b""
         where = f"{self.api} {method} {path}"
-        spent = 0.0  # on this request: its attempts and the waits between them (not the wait for the rate limit)
+        spent = 0.0  # on this request: its attempts, the rate limit and the waits between them
         attempt = 0
         landed = False
         while True:
             attempt += 1
+            waited_at = time.monotonic()
             for limiter in self.limiters:
                 await limiter.acquire()
+            spent += time.monotonic() - waited_at
             for guard in self.guards:
                 guard()
             sent_at = time.monotonic()

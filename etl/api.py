@@ -24,6 +24,7 @@ class Api:
     rest: RestClient
     account_id: str
     scope_id: str
+    timeout_s: float = 30.0  # HTTP timeout per phase of a request: a request sent may land this long after
 
     def guard(self, check: Callable[[], None]) -> None:
         """Call `check` before every request either client sends, retries included; it raises to stop them."""
@@ -52,7 +53,7 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
         account_id = settings.account_id or await rest.account_amojo_id()
         scope_id = await chats.connect(account_id)
         ledger.save_scope(settings.channel_id, account_id, scope_id)
-        yield Api(chats, rest, account_id, scope_id)
+        yield Api(chats, rest, account_id, scope_id, settings.timeout_s)
     finally:
         await chats.aclose()
         await rest.aclose()

@@ -115,7 +115,7 @@ uncertain = sa.Table(
     "uncertain", metadata,
     sa.Column("kind", sa.String(16), primary_key=True),  # contact: a create of the client `key`'s contact
     sa.Column("key", sa.String(KEY_LENGTH), primary_key=True),
-    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("since", sa.Double, nullable=False),  # not Float: single precision on MySQL
 )
 
 DONE = ("sent", "confirmed")
@@ -295,11 +295,13 @@ class Ledger:
     # -- requests whose effect is unknown
     def expect_effects(self, kind: str, keys: Iterable[str]) -> None:
         """Say, before sending them, that requests for `keys` are under way: until `settle_effects`, their effect
-        is unknown, and whoever comes next reads amoCRM before doing them again."""
-        rows = [{"kind": kind, "key": key, "since": time.time()} for key in keys]
-        if rows:
+        is unknown, and whoever comes next reads amoCRM before doing them again. `since` is the ledger's clock."""
+        keys = list(keys)
+        if keys:
             with self.engine.begin() as conn:
-                conn.execute(self._insert_ignoring_known(uncertain), rows)
+                now = self._now(conn)
+                self._upsert(conn, uncertain, [{"kind": kind, "key": key, "since": now} for key in keys],
+                             ["kind", "key"])
 
     def settle_effects(self, kind: str, keys: Iterable[str]) -> None:
         keys = list(keys)
@@ -308,9 +310,10 @@ class Ledger:
                 conn.execute(uncertain.delete().where(uncertain.c.kind == kind,
                                                       uncertain.c.key.in_(keys[first:first + IN_SLICE])))
 
-    def uncertain_keys(self, kind: str, keys: Iterable[str]) -> set[str]:
-        """Which of `keys` have a request of `kind` whose effect is unknown."""
-        return {row.key for row in self._rows_where_in(uncertain, uncertain.c.key, keys) if row.kind == kind}
+    def uncertain_keys(self, kind: str, keys: Iterable[str]) -> dict[str, float]:
+        """Which of `keys` have a request of `kind` whose effect is unknown, and since when (the ledger's clock)."""
+        return {row.key: row.since for row in self._rows_where_in(uncertain, uncertain.c.key, keys)
+                if row.kind == kind}
 
     # -- messages
     def message_states(self, msgids: Iterable[str]) -> dict[str, tuple[str, int, str, int]]:

@@ -164,18 +164,24 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
 
         if not dry_run:
             own.reserve(todo)
-        while queue or running:
-            day = next_day() if queue else None
-            if day is not None:
-                queue.remove(day)
-                running[asyncio.create_task(run(day))] = day
-                continue
-            if running:
-                finished, _ = await asyncio.wait(running, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    running.pop(task)
-                    task.result()
-            else:
-                await asyncio.sleep(WAIT_S)  # the rest is held by other runs: wait for their outcome
+        try:
+            while queue or running:
+                day = next_day() if queue else None
+                if day is not None:
+                    queue.remove(day)
+                    running[asyncio.create_task(run(day))] = day
+                    continue
+                if running:
+                    finished, _ = await asyncio.wait(running, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        running.pop(task)
+                        task.result()
+                else:
+                    await asyncio.sleep(WAIT_S)  # the rest is held by other runs: wait for their outcome
+        finally:
+            # A backfill that stops (its claims lost, a bug) stops its days before it gives up their claims.
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
     await aupdate_progress_artifact(progress, 100.0)
     return outcomes, by_others

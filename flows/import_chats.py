@@ -14,7 +14,7 @@ from prefect.states import Failed, State
 
 from amojo.errors import FATAL
 from etl.api import open_api, rest_client
-from etl.claims import ClaimLost, RunClaims
+from etl.claims import ClaimLost, RunClaims, interval_key
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
@@ -59,11 +59,9 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
     try:
         summary = await _import(settings, interval, dry_run, began)
     except (ConfigurationError, ClaimLost, *FATAL) as exc:
-        # Expected ways to fail: say what to fix, without a traceback, and stop the run. A run that lost its claims
-        # leaves the interval's status to the run that took it over.
+        # Expected ways to fail: say what to fix, without a traceback, and stop the run.
         logger.error("%s", exc)
-        if not isinstance(exc, ClaimLost):
-            _record_failure(settings, interval, dry_run, exc)
+        _record_failure(settings, interval, dry_run, exc)
         return Failed(message=str(exc))
     except BaseException as exc:
         _record_failure(settings, interval, dry_run, exc)
@@ -75,11 +73,15 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
 
 
 def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error: BaseException) -> None:
-    """A failed interval is marked so in the ledger: a backfill with reprocess=failed takes it again."""
+    """A failed interval is marked so in the ledger: a backfill with reprocess=failed takes it again. Not when the run
+    lost its claims to another run that holds the interval now: that one's outcome is the interval's."""
     if dry_run:
         return
     try:
         ledger = Ledger(settings.state_url)
+        if isinstance(error, ClaimLost) and interval_key(interval) in {c.key for c in ledger.live_claims("interval")}:
+            ledger.close()
+            return  # the run that took this one's work over records the outcome
         ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), "failed",
                              {"interval": interval.label, "error": f"{type(error).__name__}: {error}"})
         ledger.close()

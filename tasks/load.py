@@ -30,6 +30,7 @@ returns only once none of its requests is in flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
 from amojo.rest import CONTACTS_BATCH, ChatLink, RestClient
+from amojo.transport import RetryPolicy
 from etl.api import Api
 from etl.claims import RunClaims
 from etl.ledger import DONE, UNKNOWN_CONTENT, ChatState, Ledger
@@ -58,6 +60,12 @@ from .transform import (
     source_keys,
     text_hash,
 )
+
+log = logging.getLogger(__name__)
+
+RETRY = RetryPolicy()
+RESOLVE_ATTEMPTS = RETRY.attempts
+"""Rounds of create-then-read for a request that is not idempotent (contacts, links), with the API's backoff."""
 
 
 @dataclass
@@ -203,8 +211,8 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
     done = status.isin(DONE)
     changed = (recorded_hash != messages["content_hash"]).fillna(True).astype(bool)
     edits = done & changed & ~foreign
-    # A message amoCRM refused (`rejected`) is tried again: the refusal counts against the verdict until it lands.
-    settled = (done & ~changed) | foreign
+    # A message amoCRM refused for its data (`rejected`) waits for the source to change it.
+    settled = (done & ~changed) | ((status == "rejected") & ~changed) | foreign
     to_send = ~done & ~settled
     return (messages[to_send].assign(status=status[to_send]),
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
@@ -286,7 +294,10 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
                                  client_participant(conversation), sends.get(conversation.Index, empty),
                                  edits.get(conversation.Index, empty), api, ledger, claims, report)
         if progress is not None:
-            await progress(report.messages_sent + report.messages_edited)
+            try:
+                await progress(report.messages_sent + report.messages_edited)
+            except Exception as exc:  # noqa: BLE001 - a progress bar that failed to move must not stop the sending
+                log.warning("could not update the progress artifact (%s)", type(exc).__name__)
 
     await _bounded(concurrency, [send(c) for c in conversations.loc[ready].itertuples()])
 
@@ -346,8 +357,14 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
 
     async def search(client: Any) -> tuple[Any, list[int]]:
         try:
-            if client.client_key in uncertain and (ours := await _search_key(api, client)) is not None:
-                return client, [ours]
+            if client.client_key in uncertain:
+                # A create another run sent just before it died may still be on its way: it lands within the
+                # request's timeouts (connect and send) of being noted, or never.
+                wait = uncertain[client.client_key] + 2 * api.timeout_s - ledger.clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if (ours := await _search_key(api, client)) is not None:
+                    return client, [ours]
             # The last ten digits find the contact however its phone was typed into amoCRM (+7…, 8…, spaces).
             for query in (client.phone[-10:] if isinstance(client.phone, str) else None,
                           client.email if isinstance(client.email, str) else None):
@@ -390,7 +407,7 @@ async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: 
     keys = [c.client_key for c in clients]
     ledger.expect_effects("contact", keys)
     remaining = clients
-    for _ in range(3):
+    for attempt in range(1, RESOLVE_ATTEMPTS + 1):
         try:
             ids = await api.rest.create_contacts([contact_body(c) for c in remaining])
             _save_created(ledger, {c.client_key: i for c, i in zip(remaining, ids, strict=True)}, known, report)
@@ -400,6 +417,7 @@ async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: 
             error = exc
             if not exc.may_have_landed:
                 break
+        await asyncio.sleep(RETRY.delay(attempt, error))
         try:
             landed = await _bounded(CONTACTS_BATCH, [_search_key(api, c) for c in remaining])
         except AmojoError as exc:
@@ -438,7 +456,9 @@ async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, rep
         return
     links: dict[str, ChatLink] = {}
     error: AmojoError | None = None
-    for _ in range(3):
+    for attempt in range(1, RESOLVE_ATTEMPTS + 1):
+        if error is not None:
+            await asyncio.sleep(RETRY.delay(attempt - 1, error))
         try:
             links.update((link.chat_id, link) for link in await api.rest.chat_links([s.chat_id for s in unlinked
                                                                                       if s.chat_id not in links]))
@@ -483,10 +503,11 @@ async def _landed(api: Api, chat_id: str, msgids: set[str], since_ms: int, patie
 
 
 def _arrived(message: Any, landed: dict[str, Any]) -> dict[str, Any]:
-    """The ledger row of a message found in the chat: sent, with the hash of what amoCRM holds. When its text
-    there is not the source's (the source was edited after a send whose answer was lost), the row says so, and
-    the message is edited."""
-    same = int(text_hash(pd.Series([landed.get("text", "")], dtype=object)).iloc[0]) == int(message.text_hash)
+    """The ledger row of a message found in the chat: sent, with the hash of what amoCRM holds. When that may not be
+    the source's (other text, or a message that is not text only: media and locations are not compared), the row
+    says so, and the message is edited."""
+    same = message.type == "text" and landed.get("type", "text") == "text" and \
+        int(text_hash(pd.Series([landed.get("text", "")], dtype=object)).iloc[0]) == int(message.text_hash)
     return _ledger_row(message, status="sent", amojo_id=landed.get("id", ""), last_error=None,
                        content_hash=int(message.content_hash) if same else UNKNOWN_CONTENT)
 
@@ -497,11 +518,14 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
     """Send one conversation's messages in time order; stop it at the first message that cannot be sent.
 
     A message left `sending` (or `failed`) by an earlier run may have landed before its answer was lost: the chat
-    history is asked first, and only what is not there is sent again.
+    history is asked first, and only what is not there is sent again. Sent again, it stays uncertain: a refusal of
+    the repeat may mean it had landed, and an API that takes a repeated msgid keeps what landed first, so the
+    message is then edited to the source's content.
     """
     outcomes: list[dict[str, Any]] = []
     try:
         uncertain = pending[pending["status"].isin(["sending", "failed"])]
+        unresolved: set[str] = set()
         if len(uncertain):
             landed = await _landed(api, chat_id, set(uncertain["msgid"]), int(uncertain["msec"].min()))
             arrived = [_arrived(m, landed[m.msgid]) for m in uncertain.itertuples(index=False) if m.msgid in landed]
@@ -509,29 +533,38 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
             report.messages_skipped += len(arrived)
             changed = {row["msgid"] for row in arrived if row["content_hash"] == UNKNOWN_CONTENT}
             edits = pd.concat([edits, pending[pending["msgid"].isin(changed)]], ignore_index=True)
+            unresolved = set(uncertain["msgid"]) - set(landed)
             pending = pending[~pending["msgid"].isin(landed)]
         if len(pending):
+            claims.check()
             ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
+        resent: list[Any] = []
         for message in pending.itertuples(index=False):
             claims.check()
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
             except InvalidRequest as exc:
-                if not exc.may_have_landed:
+                if not (exc.may_have_landed or message.msgid in unresolved):
                     outcomes.append(_ledger_row(message, status="rejected", last_error=str(exc)))
                     report.api_rejected[f"api_{exc.code or exc.status}"] += 1
                     continue
-                # A retry after a lost answer can be refused as a duplicate: if the chat holds it, it was sent.
-                # If the history does not show it yet, it may still have landed: it stays uncertain, and the
-                # conversation stops here (the next run asks the history again).
+                # A repeat of a message that may have landed can be refused as a duplicate: if the chat holds it,
+                # it was sent. If the history does not show it yet, it may still have landed: it stays uncertain,
+                # and the conversation stops here (the next run asks the history again).
                 landed = await _landed(api, chat_id, {message.msgid}, int(message.msec), patience=4)
                 if not landed:
                     raise
                 outcomes.append(_arrived(message, landed[message.msgid]))
+                if outcomes[-1]["content_hash"] == UNKNOWN_CONTENT:
+                    resent.append(message)
                 report.messages_sent += 1
                 continue
             outcomes.append(_ledger_row(message, status="sent", amojo_id=sent.amojo_id, last_error=None))
+            if message.msgid in unresolved:
+                resent.append(message)
             report.messages_sent += 1
+        if resent:
+            edits = pd.concat([edits, pd.DataFrame(resent)], ignore_index=True)
         for message in edits.itertuples(index=False):
             claims.check()
             try:
@@ -553,7 +586,8 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
         unsent = pending[~pending["msgid"].isin({row["msgid"] for row in outcomes})]
         if len(unsent):
             # The first unsent message failed (it may have landed: it is asked for first next time); later ones
-            # would land out of order, so they wait for the next run.
+            # would land out of order, so they wait for the next run. A refusal for amoCRM's own reasons (a
+            # conflict, a lock) is such a failure too: the next run tries it again, still in order.
             outcomes.append(_ledger_row(unsent.iloc[0], status="failed", last_error=str(exc)))
             report.failed += 1
         _stop(report, conversation_id, exc)

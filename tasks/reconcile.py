@@ -1,7 +1,7 @@
 """Reconcile: read each chat of the interval back from amoCRM and compare it, by our msgid, with the ledger.
 
-The ledger holds every valid message of the interval (from `pending` on, and those amoCRM refused), so the
-comparison needs no second read of the source. History is newest first, 50 a page; reading stops once a page is
+The ledger holds every valid message of the interval (from `pending` on), so the comparison needs no second
+read of the source. History is newest first, 50 a page; reading stops once a page is
 older than the interval. A message not there yet is read again with backoff before it is called missing: amojo
 processes asynchronously.
 """
@@ -93,8 +93,10 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
         known: dict[str, set[str]] = {}
         for row in rows:
             known.setdefault(row.conversation_id, set()).add(row.msgid)
-            # Every valid message is expected, those amoCRM refused too: a refusal is not a delivery.
-            by_conversation.setdefault(row.conversation_id, []).append(row)
+            # Every valid message is expected, except those amoCRM refused for their data (rejects with the API's
+            # reason); one it would not take for its own reasons is `failed`, and expected.
+            if row.status != "rejected":
+                by_conversation.setdefault(row.conversation_id, []).append(row)
         verdict.expected += sum(len(v) for v in by_conversation.values())
         results = await asyncio.gather(*(check(chat_id, by_conversation.get(c, []), known.get(c, set()))
                                          for c, chat_id in part))

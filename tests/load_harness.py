@@ -31,7 +31,7 @@ def settings_for(running: RunningEmulator, source_url: str, ledger_url: str, **o
     config = running.emulator.config
     values = dict(source_url=source_url, state_url=ledger_url, amojo_url=running.url, amocrm_url=running.url,
                   channel_id=config.channel_id, channel_secret=config.channel_secret, amocrm_token=config.token,
-                  bot_id=config.bot_id, rest_rate=1000, claim_timeout_s=3, timeout_s=5)
+                  bot_id=config.bot_id, rest_rate=1000, claim_timeout_s=3, timeout_s=2)
     return Settings(**{**values, **overrides})
 
 

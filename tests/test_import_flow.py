@@ -96,15 +96,28 @@ async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run
 
     day = (date(2026, 10, 3), date(2026, 10, 4))
     assert (await import_chats(start=day[0], end=day[1]))["verdict"] == "complete"
+    ledger_url = pipeline_env["AMOJO_ETL_STATE_URL"]
+    taken_over = True
 
     async def stalled(*args, **kwargs):
+        if taken_over:  # meanwhile another run took the interval over, and holds it
+            engine = sa.create_engine(ledger_url)
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE claims SET holder = 'another-run', expires_at = 4e9 "
+                                     "WHERE kind = 'interval'"))
+            engine.dispose()
         raise ClaimLost("this run's claims expired")
 
-    monkeypatch.setattr(tasks.load, "load", stalled)  # another run took this one's work over meanwhile
+    monkeypatch.setattr(tasks.load, "load", stalled)
     state = await import_chats(start=day[0], end=day[1], return_state=True)
     assert state.is_failed() and "claims" in state.message
-    ledger = Ledger(pipeline_env["AMOJO_ETL_STATE_URL"])
+    ledger = Ledger(ledger_url)
     assert set(ledger.interval_statuses().values()) == {"complete"}  # not overwritten with `failed`
+    ledger.release_claims("another-run")
+
+    taken_over = False  # nobody took it over: the lease lapsed (the ledger did not answer), the day failed
+    state = await import_chats(start=day[0], end=day[1], return_state=True)
+    assert state.is_failed() and set(ledger.interval_statuses().values()) == {"failed"}
     ledger.close()
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from load_harness import DAY, edit_text, landed, run_interval, settings_for, write_source
 
 from amojo.chats import ChatsClient
@@ -89,15 +90,32 @@ async def test_answers_that_say_try_again_are_tried_again(emulator, source, ledg
     _once_each(emulator, 48)
 
 
-async def test_a_refusal_by_the_api_counts_against_the_verdict_and_is_sent_by_the_next_run(
+async def test_a_refusal_for_amocrms_own_reasons_counts_against_the_verdict_and_keeps_order(
         emulator, source, ledger_url):
     emulator.emulator.set_faults(Faults(script=[{"endpoint": "message", "status": 409}]))
-    first = await run_interval(settings_for(emulator, source, ledger_url))
-    assert first.load.api_rejected == Counter({"api_409": 1})
-    assert first.verdict.verdict == "incomplete" and len(first.verdict.missing) == 1
-    second = await run_interval(settings_for(emulator, source, ledger_url))
-    assert second.verdict.verdict == "complete" and second.load.messages_sent == 1
+    settings = settings_for(emulator, source, ledger_url, concurrency=1)
+    first = await run_interval(settings)
+    assert first.load.failed == 1 and list(first.load.stopped) == ["ae-cv0"] and not first.load.api_rejected
+    assert first.verdict.verdict == "incomplete" and len(first.verdict.missing) == 8  # cv0 waits, all of it
+    second = await run_interval(settings)
+    assert second.verdict.verdict == "complete" and second.load.messages_sent == 8
     _once_each(emulator, 48)
+    chat = next(m for m in emulator.emulator.snapshot()["messages"].values() if m[0]["msgid"].startswith("ae-cv0-"))
+    assert [m["msgid"] for m in chat] == [f"ae-cv0-{n}" for n in range(8)]  # in time order after all
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(text_limit=40)])
+async def test_a_refusal_of_the_data_is_a_reject_with_the_apis_reason_and_not_sent_again(emulator, tmp_path,
+                                                                                          ledger_url):
+    source = f"sqlite:///{tmp_path / 'small.db'}"
+    write_source(source, conversations=2, messages=3)
+    edit_text(source, "cv1-1", "a text far longer than the forty characters the account takes")
+    settings = settings_for(emulator, source, ledger_url)
+    first = await run_interval(settings)
+    assert first.load.api_rejected == Counter({"api_400": 1}) and first.verdict.verdict == "complete"
+    second = await run_interval(settings)
+    assert second.load.messages_sent == 0 and not second.load.api_rejected  # waits for the source to change
+    assert set(landed(emulator)) == {f"ae-cv{c}-{m}" for c in range(2) for m in range(3)} - {"ae-cv1-1"}
 
 
 def _kill_after_landing(monkeypatch, msgid: str) -> None:
@@ -145,6 +163,73 @@ async def test_a_refused_retry_the_history_does_not_show_yet_stays_uncertain(emu
     assert second.verdict.verdict == "complete", second.verdict
     held = _once_each(emulator, 6)
     assert held[stopped + "-0"][0]["message"]["text"] == "edited while it was uncertain"
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(duplicate_msgid="idempotent"),
+                                             EmulatorConfig(duplicate_msgid="reject")], ids=["idempotent", "reject"])
+async def test_an_edit_after_a_lost_answer_reaches_amocrm_while_the_history_lags(emulator, source, ledger_url,
+                                                                                  monkeypatch):
+    """Killed after the send landed, edited, then run again while the history does not show the message yet: the
+    repeat is taken as the first (idempotent) or refused as a duplicate (reject); either way the edit goes out."""
+    _kill_after_landing(monkeypatch, "ae-cv1-1")
+    settings = settings_for(emulator, source, ledger_url)
+    with pytest.raises(Killed):
+        await run_interval(settings)
+    monkeypatch.undo()
+    edit_text(source, "cv1-1", "edited while the history lagged")
+    emulator.emulator.set_faults(Faults(history_lag_ms=6000))
+    await run_interval(settings)
+    emulator.emulator.set_faults(Faults())
+    result = await run_interval(settings)
+    assert result.verdict.verdict == "complete", result.verdict
+    held = _once_each(emulator, 48)
+    assert held["ae-cv1-1"][0]["message"]["text"] == "edited while the history lagged"
+
+
+async def test_a_location_edited_after_a_lost_answer_is_edited_in_amocrm(emulator, source, ledger_url,
+                                                                        monkeypatch):
+    engine = sa.create_engine(source)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE messages SET type = 'location', text = NULL, lat = 55.0, lon = 37.0 "
+                             "WHERE id = 'cv1-2'"))
+    engine.dispose()
+    _kill_after_landing(monkeypatch, "ae-cv1-2")
+    settings = settings_for(emulator, source, ledger_url)
+    with pytest.raises(Killed):
+        await run_interval(settings)
+    monkeypatch.undo()
+    engine = sa.create_engine(source)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE messages SET lat = 59.9, lon = 30.3, updated_at = created_at WHERE id = 'cv1-2'"))
+    engine.dispose()
+    result = await run_interval(settings)
+    assert result.verdict.verdict == "complete", result.verdict
+    held = _once_each(emulator, 48)
+    assert held["ae-cv1-2"][0]["message"]["location"] == {"lat": 59.9, "lon": 30.3}
+
+
+async def test_a_run_taking_over_waits_for_a_create_still_on_its_way(emulator, tmp_path, ledger_url):
+    """A run whose lease lapsed sent a contact create just before it, slow to land; the run that takes the client
+    over finds the create noted in the ledger, and waits for it to land or time out before it searches the key."""
+    from amojo.rest import RestClient
+    from tasks.transform import contact_key
+
+    source = f"sqlite:///{tmp_path / 'small.db'}"
+    write_source(source, conversations=1, messages=2)  # client cl0: no phone, no email
+    ledger = Ledger(ledger_url)
+    ledger.expect_effects("contact", ["cl0"])  # the other run's create, on the wire now
+    ledger.close()
+    config = emulator.emulator.config
+
+    async def lands_a_second_later() -> None:
+        await asyncio.sleep(1)
+        async with RestClient(emulator.url, config.token, rate=100) as rest:
+            await rest.create_contacts([{"name": "Client 0", "custom_fields_values": [
+                {"field_code": "IM", "values": [{"value": contact_key("ae-cl0"), "enum_code": "OTHER"}]}]}])
+
+    result, _ = await asyncio.gather(run_interval(settings_for(emulator, source, ledger_url)), lands_a_second_later())
+    assert result.verdict.verdict == "complete", result.verdict
+    assert len(_contacts(emulator)) == 1 and result.load.contacts_matched == 1 and result.load.contacts_created == 0
 
 
 async def test_a_failed_history_lookup_stops_its_conversation_only(emulator, source, ledger_url, monkeypatch):

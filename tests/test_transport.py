@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from amojo.errors import InvalidRequest, RateLimited, Transient
+from amojo.errors import InvalidRequest, RateLimited, Redirected, Refused, Transient
 from amojo.transport import RetryPolicy, TokenBucket, Transport, retry_after
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
@@ -51,12 +51,22 @@ async def test_timeouts_too_early_and_server_errors_are_retried(status):
     assert response.status_code == 200 and len(sent) == 3 and len(waits) == 2
 
 
-@pytest.mark.parametrize("status", [400, 409, 422])
-async def test_other_client_errors_are_refusals_with_the_apis_reason(status):
+@pytest.mark.parametrize("status, kind", [(400, InvalidRequest), (413, InvalidRequest), (422, InvalidRequest),
+                                          (409, Refused), (410, Refused), (423, Refused)])
+async def test_other_client_errors_are_refusals_of_the_data_or_by_the_api(status, kind):
+    """A refusal of the data stays one; one for reasons of amoCRM's own (a conflict, a lock) is for a later run."""
     transport, waits, sent = _transport([status])
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(kind) as refused:
         await transport.request("POST", "/api/v4/contacts", json_body=[{}])
     assert refused.value.status == status and len(sent) == 1 and not refused.value.may_have_landed
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+async def test_a_redirect_stops_the_run_naming_the_url_settings(status):
+    transport, _, sent = _transport([(status, {"Location": "https://elsewhere.test/"})])
+    with pytest.raises(Redirected, match="AMOJO_ETL_AMOCRM_URL"):
+        await transport.request("GET", "/api/v4/users")
+    assert len(sent) == 1
 
 
 def test_retry_after_in_seconds_and_as_an_http_date_counted_from_the_answers_date():
@@ -71,6 +81,8 @@ def test_retry_after_in_seconds_and_as_an_http_date_counted_from_the_answers_dat
     assert retry_after(answer(_date(NOW - timedelta(seconds=5)))) == 0  # a date in the past: at once
     later = datetime.now(UTC) + timedelta(seconds=60)
     assert 55 <= retry_after(answer(_date(later), date=None)) <= 60  # no Date: from our clock
+    assert retry_after(answer("Wed Dec  2 12:01:00 2026")) == 60  # the asctime form, in UTC
+    assert retry_after(answer("Wed, 02 Dec 2026 12:00:30 -0000")) == 30
     assert retry_after(answer("soon")) is None
     assert retry_after(httpx.Response(429)) is None
 
@@ -91,6 +103,12 @@ async def test_retry_after_is_capped_and_the_requests_patience_ends_the_waiting(
         await transport.request("GET", "/api/v4/users")
     # Waited 300 s at a time while the total stayed within the patience of 1000 s: three waits, four attempts.
     assert waits == [300.0, 300.0, 300.0] and len(sent) == 4
+
+
+async def test_a_retry_after_of_zero_makes_no_tight_loop():
+    transport, waits, sent = _transport([(429, {"Retry-After": "0"})] * 8 + [200])
+    await transport.request("GET", "/api/v4/users")
+    assert len(sent) == 9 and all(w > 0 for w in waits) and waits[-1] >= 5  # the backoff, growing
 
 
 async def test_a_request_that_is_not_idempotent_is_not_sent_again_after_an_uncertain_answer():
