@@ -1,0 +1,587 @@
+"""A randomized fault campaign over the load path (issue 12): many seeded schedules, each checked against what the
+emulated amoCRM holds at the end. Shared by tests/test_fault_campaign.py and bench/fault_campaign.py.
+
+One schedule (`run_schedule`), everything drawn up front from `random.Random(seed)`:
+  - a fresh source (2 days x 8 conversations x 10 messages; the day-2 conversations of half the clients are those
+    of day-1 clients, so runs of both days resolve the same contacts; clients with and without phone and email;
+    some messages outgoing, from managers with and without an amojo_id), a fresh PostgreSQL ledger and a fresh
+    emulator (`duplicate_msgid="reject"` for some seeds);
+  - rounds with faults on every endpoint the load path uses: lost answers (5-15 %), odd statuses (408, 425, 429,
+    500, 502, 503, now and then 409), history lag (0-3000 ms), a little latency; each round two overlapping runs
+    (`run_interval`) on the one ledger, one of them (rarely both) killed at a random moment by cancelling its task
+    (letting it release its claims, or not: a crash, see KILLS);
+    before some rounds a few source texts are edited;
+  - then settle rounds, faults off and no kills, until the whole range's verdict is complete (or too many rounds).
+Then `check` compares the emulator's snapshot with the source: every message exactly once with its latest text,
+one chat per conversation, one contact per client, each chat linked once to its client's contact, before its first
+message, and each chat's messages in time order, except those some run recorded as `rejected` (amoCRM refused
+their data, e.g. a repeated msgid with `duplicate_msgid="reject"`): the conversation goes on without them, so one
+sent later may land out of order.
+
+Every conversation lies within one day, unless `cross_day`: then four of them go on into day 2, and their order
+depends on the runs of both days. README "Order across workers" keeps it only between runs that overlap while the
+earlier day's run lives (a crashed one counts until taken over or ten claim timeouts); a run that ends (done with
+failures, failed, or cancelled: its claims released) leaves the later day free to go first. Such breaks are
+reported as "order across days".
+
+Timing makes two runs of one seed differ a little (which request meets which fault depends on interleaving); the
+plan itself (faults, runs, kills, edits) is the seed's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from load_harness import DAY, RunResult, edit_text, run_interval, settings_for
+
+from amojo.emulator.app import Emulator
+from amojo.emulator.config import DEMO_USERS, EmulatorConfig, Faults
+from amojo.emulator.server import start
+from etl.ledger import Ledger
+from etl.source import create_schema
+from tasks.transform import contact_key
+
+PREFIX = "ae-"
+DAYS = 2
+CONVERSATIONS = 8  # per day
+MESSAGES = 10  # per conversation
+FAULTED_ENDPOINTS = ("create_chat", "message", "contacts", "contacts_chats", "history")
+ODD_STATUSES = (408, 425, 429, 500, 502, 503)
+RUN_LIMIT_S = 90.0  # a run not done by then is stuck: a violation of its own
+SETTLE_ROUNDS = 4
+DAY_MS = 86_400_000
+
+RANGE = (DAY, 2)
+DAY1 = (DAY, 1)
+DAY2 = (DAY + timedelta(days=1), 1)
+SPAN_NAMES = {RANGE: "range", DAY1: "day1", DAY2: "day2"}
+
+
+# -- the source
+
+MANAGERS = [("m-anna", "Anna", DEMO_USERS[0].email), ("m-dmitry", "Dmitry", DEMO_USERS[3].email)]  # Dmitry: no amojo_id
+
+
+def write_campaign_source(url: str, cross_day: bool = False) -> None:
+    """Day 1: conversations cv0..cv7 of clients cl0..cl7. Day 2: dv0..dv7, of clients cl0..cl3 again and new ones
+    cl8..cl11. Client k: k % 4 == 0 neither phone nor email, 1 both, 2 phone only, 3 email only (phones and emails
+    unique, so that no two clients match one contact). Every third message is outgoing: from Anna (a user with an
+    amojo_id), Dmitry (none: sent as the bot) or no manager (the bot). With `cross_day`, cv0..cv3 go on into
+    day 2 with 5 more messages each (cv0-d2-0..4), so that their order depends on the runs of both days."""
+    engine = sa.create_engine(url)
+    create_schema(engine)
+    with engine.begin() as conn:
+        for manager_id, name, email in MANAGERS:
+            conn.execute(sa.text("INSERT INTO managers (id, name, email) VALUES (:i, :n, :e)"),
+                         {"i": manager_id, "n": name, "e": email})
+        for k in range(CONVERSATIONS + CONVERSATIONS // 2):
+            phone = f"+7 912 {k:03d}-00-00" if k % 4 in (1, 2) else None
+            email = f"c{k:03d}.client@example.com" if k % 4 in (1, 3) else None
+            conn.execute(sa.text("INSERT INTO clients (id, name, phone, email) VALUES (:i, :n, :p, :e)"),
+                         {"i": f"cl{k}", "n": f"Client {k}", "p": phone, "e": email})
+        for d in range(DAYS):
+            start = datetime.combine(DAY + timedelta(days=d), datetime.min.time())
+            for c in range(CONVERSATIONS):
+                client = c if d == 0 or c < CONVERSATIONS // 2 else c + CONVERSATIONS // 2
+                conversation = f"{'cd'[d]}v{c}"
+                conn.execute(sa.text("INSERT INTO conversations (id, client_id, created_at) VALUES (:i, :c, :t)"),
+                             {"i": conversation, "c": f"cl{client}", "t": start.strftime("%Y-%m-%d %H:%M:%S")})
+                for m in range(MESSAGES):
+                    moment = start + timedelta(hours=1, minutes=m * 10 + c)
+                    out = m % 3 == 2
+                    manager = [MANAGERS[0][0], MANAGERS[1][0], None][(m // 3 + c) % 3] if out else None
+                    conn.execute(sa.text(
+                        "INSERT INTO messages (id, conversation_id, created_at, direction, manager_id, type, text) "
+                        "VALUES (:i, :c, :t, :d, :g, 'text', :x)"),
+                        {"i": f"{conversation}-{m}", "c": conversation, "t": moment.strftime("%Y-%m-%d %H:%M:%S"),
+                         "d": "out" if out else "in", "g": manager, "x": f"message {m} of {conversation}"})
+        if cross_day:
+            start = datetime.combine(DAY + timedelta(days=1), datetime.min.time())
+            for c in range(CONVERSATIONS // 2):
+                for m in range(5):
+                    moment = start + timedelta(hours=2, minutes=m * 7 + c)
+                    conn.execute(sa.text(
+                        "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                        "VALUES (:i, :c, :t, 'in', 'text', :x)"),
+                        {"i": f"cv{c}-d2-{m}", "c": f"cv{c}", "t": moment.strftime("%Y-%m-%d %H:%M:%S"),
+                         "x": f"day-2 message {m} of cv{c}"})
+    engine.dispose()
+
+
+@dataclass
+class Expected:
+    texts: dict[str, str]  # msgid -> latest source text
+    msec: dict[str, int]  # msgid -> its time
+    conversation_of: dict[str, str]  # msgid -> conversation id (prefixed)
+    client_of: dict[str, str]  # conversation id -> client id (prefixed)
+    clients: set[str]
+
+
+def read_expected(url: str) -> Expected:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        messages = conn.execute(sa.text("SELECT id, conversation_id, created_at, text FROM messages")).all()
+        conversations = conn.execute(sa.text("SELECT id, client_id FROM conversations")).all()
+        clients = conn.execute(sa.text("SELECT id FROM clients")).all()
+    engine.dispose()
+    epoch = datetime(1970, 1, 1)
+
+    def msec(value: object) -> int:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return int((moment - epoch).total_seconds() * 1000)
+
+    return Expected(
+        texts={PREFIX + m.id: m.text for m in messages},
+        msec={PREFIX + m.id: msec(m.created_at) for m in messages},
+        conversation_of={PREFIX + m.id: PREFIX + m.conversation_id for m in messages},
+        client_of={PREFIX + c.id: PREFIX + c.client_id for c in conversations},
+        clients={PREFIX + c.id for c in clients},
+    )
+
+
+def message_ids(url: str) -> list[str]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        ids = [row.id for row in conn.execute(sa.text("SELECT id FROM messages ORDER BY id"))]
+    engine.dispose()
+    return ids
+
+
+# -- the plan
+
+@dataclass
+class RoundPlan:
+    runs: list[tuple[date, int]]  # (first day, days) of each run
+    starts: list[float]  # seconds after the round begins that each run starts
+    kills: dict[int, tuple[float, str]]  # run index -> (seconds after its start, "cancel" or "crash")
+    edits: list[str]  # source message ids whose text is changed before the round
+    faults: Faults | None  # None: faults off
+
+    def describe(self) -> str:
+        runs = []
+        for index, span in enumerate(self.runs):
+            text = SPAN_NAMES[span]
+            if self.starts[index]:
+                text += f"@+{self.starts[index]:.2f}s"
+            if index in self.kills:
+                delay, how = self.kills[index]
+                text += f" {how}@{delay:.2f}s"
+            runs.append(text)
+        edits = f", edits {len(self.edits)}" if self.edits else ""
+        return " | ".join(runs) + edits
+
+
+@dataclass
+class Plan:
+    seed: int
+    duplicate_msgid: str
+    concurrency: int
+    chunk_size: int
+    profile: dict  # what the fault rounds inject, for the report
+    rounds: list[RoundPlan]
+    settle_two_runs: bool
+    settle_edits: list[str]
+
+    def describe(self) -> str:
+        p = self.profile
+        statuses = ", ".join(f"{s}:{r:.1%}" for s, r in sorted(p["error_rates"].items()))
+        return (f"duplicate_msgid={self.duplicate_msgid} concurrency={self.concurrency} chunk={self.chunk_size}; "
+                f"faults: lost {p['lost_rate']:.1%} ({p['lost_mode']}) on {len(FAULTED_ENDPOINTS)} endpoints, "
+                f"statuses {{{statuses}}}, history lag {p['history_lag_ms']:.0f} ms, latency {p['latency_ms']:.0f}"
+                f"+{p['jitter_ms']:.0f} ms, Retry-After {p['retry_after']}")
+
+
+KILLS = ("cancel", "crash")
+"""How a run is killed: its task cancelled ("cancel": it releases its claims on the way out, as a run stopped by
+Prefect does), or cancelled with its claims left in the ledger to expire ("crash": the process is gone; another
+run takes its work over once they have, after `claim_timeout_s`)."""
+
+INTENSITIES: dict[str, dict] = {
+    # What the issue asks for: 5-15 % lost answers, a few odd statuses at 1-4 % each, one kill in most rounds.
+    "standard": {"statuses": (2, 5), "rate": (0.01, 0.04), "p409": 0.25, "rate409": (0.005, 0.02),
+                 "lost": (0.05, 0.15), "rounds": (2, 3), "kill": 0.7, "both": 0.15, "kill_s": (0.05, 2.5)},
+    # Beyond it, to look for trouble: more of everything, kills early (while chats, contacts and links are made).
+    "harsh": {"statuses": (3, 6), "rate": (0.02, 0.06), "p409": 0.5, "rate409": (0.01, 0.03),
+              "lost": (0.15, 0.3), "rounds": (3, 4), "kill": 0.9, "both": 0.4, "kill_s": (0.02, 1.2)},
+}
+
+
+def draw_plan(seed: int, source_ids: list[str], intensity: str = "standard") -> Plan:
+    knobs = INTENSITIES[intensity]
+    rng = random.Random(seed)
+    statuses = rng.sample(ODD_STATUSES, rng.randint(*knobs["statuses"]))
+    error_rates = {s: round(rng.uniform(*knobs["rate"]), 4) for s in statuses}
+    if rng.random() < knobs["p409"]:
+        error_rates[409] = round(rng.uniform(*knobs["rate409"]), 4)
+    retry_after = rng.choice(["none", "seconds 0", "seconds 1"])
+    profile = {
+        "lost_rate": round(rng.uniform(*knobs["lost"]), 4),
+        "lost_mode": rng.choice(["500", "drop", "mixed"]),
+        "error_rates": error_rates,
+        "history_lag_ms": rng.choice([0.0, round(rng.uniform(0, 3000))]),
+        "latency_ms": rng.choice([0.0, 5.0, 20.0]),
+        "jitter_ms": rng.choice([0.0, 20.0]),
+        "retry_after": retry_after,
+    }
+    plan = Plan(seed=seed, duplicate_msgid="reject" if rng.random() < 0.3 else "idempotent",
+                concurrency=rng.choice([4, 32]), chunk_size=rng.choice([100, 50_000]), profile=profile, rounds=[],
+                settle_two_runs=rng.random() < 0.5, settle_edits=[])
+    for number in range(rng.randint(*knobs["rounds"])):
+        runs = rng.choices([[RANGE, RANGE], [RANGE, DAY1], [RANGE, DAY2], [DAY1, DAY2], [DAY2, RANGE]],
+                           weights=[3, 2, 2, 2, 1])[0]
+        kills: dict[int, tuple[float, str]] = {}
+        if rng.random() < knobs["kill"]:
+            kills[rng.randrange(2)] = (round(rng.uniform(*knobs["kill_s"]), 3), rng.choice(KILLS))
+            if rng.random() < knobs["both"]:
+                kills[1 - next(iter(kills))] = (round(rng.uniform(*knobs["kill_s"]), 3), rng.choice(KILLS))
+        edits = rng.sample(source_ids, rng.randint(1, 4)) if number and rng.random() < 0.6 else []
+        faults = Faults(
+            seed=seed * 1000 + number, latency_ms=profile["latency_ms"], jitter_ms=profile["jitter_ms"],
+            error_rates=error_rates, lost_answer_rate=profile["lost_rate"], lost_answer_mode=profile["lost_mode"],
+            lost_answer_endpoints=FAULTED_ENDPOINTS, history_lag_ms=profile["history_lag_ms"],
+            retry_after="none" if retry_after == "none" else "seconds",
+            retry_after_s=0.0 if retry_after != "seconds 1" else 1.0)
+        plan.rounds.append(RoundPlan(runs=list(runs), starts=[0.0, round(rng.uniform(0, 0.5), 3)], kills=kills,
+                                     edits=edits, faults=faults))
+    plan.settle_edits = rng.sample(source_ids, rng.randint(1, 3)) if rng.random() < 0.5 else []
+    return plan
+
+
+# -- watching what happens
+
+class FaultTally:
+    """Counts, on one emulator, the faults it injected: (kind, endpoint, detail) -> count, kind "lost" (detail "500"
+    or "drop") or "status" (detail the status)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        endpoint: contextvars.ContextVar[str] = contextvars.ContextVar("endpoint", default="?")
+        take, inject, maybe_lose = emulator._take_script, emulator._inject, emulator._maybe_lose
+
+        def _take_script(name: str, method: str):  # every request that passed the API's own checks comes here
+            endpoint.set(name)
+            return take(name, method)
+
+        async def _inject(random_faults: bool = True):
+            response = await inject(random_faults)
+            if response is not None:
+                self.counts["status", endpoint.get(), str(response.status_code)] += 1
+            return response
+
+        def _maybe_lose(api: str, response):
+            answer = maybe_lose(api, response)
+            if answer is not response:
+                self.counts["lost", endpoint.get(), "drop" if answer.status_code == 0 else "500"] += 1
+            return answer
+
+        emulator._take_script, emulator._inject, emulator._maybe_lose = _take_script, _inject, _maybe_lose
+
+
+@contextmanager
+def refusals_seen(refused: set[str]) -> Iterator[None]:
+    """Collect the msgids any run records as `rejected` (amoCRM refused their data, e.g. a duplicate msgid)."""
+    original = Ledger.record_messages
+
+    def record_messages(self, rows, *args, **kwargs):
+        rows = list(rows)
+        refused.update(row["msgid"] for row in rows if row.get("status") == "rejected")
+        return original(self, rows, *args, **kwargs)
+
+    Ledger.record_messages = record_messages  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Ledger.record_messages = original  # type: ignore[method-assign]
+
+
+@dataclass
+class RunOutcome:
+    span: tuple[date, int]
+    outcome: str  # complete | incomplete | killed | stuck | error ...
+    seconds: float
+    result: RunResult | None = None
+
+    def describe(self) -> str:
+        text = f"{SPAN_NAMES[self.span]}: {self.outcome} in {self.seconds:.1f}s"
+        if self.result is not None:
+            load, verdict = self.result.load, self.result.verdict
+            parts = [f"sent {load.messages_sent}", f"skipped {load.messages_skipped}"]
+            if load.messages_edited:
+                parts.append(f"edited {load.messages_edited}")
+            if load.api_rejected:
+                parts.append("refused " + ",".join(f"{k}x{v}" for k, v in sorted(load.api_rejected.items())))
+            if load.failed:
+                parts.append(f"failed {load.failed}")
+            if load.stopped:
+                parts.append(f"stopped {len(load.stopped)} conv")
+            if load.contacts_created or load.contacts_matched:
+                parts.append(f"contacts +{load.contacts_created}/={load.contacts_matched}")
+            if verdict.verdict != "complete":
+                parts.append(f"missing {len(verdict.missing)} dup {len(verdict.duplicates)} "
+                             f"mismatch {len(verdict.mismatched)}")
+            text += " (" + ", ".join(parts) + ")"
+        return text
+
+
+_process: contextvars.ContextVar[dict | None] = contextvars.ContextVar("process", default=None)
+"""In a run's task (and those it starts): {"crashed": bool}, set when the run is killed as a crash."""
+
+
+@contextmanager
+def crashes_keep_their_claims() -> Iterator[None]:
+    """A run killed as a crash gives up no claim on its way out (the process is gone): they expire."""
+    original = Ledger.release_claims
+
+    def release_claims(self, holder, kind=None, keys=None):
+        process = _process.get()
+        if process is not None and process["crashed"]:
+            return None
+        return original(self, holder, kind, keys)
+
+    Ledger.release_claims = release_claims  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Ledger.release_claims = original  # type: ignore[method-assign]
+
+
+async def _run(settings, span: tuple[date, int], start_after: float, kill: tuple[float, str] | None) -> RunOutcome:
+    if start_after:
+        await asyncio.sleep(start_after)
+    began = time.monotonic()
+    process = {"crashed": False}
+    context = contextvars.copy_context()
+    context.run(_process.set, process)
+    task = asyncio.get_running_loop().create_task(run_interval(settings, *span), context=context)
+    done, _ = await asyncio.wait({task}, timeout=kill[0] if kill is not None else RUN_LIMIT_S)
+    if not done:
+        process["crashed"] = kill is not None and kill[1] == "crash"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # or whatever it raised while cancelled
+            await task
+        outcome = f"stuck (> {RUN_LIMIT_S:.0f}s)" if kill is None else \
+            "crashed" if process["crashed"] else "cancelled"
+        return RunOutcome(span, outcome, time.monotonic() - began)
+    seconds = time.monotonic() - began
+    error = task.exception()
+    if error is not None:
+        return RunOutcome(span, f"error {type(error).__name__}: {str(error)[:160]}", seconds)
+    result = task.result()
+    return RunOutcome(span, result.verdict.verdict, seconds, result)
+
+
+# -- the schedule
+
+@dataclass
+class ScheduleResult:
+    seed: int
+    plan: str
+    injected: Counter = field(default_factory=Counter)  # (kind, endpoint, detail) -> count
+    requests: dict[str, int] = field(default_factory=dict)  # "api endpoint status" -> count
+    rounds: list[str] = field(default_factory=list)
+    kills: int = 0
+    edits: int = 0
+    settle_rounds: int = 0
+    refused: int = 0  # messages recorded `rejected` at some point (excluded from the order check)
+    refused_late: int = 0  # of those, how many landed after a later message of their chat (allowed)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def injected_summary(self) -> str:
+        lost = Counter()
+        statuses = Counter()
+        for (kind, _, detail), count in self.injected.items():
+            (lost if kind == "lost" else statuses)[detail] += count
+        return ("lost " + (", ".join(f"{k}x{v}" for k, v in sorted(lost.items())) or "0") + "; statuses "
+                + (", ".join(f"{k}x{v}" for k, v in sorted(statuses.items())) or "0"))
+
+    def describe(self) -> str:
+        lines = [f"seed {self.seed}: {'PASS' if self.passed else 'FAIL'} in {self.seconds:.1f}s; {self.plan}",
+                 f"  injected: {self.injected_summary()}; kills {self.kills}, edits {self.edits}, "
+                 f"refused messages {self.refused} ({self.refused_late} landed out of order, allowed), "
+                 f"settle rounds {self.settle_rounds}"]
+        lines += [f"  {line}" for line in self.rounds]
+        lines += [f"  VIOLATION {v}" for v in self.violations]
+        return "\n".join(lines)
+
+
+async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: str = "standard",
+                       cross_day: bool = False) -> ScheduleResult:
+    """One seeded schedule on a fresh source (in `workdir`), the fresh ledger at `postgres_url` and a fresh
+    emulator; the violations found at the end are in the result (none: it passed). `intensity`: see
+    INTENSITIES; `cross_day`: see `write_campaign_source`."""
+    began = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = f"sqlite:///{workdir / f'source-{seed}-{uuid.uuid4().hex[:6]}.db'}"
+    write_campaign_source(source, cross_day)
+    plan = draw_plan(seed, message_ids(source), intensity)
+    tags = [intensity] * (intensity != "standard") + ["cross-day"] * cross_day
+    result = ScheduleResult(seed, "".join(f"[{tag}] " for tag in tags) + plan.describe())
+    refused: set[str] = set()
+    config = EmulatorConfig(duplicate_msgid=plan.duplicate_msgid, rest_rate=None)  # type: ignore[arg-type]
+    with start(config) as running, refusals_seen(refused), crashes_keep_their_claims():
+        tally = FaultTally(running.emulator)
+        settings = settings_for(running, source, postgres_url, claim_timeout_s=3, timeout_s=5,
+                                concurrency=plan.concurrency, chunk_size=plan.chunk_size)
+        for number, round_plan in enumerate(plan.rounds):
+            for k, message_id in enumerate(round_plan.edits):
+                edit_text(source, message_id, f"edited before round {number} ({k}) of seed {seed}")
+            result.edits += len(round_plan.edits)
+            running.emulator.set_faults(round_plan.faults or Faults())
+            outcomes = await asyncio.gather(*(
+                _run(settings, span, round_plan.starts[i], round_plan.kills.get(i))
+                for i, span in enumerate(round_plan.runs)))
+            result.kills += sum(o.outcome in ("cancelled", "crashed") for o in outcomes)
+            result.rounds.append(f"round {number} [{round_plan.describe()}]: "
+                                 + "; ".join(o.describe() for o in outcomes))
+            result.violations += [f"round {number}: a run did not end: {o.describe()}" for o in outcomes
+                                  if o.outcome.startswith("stuck")]
+        running.emulator.set_faults(Faults())
+        for k, message_id in enumerate(plan.settle_edits):
+            edit_text(source, message_id, f"edited before settling ({k}) of seed {seed}")
+        result.edits += len(plan.settle_edits)
+        verdict = None
+        for number in range(SETTLE_ROUNDS):
+            spans = [RANGE, random.Random(seed + number).choice([DAY1, DAY2])] \
+                if plan.settle_two_runs and number == 0 else [RANGE]
+            outcomes = await asyncio.gather(*(_run(settings, span, 0.0, None) for span in spans))
+            result.settle_rounds += 1
+            result.rounds.append(f"settle {number}: " + "; ".join(o.describe() for o in outcomes))
+            failed = [o for o in outcomes if o.result is None]
+            result.violations += [f"settle {number}, faults off: {o.describe()}" for o in failed]
+            verdict = outcomes[0].result.verdict if outcomes[0].result is not None else None
+            if verdict is not None and verdict.verdict == "complete":
+                break
+        if verdict is None or verdict.verdict != "complete":
+            what = "no verdict" if verdict is None else (
+                f"missing {verdict.missing[:5]}, duplicates {verdict.duplicates[:5]}, "
+                f"mismatched {verdict.mismatched[:5]}")
+            result.violations.append(f"not complete after {SETTLE_ROUNDS} settle rounds with faults off: {what}")
+        snapshot = running.emulator.snapshot()
+        result.injected = tally.counts
+        result.requests = running.emulator.request_counts()
+    result.refused = len(refused)
+    result.refused_late = len(out_of_order_refusals(snapshot, refused))
+    result.violations += check(snapshot, read_expected(source), refused)
+    result.seconds = time.monotonic() - began
+    return result
+
+
+# -- the checks
+
+def out_of_order_refusals(snapshot: dict, refused: Collection[str]) -> list[str]:
+    """The `rejected` messages that landed after a later message of their chat (sent by a later run): allowed."""
+    late = []
+    for messages in snapshot["messages"].values():
+        for index, message in enumerate(messages):
+            if message["msgid"] in refused and any(m["msec_timestamp"] > message["msec_timestamp"]
+                                                   for m in messages[:index]):
+                late.append(message["msgid"])
+    return late
+
+
+def check(snapshot: dict, expected: Expected, refused: Collection[str] = ()) -> list[str]:
+    """What the emulator holds that it should not: each violation a line naming the ids concerned."""
+    violations: list[str] = []
+    chats = snapshot["chats"]
+    chat_conversation = {chat["id"]: chat["conversation_id"] for chat in chats}
+    conversations = set(expected.client_of)
+
+    per_conversation = Counter(chat["conversation_id"] for chat in chats)
+    for conversation in sorted(conversations):
+        if per_conversation[conversation] != 1:
+            violations.append(f"conversation {conversation}: {per_conversation[conversation]} chats, not 1")
+    for conversation in sorted(set(per_conversation) - conversations):
+        violations.append(f"chat for unknown conversation {conversation}")
+
+    held: dict[str, list[dict]] = {}
+    for messages in snapshot["messages"].values():
+        for message in messages:
+            held.setdefault(message["msgid"], []).append(message)
+    for msgid in sorted(expected.texts):
+        copies = held.get(msgid, [])
+        if not copies:
+            violations.append(f"lost: {msgid} is not in amoCRM")
+            continue
+        if len(copies) > 1:
+            violations.append(f"duplicate: {msgid} is in amoCRM {len(copies)} times")
+        for copy in copies:
+            text = copy["message"].get("text")
+            if text != expected.texts[msgid]:
+                violations.append(f"stale text: {msgid} says {text!r}, the source {expected.texts[msgid]!r}")
+            if chat_conversation.get(copy["chat_id"]) != expected.conversation_of[msgid]:
+                violations.append(f"wrong chat: {msgid} is in the chat of {chat_conversation.get(copy['chat_id'])}")
+            if copy["msec_timestamp"] != expected.msec[msgid]:
+                violations.append(f"wrong time: {msgid} at {copy['msec_timestamp']}, the source {expected.msec[msgid]}")
+            if copy["unlinked"]:
+                violations.append(f"unlinked: {msgid} was sent before its chat was linked to a contact")
+    for msgid in sorted(set(held) - set(expected.texts)):
+        violations.append(f"surplus: {msgid} is in amoCRM but not in the source")
+
+    for chat_id, messages in snapshot["messages"].items():
+        times = [(m["msec_timestamp"], m["msgid"]) for m in messages if m["msgid"] not in refused]
+        for (before, first), (after, second) in zip(times, times[1:], strict=False):
+            if after < before:
+                # Across days: README "Order across workers" keeps it only while the earlier day's run lives.
+                kind = "order" if before // DAY_MS == after // DAY_MS else "order across days"
+                violations.append(f"{kind}: in {chat_conversation.get(chat_id)}, {second} arrived after {first}, "
+                                  "which is later")
+
+    contacts = snapshot["contacts"]
+    if len(contacts) != len(expected.clients):
+        violations.append(f"contacts: {len(contacts)} in amoCRM for {len(expected.clients)} clients")
+    contact_of: dict[str, int] = {}
+    for client in sorted(expected.clients):
+        key = contact_key(client)
+        mine = [c["id"] for c in contacts if key in c["values"]]
+        if len(mine) != 1:
+            violations.append(f"client {client}: {len(mine)} contacts carry its key ({mine})")
+        if mine:
+            contact_of[client] = min(mine)
+
+    links = Counter(link["chat_id"] for link in snapshot["links"])
+    link_contact = {link["chat_id"]: link["contact_id"] for link in snapshot["links"]}
+    for chat in chats:
+        if links[chat["id"]] != 1:
+            violations.append(f"chat of {chat['conversation_id']}: {links[chat['id']]} links, not 1")
+            continue
+        client = expected.client_of.get(chat["conversation_id"])
+        if client in contact_of and link_contact[chat["id"]] != contact_of[client]:
+            violations.append(f"chat of {chat['conversation_id']} is linked to contact {link_contact[chat['id']]}, "
+                              f"not to its client's {contact_of[client]}")
+    return violations
+
+
+# -- a fresh database for the bench (the tests use conftest's `postgres_url`)
+
+@contextmanager
+def fresh_postgres(url: str) -> Iterator[str]:
+    """A fresh schema on the PostgreSQL server at `url`, dropped afterwards, as conftest's `_database` makes it."""
+    engine = sa.create_engine(url)
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield engine.url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
