@@ -16,6 +16,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from amojo.errors import FATAL, AmojoError
 from etl.api import Api
 from etl.ledger import Ledger
 
@@ -34,6 +35,7 @@ class Verdict:
     duplicates: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     surplus: list[str] = field(default_factory=list)  # in the chat with our kind of id, unknown to the ledger
+    unread: dict[str, str] = field(default_factory=dict)  # chat_id -> why its history could not be read
 
     @property
     def verdict(self) -> str:
@@ -60,12 +62,20 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
             verdict.missing.extend(row.msgid for row in expected)
             return []
         async with semaphore:
-            for attempt in range(rereads + 1):
-                history = await _history(api, chat_id, start_ms)
-                seen = Counter(item.get("message", {}).get("client_id") for item in history)
-                if all(seen[row.msgid] for row in expected) or attempt == rereads:
-                    break
-                await asyncio.sleep(reread_delay * 2**attempt)
+            try:
+                for attempt in range(rereads + 1):
+                    history = await _history(api, chat_id, start_ms)
+                    seen = Counter(item.get("message", {}).get("client_id") for item in history)
+                    if all(seen[row.msgid] for row in expected) or attempt == rereads:
+                        break
+                    await asyncio.sleep(reread_delay * 2**attempt)
+            except AmojoError as exc:
+                if isinstance(exc, FATAL):
+                    raise
+                # Unread is unconfirmed: the chat's messages count as missing, and the next read tells.
+                verdict.unread[chat_id] = str(exc)
+                verdict.missing.extend(row.msgid for row in expected)
+                return []
         ids = [item.get("message", {}).get("client_id") for item in history]
         verdict.surplus.extend(
             client_id for client_id, item in zip(ids, history, strict=True)

@@ -17,6 +17,7 @@ from tasks.transform import contact_key
 SEEDS = [1, 3, 12, 18, 28, 43]
 
 
+@pytest.mark.campaign
 @pytest.mark.postgres
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_fault_schedule_leaves_amocrm_exactly_as_the_source(seed, postgres_url, tmp_path):

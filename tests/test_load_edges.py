@@ -344,3 +344,12 @@ async def test_runs_side_by_side_in_one_process_share_the_accounts_rest_limit(em
     assert first.verdict.verdict == second.verdict.verdict == "complete"
     rest = Counter(status for _, api, _, status in emulator.emulator.request_log if api == "rest")
     assert rest[429] == 0 and rest[200] > 7, rest
+
+
+async def test_a_chat_whose_history_cannot_be_read_is_unconfirmed_not_a_failed_run(emulator, source, ledger_url):
+    settings = settings_for(emulator, source, ledger_url)
+    assert (await run_interval(settings)).verdict.verdict == "complete"
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "history", "status": 409}]))
+    again = await run_interval(settings)  # nothing to send; one chat's read is refused
+    assert again.verdict.verdict == "incomplete" and len(again.verdict.unread) == 1
+    assert len(again.verdict.missing) == 8 and again.verdict.confirmed == 40
