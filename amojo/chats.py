@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from .signing import AmojoAuth
-from .transport import Limiter, RetryPolicy, TokenBucket, Transport
+from .transport import Limiter, RetryPolicy, TokenBucket, Transport, connection_pool
 
 BASE_PATH = "/v2/origin/custom"
 HISTORY_PAGE = 50
@@ -46,8 +46,7 @@ class ChatsClient:
             base_url=base_url,
             auth=AmojoAuth(channel_secret),
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
+            transport=transport or connection_pool(max_connections),
         )
         limiters: list[Limiter] = [TokenBucket(rate, burst=max(1, int(rate) // 10))] if rate else []
         if budget is not None:

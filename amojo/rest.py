@@ -11,9 +11,10 @@ from typing import Any, NamedTuple, Protocol
 import httpx
 
 from .errors import Unauthorized
-from .transport import Limiter, RetryPolicy, TokenBucket, Transport
+from .transport import Limiter, RetryPolicy, TokenBucket, Transport, connection_pool
 
 USERS_PAGE = 250
+"""The longest page of a REST v4 list (users, contacts)."""
 CONTACTS_BATCH = 50
 """The create batch is undocumented (§5.4): send at most 50 per request to be safe."""
 
@@ -163,7 +164,7 @@ class RestClient:
             auth=BearerAuth(auth) if isinstance(auth, str) else auth,
             timeout=timeout,
             headers={"Content-Type": "application/json"},
-            transport=transport,
+            transport=transport or connection_pool(8),
         )
         limiters: list[Limiter] = [limiter or TokenBucket(rate, burst=1)]
         if budget is not None:
@@ -207,6 +208,13 @@ class RestClient:
         if response.status_code == 204 or not response.content:
             return []
         return [item["id"] for item in response.json().get("_embedded", {}).get("contacts", [])]
+
+    async def contacts_page(self, page: int) -> list[dict[str, Any]]:
+        """One page of the account's contacts (id, name, custom_fields_values), 250 a page; empty after the last."""
+        response = await self._transport.request("GET", "/api/v4/contacts", params={"page": page, "limit": USERS_PAGE})
+        if response.status_code == 204 or not response.content:
+            return []
+        return response.json().get("_embedded", {}).get("contacts", [])
 
     async def create_contacts(self, contacts: list[dict[str, Any]]) -> list[int]:
         """Create contacts in batches; ids come back in the order given."""

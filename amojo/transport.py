@@ -189,12 +189,33 @@ def error_for(response: httpx.Response, api: str) -> AmojoError:
                      uncertain=True)
 
 
+def connection_pool(max_connections: int) -> httpx.AsyncBaseTransport:
+    """The HTTP transport under both clients: aiohttp's connection pool, which costs a fraction of the CPU of
+    httpcore's with many connections open (bench/load_throughput.py prints both); the client API stays httpx."""
+    from httpx_aiohttp import AiohttpTransport
+
+    return AiohttpTransport(limits=httpx.Limits(max_connections=max_connections,
+                                                max_keepalive_connections=max_connections))
+
+
+def _never_sent(exc: httpx.TransportError) -> bool:
+    """Whether nothing of the request can have reached the server: no connection could be made (refused,
+    unresolvable host, none free in the pool, not an http URL)."""
+    cause = exc.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        import aiohttp
+
+        # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout, a server that dropped the connection
+        # after taking the request too: only aiohttp's connector errors mean the request never left.
+        return isinstance(cause, aiohttp.ClientConnectorError | aiohttp.InvalidURL)
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout | httpx.UnsupportedProtocol)
+
+
 def _unanswered(exc: httpx.TransportError, where: str) -> Transient:
-    """A request without an answer: uncertain unless it never left (no connection, or no free one)."""
-    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout
-                            | httpx.UnsupportedProtocol)
-    what = "timed out" if isinstance(exc, httpx.TimeoutException) else "connection failed"
-    return Transient(f"{where}: {what} ({type(exc).__name__})", uncertain=not never_sent)
+    """A request without an answer: uncertain unless it never left."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc  # aiohttp's own error says what happened
+    what = "timed out" if isinstance(cause, TimeoutError | httpx.TimeoutException) else "connection failed"
+    return Transient(f"{where}: {what} ({type(cause).__name__})", uncertain=not _never_sent(exc))
 
 
 class Transport:

@@ -4,6 +4,8 @@ The emulator runs as its own process with 50 ms of latency on every answer. Prin
 (i)  the loader's messages/s over the sending phase, with no rate limit, beside a naive loop that sends one
      message at a time with the same client, in the same process, and the ratio;
 (ii) the same under a configured Chats API rate limit, as a fraction of that limit;
+(iii) the loader over each HTTP connection pool, in the same process: aiohttp's (what the clients use) and
+     httpcore's (httpx's own), with the CPU seconds each spends per 1,000 messages;
 and where the loader's time goes (ledger writes against the rest), and requests per message.
 
     ./uvw run python bench/load_throughput.py [--conversations 64] [--messages 40] [--limit 100]
@@ -61,6 +63,7 @@ class Timed:
 
 
 async def pipeline(url: str, source: str, workdir: str, amojo_rate: float | None, concurrency: int) -> dict:
+    cpu = time.process_time()
     settings = Settings(source_url=source, state_url=f"sqlite:///{workdir}/ledger-{time.time_ns()}.db",
                         amojo_url=url, amocrm_url=url, channel_id=demo.DEMO_CHANNEL_ID,
                         channel_secret=demo.DEMO_CHANNEL_SECRET, amocrm_token=demo.DEMO_TOKEN, bot_id=demo.DEMO_BOT_ID,
@@ -79,7 +82,21 @@ async def pipeline(url: str, source: str, workdir: str, amojo_rate: float | None
                 sent += (await load(batch, api, ledger, claims, MONTH.end_ms, MONTH.label, concurrency)).messages_sent
             seconds = time.perf_counter() - began
     ledger.close()
-    return {"sent": sent, "seconds": seconds, "ledger_seconds": timed.seconds}
+    return {"sent": sent, "seconds": seconds, "ledger_seconds": timed.seconds, "cpu_s": time.process_time() - cpu}
+
+
+def over_httpcore() -> None:
+    """Put httpx's own connection pool under both clients, instead of aiohttp's."""
+    import httpx
+
+    import amojo.chats
+    import amojo.rest
+
+    def pool(max_connections: int) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max_connections,
+                                                            max_keepalive_connections=max_connections))
+
+    amojo.chats.connection_pool = amojo.rest.connection_pool = pool
 
 
 async def naive(url: str, count: int) -> float:
@@ -131,6 +148,19 @@ def main() -> None:
                     baseline = asyncio.run(naive(url, 100))
                     print(f"  naive loop, same client: {baseline:.1f} msg/s; loader while sending / naive = "
                           f"{sending / baseline:.1f}x, overall / naive = {overall / baseline:.1f}x")
+            finally:
+                process.terminate()
+                process.wait(10)
+        print("  connection pools, no rate limit:")
+        for label in ("aiohttp (used)", "httpcore (httpx's own)"):
+            if label.startswith("httpcore"):
+                over_httpcore()
+            process, url = start_emulator("--latency-ms", str(args.latency_ms), "--rest-rate", "0")
+            try:
+                result = asyncio.run(pipeline(url, source, workdir, None, args.concurrency))
+                _, sending, _ = emulator_view(url)
+                print(f"    {label}: {sending:.1f} msg/s while sending, {1000 * result['cpu_s'] / result['sent']:.2f} "
+                      f"CPU s per 1,000 messages (the loader's process, all of it)")
             finally:
                 process.terminate()
                 process.wait(10)

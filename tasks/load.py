@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
-from amojo.rest import CONTACTS_BATCH, ChatLink, RestClient
+from amojo.rest import CONTACTS_BATCH, USERS_PAGE, ChatLink, RestClient
 from amojo.transport import RetryPolicy
 from etl.api import Api
 from etl.claims import RunClaims
@@ -374,9 +375,22 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
             failed[client.client_key] = exc
         return client, []
 
+    # One page-through of the account when it costs at most half the searches; else a search per client.
+    index = await ContactIndex.read(api, pages_at_most=len(unknown) // 2) if len(unknown) > 1 else None
+
+    async def look_up(client: Any) -> tuple[Any, list[int]]:
+        if index is None:
+            return await search(client)
+        if client.client_key in uncertain:
+            if uncertain[client.client_key] + 2 * api.timeout_s > ledger.clock():
+                return await search(client)  # a create may be on its way still: wait for it, then search
+            if ours := index.by_key(contact_key(client.client_id)):
+                return client, ours[:1]
+        return client, index.matches(client.phone, client.email)
+
     # Searches overlap their latency; the REST client's token bucket still keeps them under the rate limit.
     to_create: list[Any] = []
-    for client, found in await _bounded(concurrency, [search(c) for c in unknown]):
+    for client, found in await _bounded(concurrency, [look_up(c) for c in unknown]):
         if client.client_key in failed:
             continue
         if len(found) == 1:
@@ -398,6 +412,58 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
         {"conversation_id": c.Index, "contact_id": known.get(c.client_key), "quarantine": ambiguous.get(c.client_key)}
         for c in needing.itertuples() if c.client_key not in failed
     ])
+
+
+@dataclass
+class ContactIndex:
+    """The account's contacts by the last ten digits of each phone, by email, and by our key: one page-through
+    (250 a request) in place of a search per client, when there are more clients to resolve than pages. Matches as
+    a search does: phone first, then email; several contacts for one client is ambiguous."""
+
+    phones: dict[str, list[int]] = field(default_factory=dict)
+    emails: dict[str, list[int]] = field(default_factory=dict)
+    keys: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    async def read(cls, api: Api, pages_at_most: int) -> ContactIndex | None:
+        """Every contact of the account; None when that takes more than `pages_at_most` pages (a search per client
+        is cheaper then) or a page cannot be read (the searches will say what is wrong)."""
+        if pages_at_most < 1:
+            return None
+        index = cls()
+        for page in range(1, pages_at_most + 1):
+            try:
+                contacts = await api.rest.contacts_page(page)
+            except AmojoError as exc:
+                if isinstance(exc, FATAL):
+                    raise
+                return None
+            for contact in contacts:
+                index.add(contact)
+            if len(contacts) < USERS_PAGE:
+                return index
+        return None
+
+    def add(self, contact: dict[str, Any]) -> None:
+        for field_ in contact.get("custom_fields_values") or []:
+            for value in field_.get("values") or []:
+                text = str(value.get("value", ""))
+                if field_.get("field_code") == "PHONE" and len(digits := re.sub(r"\D", "", text)) >= 10:
+                    self.phones.setdefault(digits[-10:], []).append(contact["id"])
+                elif field_.get("field_code") == "EMAIL" and text.strip():
+                    self.emails.setdefault(text.strip().lower(), []).append(contact["id"])
+                elif text.startswith("amojoetl"):
+                    self.keys.setdefault(text, []).append(contact["id"])
+
+    def by_key(self, key: str) -> list[int]:
+        return sorted(self.keys.get(key, []))
+
+    def matches(self, phone: Any, email: Any) -> list[int]:
+        if isinstance(phone, str) and (found := self.phones.get(re.sub(r"\D", "", phone)[-10:])):
+            return sorted(set(found))
+        if isinstance(email, str) and (found := self.emails.get(email.strip().lower())):
+            return sorted(set(found))
+        return []
 
 
 async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: dict[str, int],

@@ -169,3 +169,37 @@ def test_one_rate_limit_is_shared_by_event_loops_in_threads():
     stamps.sort()
     # 30 requests at 20/s take at least 29/20 s; with a bucket per loop they would take a third of that.
     assert stamps[-1] - stamps[0] >= 29 / 20 * 0.95
+
+
+@pytest.mark.parametrize("mode", ["drop", "500"])
+async def test_over_the_real_pool_a_dropped_answer_is_uncertain_and_a_refused_connection_is_not(emulator, mode):
+    from amojo.emulator.config import Faults
+    from amojo.rest import RestClient
+
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "contacts", "method": "POST", "lose": mode}]))
+    async with RestClient(emulator.url, emulator.emulator.config.token, rate=100) as rest:
+        with pytest.raises(Transient) as lost:
+            await rest.create_contacts([{"name": "Client"}])
+    assert lost.value.may_have_landed and len(emulator.emulator.snapshot()["contacts"]) == 1
+
+    async with RestClient("http://127.0.0.1:9", "token", rate=100, retry=RetryPolicy(attempts=2)) as rest:
+        with pytest.raises(Transient) as refused:
+            await rest.create_contacts([{"name": "Client"}])
+    assert not refused.value.may_have_landed and refused.value.attempts == 2  # never sent: tried again
+
+
+async def test_over_the_real_pool_a_server_that_hangs_up_after_reading_the_request_leaves_it_uncertain():
+    """aiohttp reports this as a disconnect, which httpx-aiohttp maps to ConnectTimeout: it must not read as
+    'never sent', or a contact create would be sent again blindly."""
+    from amojo.rest import RestClient
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, RestClient(f"http://127.0.0.1:{port}", "token", rate=100) as rest:
+        with pytest.raises(Transient) as lost:
+            await rest.create_contacts([{"name": "Client"}])
+    assert lost.value.may_have_landed and lost.value.attempts == 1
