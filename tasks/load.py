@@ -215,7 +215,7 @@ def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]
     # A message amoCRM refused for its data (`rejected`) waits for the source to change it.
     settled = (done & ~changed) | ((status == "rejected") & ~changed) | foreign
     to_send = ~done & ~settled
-    return (messages[to_send].assign(status=status[to_send]),
+    return (messages[to_send].assign(status=status[to_send], recorded_hash=recorded_hash[to_send]),
             messages[edits].assign(recorded_hash=recorded_hash[edits]), int(settled.sum()))
 
 
@@ -589,6 +589,12 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
     message is then edited to the source's content.
     """
     outcomes: list[dict[str, Any]] = []
+    stale: set[str] = set()
+
+    def row(message: Any, **values: Any) -> dict[str, Any]:
+        stays_stale = message.msgid in stale and values.get("status") != "sent"
+        return _ledger_row(message, **({"content_hash": UNKNOWN_CONTENT} if stays_stale else {}), **values)
+
     try:
         uncertain = pending[pending["status"].isin(["sending", "failed"])]
         unresolved: set[str] = set()
@@ -601,9 +607,13 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
             edits = pd.concat([edits, pending[pending["msgid"].isin(changed)]], ignore_index=True)
             unresolved = set(uncertain["msgid"]) - set(landed)
             pending = pending[~pending["msgid"].isin(landed)]
+        # Those whose content changed since an earlier attempt that may have landed: amoCRM may hold that one. The
+        # ledger keeps saying so (UNKNOWN_CONTENT) until an edit has gone out.
+        stale = {m.msgid for m in pending.itertuples(index=False)
+                 if m.msgid in unresolved and (pd.isna(m.recorded_hash) or int(m.recorded_hash) != int(m.content_hash))}
         if len(pending):
             claims.check()
-            ledger.record_messages([_ledger_row(m, status="sending") for m in pending.itertuples(index=False)])
+            ledger.record_messages([row(m, status="sending") for m in pending.itertuples(index=False)])
         resent: list[Any] = []
         for message in pending.itertuples(index=False):
             claims.check()
@@ -626,8 +636,8 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
                 report.messages_sent += 1
                 continue
             outcomes.append(_ledger_row(message, status="sent", amojo_id=sent.amojo_id, last_error=None))
-            if message.msgid in unresolved:
-                resent.append(message)
+            if message.msgid in stale:
+                resent.append(message)  # an API that takes a repeated msgid keeps the content that landed first
             report.messages_sent += 1
         if resent:
             edits = pd.concat([edits, pd.DataFrame(resent)], ignore_index=True)
@@ -654,7 +664,7 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
             # The first unsent message failed (it may have landed: it is asked for first next time); later ones
             # would land out of order, so they wait for the next run. A refusal for amoCRM's own reasons (a
             # conflict, a lock) is such a failure too: the next run tries it again, still in order.
-            outcomes.append(_ledger_row(unsent.iloc[0], status="failed", last_error=str(exc)))
+            outcomes.append(row(next(unsent.itertuples(index=False)), status="failed", last_error=str(exc)))
             report.failed += 1
         _stop(report, conversation_id, exc)
     finally:
