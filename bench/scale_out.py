@@ -19,19 +19,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from emulator_process import start_emulator  # noqa: E402
+from fault_campaign import fresh_postgres  # noqa: E402
 from prefect_server import POSTGRES_URL, prefect_server  # noqa: E402
 
 from amojo.emulator import config as demo  # noqa: E402
@@ -47,22 +45,6 @@ def busiest(times: np.ndarray, window: float) -> int:
     return int((np.searchsorted(times, times + window, side="left") - np.arange(len(times))).max())
 
 
-@contextmanager
-def fresh_ledger() -> Iterator[str]:
-    """A PostgreSQL schema of its own for one run's ledger, dropped afterwards."""
-    engine = sa.create_engine(POSTGRES_URL)
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield engine.url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        engine.dispose()
-
-
 def run(workers: int, rate: float, args: argparse.Namespace, source: str, prefect_env: dict[str, str],
         workdir: Path) -> dict[str, float]:
     """`workers` backfills at once under a shared budget of `rate` Chats API requests/s, against a fresh emulator."""
@@ -72,7 +54,7 @@ def run(workers: int, rate: float, args: argparse.Namespace, source: str, prefec
                                                        "slot_decay_per_second": rate}).raise_for_status()
     emulator, url = start_emulator("--latency-ms", str(args.latency_ms), "--rest-rate", "0")
     try:
-        with fresh_ledger() as ledger:
+        with fresh_postgres(POSTGRES_URL) as ledger:
             return _run(workers, budget, args, source, ledger, prefect_env, url, workdir)
     finally:
         emulator.terminate()
