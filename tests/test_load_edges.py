@@ -118,8 +118,8 @@ async def test_a_refusal_of_the_data_is_a_reject_with_the_apis_reason_and_not_se
     assert set(landed(emulator)) == {f"ae-cv{c}-{m}" for c in range(2) for m in range(3)} - {"ae-cv1-1"}
 
 
-def _kill_after_landing(monkeypatch, msgid: str) -> None:
-    """The request for `msgid` lands in amoCRM, then the process dies before it reads the answer."""
+async def _killed_after_landing(settings, msgid: str) -> None:
+    """A run whose request for `msgid` lands in amoCRM, then dies before it reads the answer."""
     original = ChatsClient.new_message
 
     async def new_message(self, payload):
@@ -128,15 +128,15 @@ def _kill_after_landing(monkeypatch, msgid: str) -> None:
             raise Killed
         return answer
 
-    monkeypatch.setattr(ChatsClient, "new_message", new_message)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ChatsClient, "new_message", new_message)
+        with pytest.raises(Killed):
+            await run_interval(settings)
 
 
-async def test_an_edit_after_a_send_whose_answer_was_lost_reaches_amocrm(emulator, source, ledger_url, monkeypatch):
-    _kill_after_landing(monkeypatch, "ae-cv1-3")
+async def test_an_edit_after_a_send_whose_answer_was_lost_reaches_amocrm(emulator, source, ledger_url):
     settings = settings_for(emulator, source, ledger_url)
-    with pytest.raises(Killed):
-        await run_interval(settings)
-    monkeypatch.undo()
+    await _killed_after_landing(settings, "ae-cv1-3")
     edit_text(source, "cv1-3", "edited after the lost answer")
     result = await run_interval(settings)
     assert result.verdict.verdict == "complete", result.verdict
@@ -167,15 +167,11 @@ async def test_a_refused_retry_the_history_does_not_show_yet_stays_uncertain(emu
 
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(duplicate_msgid="idempotent"),
                                              EmulatorConfig(duplicate_msgid="reject")], ids=["idempotent", "reject"])
-async def test_an_edit_after_a_lost_answer_reaches_amocrm_while_the_history_lags(emulator, source, ledger_url,
-                                                                                  monkeypatch):
+async def test_an_edit_after_a_lost_answer_reaches_amocrm_while_the_history_lags(emulator, source, ledger_url):
     """Killed after the send landed, edited, then run again while the history does not show the message yet: the
     repeat is taken as the first (idempotent) or refused as a duplicate (reject); either way the edit goes out."""
-    _kill_after_landing(monkeypatch, "ae-cv1-1")
     settings = settings_for(emulator, source, ledger_url)
-    with pytest.raises(Killed):
-        await run_interval(settings)
-    monkeypatch.undo()
+    await _killed_after_landing(settings, "ae-cv1-1")
     edit_text(source, "cv1-1", "edited while the history lagged")
     emulator.emulator.set_faults(Faults(history_lag_ms=6000))
     await run_interval(settings)
@@ -186,18 +182,14 @@ async def test_an_edit_after_a_lost_answer_reaches_amocrm_while_the_history_lags
     assert held["ae-cv1-1"][0]["message"]["text"] == "edited while the history lagged"
 
 
-async def test_a_location_edited_after_a_lost_answer_is_edited_in_amocrm(emulator, source, ledger_url,
-                                                                        monkeypatch):
+async def test_a_location_edited_after_a_lost_answer_is_edited_in_amocrm(emulator, source, ledger_url):
     engine = sa.create_engine(source)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE messages SET type = 'location', text = NULL, lat = 55.0, lon = 37.0 "
                              "WHERE id = 'cv1-2'"))
     engine.dispose()
-    _kill_after_landing(monkeypatch, "ae-cv1-2")
     settings = settings_for(emulator, source, ledger_url)
-    with pytest.raises(Killed):
-        await run_interval(settings)
-    monkeypatch.undo()
+    await _killed_after_landing(settings, "ae-cv1-2")
     engine = sa.create_engine(source)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE messages SET lat = 59.9, lon = 30.3, updated_at = created_at WHERE id = 'cv1-2'"))
@@ -232,12 +224,9 @@ async def test_a_run_taking_over_waits_for_a_create_still_on_its_way(emulator, t
     assert len(_contacts(emulator)) == 1 and result.load.contacts_matched == 1 and result.load.contacts_created == 0
 
 
-async def test_a_failed_history_lookup_stops_its_conversation_only(emulator, source, ledger_url, monkeypatch):
-    _kill_after_landing(monkeypatch, "ae-cv2-5")
+async def test_a_failed_history_lookup_stops_its_conversation_only(emulator, source, ledger_url):
     settings = settings_for(emulator, source, ledger_url, concurrency=1)
-    with pytest.raises(Killed):
-        await run_interval(settings)
-    monkeypatch.undo()
+    await _killed_after_landing(settings, "ae-cv2-5")
     emulator.emulator.set_faults(Faults(script=[{"endpoint": "history", "status": 400}]))
     second = await run_interval(settings)  # returns: the lookup's failure is one conversation's
     assert list(second.load.stopped) == ["ae-cv2"]
