@@ -599,11 +599,15 @@ class Emulator:
                  for c in chunk]
         return hal({"_page": page, "_embedded": {"contacts": items}})
 
+    def _check_batch(self, batch: list, what: str) -> None:
+        """Refuse a REST batch larger than `rest_batch_max` (Q13 ⚠️: amoCRM documents no maximum)."""
+        if len(batch) > self.config.rest_batch_max:
+            raise ApiError(400, f"at most {self.config.rest_batch_max} {what} per request, not {len(batch)}")
+
     def _create_contacts(self, body: Any) -> Response:
         if not isinstance(body, list) or not body:
             raise ApiError(400, "the body must be a non-empty array of contacts")
-        if len(body) > 250:
-            raise ApiError(400, "at most 250 contacts per request")
+        self._check_batch(body, "contacts")
         for index, item in enumerate(body):
             if not isinstance(item, dict):
                 raise ApiError(400, f"contact {index} is not an object")
@@ -619,6 +623,7 @@ class Emulator:
         if request.method == "POST":
             if not isinstance(body, list) or not body:
                 raise ApiError(400, "the body must be a non-empty array of links")
+            self._check_batch(body, "links")
             made = []
             for index, item in enumerate(body):
                 if not isinstance(item, dict) or not _is_int(item.get("contact_id")) \

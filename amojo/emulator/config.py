@@ -240,7 +240,14 @@ class EmulatorConfig:
     text_limit: int | None = None  # Q2
     check_ref_id: bool = True  # ⚠️ our choice: an outgoing sender.ref_id must be a user's amojo_id or the bot
     rest_rate: float | None = 7.0  # Q14, per token
+    # Q13 ⚠️: the most contacts per POST /api/v4/contacts and links per POST /api/v4/contacts/chats; a larger
+    # batch is a 400 problem+json. amoCRM documents no maximum; §9 says accept up to 250.
+    rest_batch_max: int = 250
     amojo_rate: float | None = None  # Q9
     date_tolerance_s: int = 15 * 60  # Q5, both directions
     state_path: str | None = None  # SQLite file; None keeps state in memory
     faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.rest_batch_max) or self.rest_batch_max < 1:
+            raise ValueError(f"rest_batch_max must be an integer >= 1, not {self.rest_batch_max!r}")
