@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import httpx
 
-from .errors import Unauthorized
+from .errors import InvalidRequest, Unauthorized
 from .transport import Limiter, RetryPolicy, TokenBucket, Transport, connection_pool
+
+log = logging.getLogger(__name__)
 
 USERS_PAGE = 250
 """The longest page of a REST v4 list (users, contacts)."""
-CONTACTS_BATCH = 50
-"""The create batch is undocumented (§5.4): send at most 50 per request to be safe."""
+BATCH_MOST = 250
+"""Contacts or links per write request, first tried: the list endpoints' longest page. ⚠️ The write batch is
+undocumented (§5.4, Q13); amoCRM documents 50 for complex leads, so a batch refused as too large (400, 413) is sent
+again in batches of `BATCH_SAFE`, and the client keeps that size."""
+BATCH_SAFE = 50
+LINKS_READ = 50
+"""Chat ids per read of links: 50 UUIDs keep the query string under 3 KB, well inside any proxy's URL limit."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,8 @@ class RestClient:
         if budget is not None:
             limiters.append(budget)
         self._transport = Transport(self._http, "REST v4", retry=retry, limiters=limiters)
+        self.batch_size = BATCH_MOST
+        """Contacts or links per write request; falls to `BATCH_SAFE` once amoCRM refuses a larger batch."""
         self.guards = self._transport.guards  # checks run before every request (Api.guard)
 
     async def __aenter__(self) -> RestClient:
@@ -217,36 +227,56 @@ class RestClient:
         return response.json().get("_embedded", {}).get("contacts", [])
 
     async def create_contacts(self, contacts: list[dict[str, Any]]) -> list[int]:
-        """Create contacts in batches; ids come back in the order given."""
+        """Create contacts, `batch_size` a request; ids come back in the order given."""
         ids: list[int] = []
-        for start in range(0, len(contacts), CONTACTS_BATCH):
-            batch = [dict(c, request_id=str(i)) for i, c in enumerate(contacts[start : start + CONTACTS_BATCH])]
+
+        async def send(batch: list[dict[str, Any]]) -> None:
+            body = [dict(c, request_id=str(i)) for i, c in enumerate(batch)]
             # Not idempotent: after a lost answer the caller finds what was created before creating again.
-            response = await self._transport.request("POST", "/api/v4/contacts", json_body=batch, idempotent=False)
-            created = response.json()["_embedded"]["contacts"]
-            by_request = {str(item.get("request_id")): item["id"] for item in created}
-            ids.extend(by_request[str(i)] for i in range(len(batch)))
+            response = await self._transport.request("POST", "/api/v4/contacts", json_body=body, idempotent=False)
+            by_request = {str(item.get("request_id")): item["id"] for item in response.json()["_embedded"]["contacts"]}
+            ids.extend(by_request[str(i)] for i in range(len(body)))
+
+        await self._in_batches(contacts, send)
         return ids
 
     async def link_chats(self, links: list[ChatLink]) -> list[ChatLink]:
-        """Link chats to contacts, so that amoCRM creates no unsorted lead for them."""
+        """Link chats to contacts, `batch_size` a request, so that amoCRM creates no unsorted lead for them."""
         made: list[ChatLink] = []
-        for start in range(0, len(links), CONTACTS_BATCH):
-            batch = [
-                {"contact_id": link.contact_id, "chat_id": link.chat_id, "request_id": str(i)}
-                for i, link in enumerate(links[start : start + CONTACTS_BATCH])
-            ]
-            response = await self._transport.request("POST", "/api/v4/contacts/chats", json_body=batch,
+
+        async def send(batch: list[ChatLink]) -> None:
+            body = [{"contact_id": link.contact_id, "chat_id": link.chat_id, "request_id": str(i)}
+                    for i, link in enumerate(batch)]
+            response = await self._transport.request("POST", "/api/v4/contacts/chats", json_body=body,
                                                      idempotent=False)
-            for item in response.json()["_embedded"]["chats"]:
-                made.append(ChatLink(item["chat_id"], item["contact_id"], item.get("id")))
+            made.extend(ChatLink(item["chat_id"], item["contact_id"], item.get("id"))
+                        for item in response.json()["_embedded"]["chats"])
+
+        await self._in_batches(links, send)
         return made
+
+    async def _in_batches(self, items: list[Any], send: Callable[[list[Any]], Awaitable[None]]) -> None:
+        """Send the items `batch_size` at a time. A batch larger than `BATCH_SAFE` that amoCRM refuses (400, 413:
+        nothing of it was done) is sent again in smaller batches, and so is everything after it."""
+        start = 0
+        while start < len(items):
+            batch = items[start:start + self.batch_size]
+            try:
+                await send(batch)
+            except InvalidRequest as exc:
+                if len(batch) <= BATCH_SAFE or exc.may_have_landed:
+                    raise
+                log.warning("amoCRM refused a batch of %d (%s): sending %d a request from now on",
+                            len(batch), exc.status, BATCH_SAFE)
+                self.batch_size = BATCH_SAFE
+                continue
+            start += len(batch)
 
     async def chat_links(self, chat_ids: list[str]) -> list[ChatLink]:
         """The existing links of these chats; empty when none (204)."""
         found: list[ChatLink] = []
-        for start in range(0, len(chat_ids), CONTACTS_BATCH):
-            params = [("chat_id[]", chat_id) for chat_id in chat_ids[start : start + CONTACTS_BATCH]]
+        for start in range(0, len(chat_ids), LINKS_READ):
+            params = [("chat_id[]", chat_id) for chat_id in chat_ids[start : start + LINKS_READ]]
             response = await self._transport.request("GET", "/api/v4/contacts/chats", params=params)
             if response.status_code == 204 or not response.content:
                 continue

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
-from amojo.rest import CONTACTS_BATCH, USERS_PAGE, ChatLink, RestClient
+from amojo.rest import BATCH_MOST, BATCH_SAFE, USERS_PAGE, ChatLink, RestClient
 from amojo.transport import RetryPolicy
 from etl.api import Api
 from etl.claims import RunClaims
@@ -263,22 +263,78 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
 async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, concurrency: int,
                               report: LoadReport, progress: Callable[[int], Awaitable[None]] | None) -> None:
     """The seed's sequence for conversations this run holds, planned again from the ledger: another run may have
-    sent some of their messages since. A conversation that fails stops alone; an error that concerns the whole
-    run (credentials, lost claims, a bug) cancels the others, and returns only once none of them is sending."""
+    sent some of their messages since. Conversations are prepared (chat, contact, link) a wave at a time, and each
+    starts sending as soon as its wave is ready, while the next waves are prepared: REST's few requests a second
+    never hold the Chats API idle. A conversation that fails stops alone; an error that concerns the whole run
+    (credentials, lost claims, a bug) cancels the others, and returns only once none of them is sending."""
     to_send, to_edit, settled = plan(batch, ledger)
     report.messages_skipped += settled
     active = sorted(set(to_send["conversation_id"]) | set(to_edit["conversation_id"]))
     if not active:
         return
-    conversations = batch.conversations.loc[active]
+    sends = dict(tuple(to_send.groupby("conversation_id", sort=False)))
+    edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
+    empty = to_send.iloc[0:0]
+    ready: asyncio.Queue[tuple[Any, str] | None] = asyncio.Queue()
 
-    await _create_chats(conversations, api, ledger, concurrency, report)
-    await _resolve_contacts(conversations, api, ledger, claims, concurrency, report)
-    await _link_chats(conversations, api, ledger, report)
+    async def prepare() -> None:
+        try:
+            async for conversations, chat_ids in _prepared(batch.conversations.loc[active], api, ledger, claims,
+                                                           concurrency, report):
+                for conversation in conversations.itertuples():
+                    ready.put_nowait((conversation, chat_ids[conversation.Index]))
+        finally:
+            for _ in range(concurrency):
+                ready.put_nowait(None)
 
-    states = ledger.chat_states(active)
-    ready = []
-    for conversation_id in active:
+    async def send() -> None:
+        while (item := await ready.get()) is not None:
+            conversation, chat_id = item
+            await _send_conversation(conversation.Index, chat_id, client_participant(conversation),
+                                     sends.get(conversation.Index, empty), edits.get(conversation.Index, empty),
+                                     api, ledger, claims, report)
+            if progress is not None:
+                try:
+                    await progress(report.messages_sent + report.messages_edited)
+                except Exception as exc:  # noqa: BLE001 - a progress bar that failed to move must not stop sending
+                    log.warning("could not update the progress artifact (%s)", type(exc).__name__)
+
+    await _bounded(concurrency + 1, [prepare(), *(send() for _ in range(concurrency))])
+
+
+async def _prepared(conversations: pd.DataFrame, api: Api, ledger: Ledger, claims: RunClaims, concurrency: int,
+                    report: LoadReport) -> AsyncIterator[tuple[pd.DataFrame, dict[str, str]]]:
+    """Conversations whose chat is created and linked to its contact, a wave at a time, with their chat ids.
+
+    Those the ledger already holds linked come first, at once. The others follow in waves: a first one as large as
+    the sending concurrency, so that sending starts within seconds, then waves of a full REST batch, so that each
+    costs a create and a link request. Quarantined conversations are reported, never yielded.
+    """
+    states = ledger.chat_states(conversations.index)
+    linked = [c for c in conversations.index
+              if c in states and states[c].linked and states[c].chat_id and not states[c].quarantine]
+    if linked:
+        yield _ready(conversations.loc[linked], ledger, report)
+    rest = conversations.drop(linked)
+    if rest.empty:
+        return
+    index = await _contact_index(rest, states, api, ledger)
+    first, size = 0, max(1, min(concurrency, BATCH_MOST))
+    while first < len(rest):
+        wave = rest.iloc[first:first + size]
+        first, size = first + size, BATCH_MOST
+        fresh = await _create_chats(wave, api, ledger, concurrency, report)
+        await _resolve_contacts(wave, api, ledger, claims, concurrency, report, index)
+        await _link_chats(wave, api, ledger, report, fresh)
+        yield _ready(wave, ledger, report)
+
+
+def _ready(conversations: pd.DataFrame, ledger: Ledger, report: LoadReport) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The conversations of a prepared wave that can send (linked, not stopped), and their chat ids; the
+    quarantined ones go into the report."""
+    states = ledger.chat_states(conversations.index)
+    ready: list[str] = []
+    for conversation_id in conversations.index:
         state = states.get(conversation_id)
         if state is None or conversation_id in report.stopped:
             continue
@@ -286,21 +342,17 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
             report.quarantined[conversation_id] = state.quarantine
         elif state.linked:
             ready.append(conversation_id)
-    sends = dict(tuple(to_send.groupby("conversation_id", sort=False)))
-    edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
-    empty = to_send.iloc[0:0]
+    return conversations.loc[ready], {c: states[c].chat_id for c in ready}
 
-    async def send(conversation: Any) -> None:
-        await _send_conversation(conversation.Index, states[conversation.Index].chat_id,
-                                 client_participant(conversation), sends.get(conversation.Index, empty),
-                                 edits.get(conversation.Index, empty), api, ledger, claims, report)
-        if progress is not None:
-            try:
-                await progress(report.messages_sent + report.messages_edited)
-            except Exception as exc:  # noqa: BLE001 - a progress bar that failed to move must not stop the sending
-                log.warning("could not update the progress artifact (%s)", type(exc).__name__)
 
-    await _bounded(concurrency, [send(c) for c in conversations.loc[ready].itertuples()])
+async def _contact_index(conversations: pd.DataFrame, states: dict[str, ChatState], api: Api,
+                         ledger: Ledger) -> ContactIndex | None:
+    """The account's contacts read once, when that costs at most half the searches the clients to resolve would."""
+    needing = conversations[[c not in states or states[c].contact_id is None or bool(states[c].quarantine)
+                             for c in conversations.index]]
+    keys = needing["client_key"].drop_duplicates()
+    unknown = len(keys) - len(ledger.contact_ids(keys))
+    return await ContactIndex.read(api, pages_at_most=unknown // 2) if unknown > 1 else None
 
 
 def _stop(report: LoadReport, conversation_id: str, error: AmojoError) -> None:
@@ -311,9 +363,10 @@ def _stop(report: LoadReport, conversation_id: str, error: AmojoError) -> None:
 
 
 async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
-                        report: LoadReport) -> None:
+                        report: LoadReport) -> set[str]:
     """create_chat is idempotent on conversation_id: a lost answer is retried, and a crash before the chat id is
-    saved gets the same chat next time."""
+    saved gets the same chat next time. Returns the conversations whose chat id the ledger did not hold before:
+    no run of ours can have linked those chats."""
     states = ledger.chat_states(conversations.index)
     missing = [c for c in conversations.itertuples() if not (states.get(c.Index) and states[c.Index].chat_id)]
 
@@ -328,22 +381,25 @@ async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, c
     rows = [row for row in await _bounded(concurrency, [create(c) for c in missing]) if row]
     ledger.save_chats(rows)
     report.chats_created += len(rows)
+    return {row["conversation_id"] for row in rows}
 
 
 async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledger, claims: RunClaims,
-                            concurrency: int, report: LoadReport) -> None:
+                            concurrency: int, report: LoadReport, index: ContactIndex | None) -> None:
     """Find each client's contact; a client another run is finding or creating right now waits for it, so that
     no client gets two contacts."""
     states = ledger.chat_states(conversations.index)
     needing = conversations[[c in states and (states[c].contact_id is None or bool(states[c].quarantine))
                              and c not in report.stopped for c in conversations.index]]
     async for mine in claims.turns("client", needing["client_key"]):
-        await _find_or_create_contacts(needing[needing["client_key"].isin(mine)], api, ledger, concurrency, report)
+        await _find_or_create_contacts(needing[needing["client_key"].isin(mine)], api, ledger, concurrency, report,
+                                       index)
 
 
 async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledger, concurrency: int,
-                                   report: LoadReport) -> None:
-    """Find each client's contact by normalised phone, then email; create the rest in batches.
+                                   report: LoadReport, index: ContactIndex | None) -> None:
+    """Find each client's contact by normalised phone, then email, in the account's `index` when it was read, else
+    by a search per client; create the rest in batches.
 
     A search that matches several contacts quarantines the client's conversations: sending them to the wrong
     contact cannot be undone, and a person can tell which one is right. A create whose answer was lost (in this
@@ -375,9 +431,6 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
             failed[client.client_key] = exc
         return client, []
 
-    # One page-through of the account when it costs at most half the searches; else a search per client.
-    index = await ContactIndex.read(api, pages_at_most=len(unknown) // 2) if len(unknown) > 1 else None
-
     async def look_up(client: Any) -> tuple[Any, list[int]]:
         if index is None:
             return await search(client)
@@ -403,8 +456,11 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
         else:
             to_create.append(client)
     ledger.settle_effects("contact", [c.client_key for c in unknown if c.client_key in known])
-    for first in range(0, len(to_create), CONTACTS_BATCH):
-        await _create_contacts(to_create[first:first + CONTACTS_BATCH], api, ledger, known, failed, report)
+    first = 0
+    while first < len(to_create):
+        size = api.rest.batch_size  # smaller once amoCRM has refused a larger batch
+        await _create_contacts(to_create[first:first + size], api, ledger, known, failed, report)
+        first += size
     for conversation in needing.itertuples():
         if conversation.client_key in failed:
             _stop(report, conversation.Index, failed[conversation.client_key])
@@ -485,7 +541,7 @@ async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: 
                 break
         await asyncio.sleep(RETRY.delay(attempt, error))
         try:
-            landed = await _bounded(CONTACTS_BATCH, [_search_key(api, c) for c in remaining])
+            landed = await _created(api, remaining)
         except AmojoError as exc:
             error = exc
             break
@@ -497,6 +553,15 @@ async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: 
             return
     # Still uncertain where a create may have landed: the next run searches these clients' keys first.
     failed.update((c.client_key, error) for c in remaining)
+
+
+async def _created(api: Api, clients: list[Any]) -> list[int | None]:
+    """The contact we created for each client, if any: by one page-through of the account when that is cheaper
+    than a search per client's key."""
+    index = await ContactIndex.read(api, pages_at_most=len(clients) - 1) if len(clients) > 1 else None
+    if index is None:
+        return await _bounded(BATCH_SAFE, [_search_key(api, c) for c in clients])
+    return [min(found) if (found := index.by_key(contact_key(c.client_id))) else None for c in clients]
 
 
 async def _search_key(api: Api, client: Any) -> int | None:
@@ -512,9 +577,11 @@ def _save_created(ledger: Ledger, ids: dict[str, int], known: dict[str, int], re
     report.contacts_created += len(ids)
 
 
-async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, report: LoadReport) -> None:
-    """Link before the first message, so amoCRM makes no unsorted lead. What is linked is read first and kept;
-    after a lost answer it is read again, and only what is still unlinked is linked."""
+async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, report: LoadReport,
+                      fresh: set[str]) -> None:
+    """Link before the first message, so amoCRM makes no unsorted lead. What is linked is read first and kept
+    (but for `fresh` chats, whose ids no run had saved, so none of ours can have linked them); after a lost answer
+    it is read again, and only what is still unlinked is linked."""
     states = ledger.chat_states(conversations.index)
     unlinked: list[ChatState] = [s for s in states.values() if not s.linked and not s.quarantine and s.contact_id
                                  and s.conversation_id not in report.stopped]
@@ -522,12 +589,14 @@ async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, rep
         return
     links: dict[str, ChatLink] = {}
     error: AmojoError | None = None
+    unread = [s.chat_id for s in unlinked if s.conversation_id not in fresh]
     for attempt in range(1, RESOLVE_ATTEMPTS + 1):
         if error is not None:
             await asyncio.sleep(RETRY.delay(attempt - 1, error))
+            unread = [s.chat_id for s in unlinked if s.chat_id not in links]
         try:
-            links.update((link.chat_id, link) for link in await api.rest.chat_links([s.chat_id for s in unlinked
-                                                                                      if s.chat_id not in links]))
+            if unread:
+                links.update((link.chat_id, link) for link in await api.rest.chat_links(unread))
             to_link = [ChatLink(s.chat_id, s.contact_id) for s in unlinked if s.chat_id not in links]
             made = await api.rest.link_chats(to_link) if to_link else []
         except AmojoError as exc:
