@@ -7,24 +7,30 @@ usage error. (The one module of etl/ that reaches up to flows/: it is the entry 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import logging
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
 
-from .settings import SAMPLE_DB, ConfigurationError, load_settings
+from .errors import EtlError, classify, one_line, redact
+from .intervals import check_range
+from .settings import SAMPLE_DB, Settings, load_settings
 
 # Prefect's temporary server records telemetry in its SQLite file at start, racing the first flow run for the
 # lock ("database is locked" tracebacks); a CLI run has no use for it.
@@ -81,29 +87,133 @@ def _json_text(data: Any) -> Text:
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    console.print(Text.assemble(("error:", "bold red"), " ", _plain(message, limit=ERROR_WIDTH, keep_newlines=True)))
+    """Print `message` as one line on stderr, without any secret, and give the exit to raise."""
+    console.print(Text.assemble(("error:", "bold red"), " ", _plain(one_line(redact(message)), limit=ERROR_WIDTH)),
+                  soft_wrap=True)
     return typer.Exit(code)
 
 
-def _preflight(api: bool = True) -> None:
-    """Configuration and source checks before the first request (exit 2 when they fail)."""
+_debug = False
+"""--debug or AMOJO_ETL_DEBUG=1: tracebacks are shown, expected failures' too."""
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", envvar="AMOJO_ETL_DEBUG", help="show the traceback of a failure (also AMOJO_ETL_DEBUG=1)")
+        ] = False) -> None:
+    """amojo-etl: import chat history into amoCRM chats."""
+    global _debug
+    _debug = debug
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """The one place a command's failure becomes its output: an expected one (`classify`) is one line naming what
+    to fix and exit status 2 (configuration) or 1 (the run); anything else, one line saying it is a defect."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException, click.Abort):  # typer.Exit is click's: already reported
+        raise
+    except Exception as exc:
+        error = classify(exc)
+        if _debug:
+            console.print_exception()
+        if error is None:
+            raise _fail(f"{type(exc).__name__}: {exc} (a defect of amojo-etl: run again with --debug or "
+                        "AMOJO_ETL_DEBUG=1 for the traceback, and report it)", 1) from None
+        raise _fail(str(error), error.exit_code) from None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(name: str | None = None) -> Callable[[F], F]:
+    """`app.command`, with the command's failures reported by `_reported`."""
+    def register(function: F) -> F:
+        @functools.wraps(function)
+        def reported(*args: Any, **kwargs: Any) -> Any:
+            with _reported():
+                return function(*args, **kwargs)
+
+        app.command(name)(reported)
+        return function
+
+    return register
+
+
+def _preflight(api: bool = True, days: tuple[date, date] | None = None) -> Settings:
+    """Every check that needs no Prefect, before Prefect starts: the settings, the range, the source and its
+    queries, the ledger, one request to each API (without retries). A failure raises one of `etl.errors`."""
+    from .api import check_api
+    from .ledger import Ledger
     from .source import check_source
 
-    try:
-        settings = load_settings()
-        if api:
-            settings.require_api()
-        check_source(settings.source_url, settings.mapping)
-    except ConfigurationError as exc:
-        raise _fail(str(exc), 2) from None
+    settings = load_settings()
+    if days is not None:
+        check_range(*days, datetime.now(settings.zone).date())
+    if api:
+        settings.require_api()
+    check_source(settings.source_url, settings.mapping)
+    Ledger(settings.state_url).close()
+    asyncio.run(check_api(settings, chats=api))
+    return settings
+
+
+class _PlainExpectedErrors(logging.Filter):
+    """Drops the traceback from a log record of an expected failure: Prefect logs a failed task's exception with
+    it; the message (which names the setting) stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and classify(record.exc_info[1]) is not None:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _plain_prefect_logs() -> None:
+    """Put `_PlainExpectedErrors` on every log handler Prefect has set up (not with --debug)."""
+    if _debug:
+        return
+    loggers = [logging.getLogger(), *(logger for logger in logging.root.manager.loggerDict.values()
+                                      if isinstance(logger, logging.Logger))]
+    for handler in {handler for logger in loggers for handler in logger.handlers}:
+        if not any(isinstance(f, _PlainExpectedErrors) for f in handler.filters):
+            handler.addFilter(_PlainExpectedErrors())
 
 
 def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | None]:
-    """Run a flow here, as a deployment would; (summary, None) when it finished, (None, reason) when it failed."""
+    """Run a flow here, as a deployment would; (summary, None) when it finished, (None, reason) when it failed.
+    An expected failure inside the run (its state's data) is raised, for `_reported`."""
+    _announce_prefect()
+    _plain_prefect_logs()
     state = asyncio.run(flow(**parameters, return_state=True))
     if state.is_failed() or state.is_crashed():
+        try:
+            outcome = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - no result kept: the message is all there is
+            outcome = None
+        if isinstance(outcome, EtlError):
+            raise outcome
         return None, state.message or "the run failed"
     return state.result(), None
+
+
+def _announce_prefect() -> None:
+    """One line on where the flow runs: the Prefect server of PREFECT_API_URL, or a temporary one, whose first
+    start on this machine builds its database (tens of seconds)."""
+    from prefect.settings import get_current_settings
+
+    current = get_current_settings()
+    if current.api.url:
+        console.print(_plain(f"running on the Prefect server at {current.api.url} (PREFECT_API_URL)", limit=None))
+        return
+    database = str(current.server.database.connection_url.get_secret_value()
+                   if hasattr(current.server.database.connection_url, "get_secret_value")
+                   else current.server.database.connection_url or "")
+    path = database.split(":///", 1)[1] if database.startswith("sqlite") and ":///" in database else None
+    if path and not Path(path).exists():
+        console.print(_plain(f"preparing Prefect's local database, once ({path}; PREFECT_HOME={current.home})",
+                             limit=None))
 
 
 def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] | None, str | None]:
@@ -155,11 +265,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
         Console().print(_json_text(summary["plan"]["sample_payloads"]), soft_wrap=True)
 
 
-def _check_range(start: date, end: date) -> None:
-    if end <= start:
-        raise _fail(f"--end ({end}) must be after --start ({start}); --end is exclusive", 2)
-
-
 def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool,
             render: Callable[[dict[str, Any]], None] = _print_summary) -> None:
     """Print the summary (a table, or one JSON object) and exit 0 only when the verdict is complete."""
@@ -182,13 +287,12 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     Console().print(table)
 
 
-@app.command("import")
+@command("import")
 def import_(start: StartOption, end: EndOption,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="transform and report; send nothing")] = False,
             as_json: JsonOption = False) -> None:
     """Import one data interval [start, end) into amoCRM, then read the chats back and verify them."""
-    _check_range(start, end)
-    _preflight(api=not dry_run)
+    _preflight(api=not dry_run, days=(start, end))
     _finish(*_run_import(start, end, dry_run), as_json)
 
 
@@ -198,7 +302,7 @@ class Reprocess(StrEnum):
     all = "all"
 
 
-@app.command()
+@command()
 def backfill(start: StartOption, end: EndOption,
              reprocess: Annotated[Reprocess, typer.Option(
                  help="missing: days never run; failed: those and the failed or incomplete ones; all: every day")
@@ -209,8 +313,8 @@ def backfill(start: StartOption, end: EndOption,
     """Import every day of [start, end) the ledger does not have yet (see --reprocess), a few days at a time."""
     from flows.backfill import backfill as backfill_flow
 
-    _check_range(start, end)
-    _preflight(api=not dry_run)
+    _preflight(api=not dry_run, days=(start, end))
+
     def render(summary: dict[str, Any]) -> None:
         _table(f"backfill {start}..{end} ({summary['ran']} days run, {summary['skipped']} skipped)",
                ["day", "outcome"], [list(item) for item in summary["outcomes"].items()])
@@ -221,31 +325,27 @@ def backfill(start: StartOption, end: EndOption,
                   dry_run=dry_run), as_json, render)
 
 
-@app.command()
+@command()
 def reconcile(start: StartOption, end: EndOption,
               repair: Annotated[bool, typer.Option("--repair", help="send the missing messages again")] = False,
               as_json: JsonOption = False) -> None:
     """Read the chats of [start, end) back from amoCRM and compare them with the ledger, day by day."""
     from flows.reconcile import reconcile as reconcile_flow
 
-    _check_range(start, end)
-    _preflight()
+    _preflight(days=(start, end))
     columns = ["day", "expected", "confirmed", "missing", "duplicates", "mismatched", "surplus", "repaired", "verdict"]
     _finish(*_run(reconcile_flow, start=start, end=end, repair=repair), as_json,
             lambda summary: _table(f"reconcile {start}..{end}", columns,
                                    [[row[c] for c in columns] for row in summary["by_day"]]))
 
 
-@app.command()
+@command()
 def status(as_json: JsonOption = False) -> None:
     """The ledger's view of each interval: done or not, messages sent, rejects, verdict."""
     from .claims import interval_label
     from .ledger import Ledger
 
-    try:
-        ledger = Ledger(load_settings().state_url)
-    except ConfigurationError as exc:
-        raise _fail(str(exc), 2) from None
+    ledger = Ledger(load_settings().state_url)
     intervals = ledger.interval_rows()
     counts = ledger.status_counts()
     unplaced = sum(ledger.reject_counts("unplaced").values())
@@ -282,7 +382,7 @@ def _unplaced_note(count: int) -> str:
             "them (amojo-etl rejects --reason no_timestamp / bad_timestamp lists them)")
 
 
-@app.command("rejects")
+@command("rejects")
 def rejects_(
     reason: Annotated[str | None, typer.Option(help="only this reason, e.g. empty_text")] = None,
     limit: Annotated[int, typer.Option(help="at most this many rows (0: all)")] = 50,
@@ -293,10 +393,7 @@ def rejects_(
 
     from .ledger import Ledger
 
-    try:
-        ledger = Ledger(load_settings().state_url)
-    except ConfigurationError as exc:
-        raise _fail(str(exc), 2) from None
+    ledger = Ledger(load_settings().state_url)
     rows = ledger.reject_rows(reason, limit or None)
     ledger.close()
     if csv:
@@ -307,7 +404,7 @@ def rejects_(
            [[r["source_key"], r["reason"], r["detail"], r["row"] or ""] for r in rows])
 
 
-@app.command("sample-data")
+@command("sample-data")
 def sample_data(
     path: Annotated[Path, typer.Option(help="SQLite file to create")] = SAMPLE_DB,
     url: Annotated[str | None, typer.Option(help="SQLAlchemy URL instead of a SQLite file")] = None,
@@ -363,7 +460,7 @@ def _error_rates(values: list[str]) -> dict[int, float]:
     return rates
 
 
-@app.command()
+@command()
 def emulator(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
@@ -435,7 +532,7 @@ def emulator(
     serve(config, host=host, port=port)
 
 
-@app.command()
+@command()
 def demo(as_json: JsonOption = False) -> None:
     """Import the sample database into a local emulator and verify it: the whole pipeline in one command."""
     from amojo.emulator.config import EmulatorConfig

@@ -6,6 +6,27 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from .errors import ConfigurationError
+
+EARLIEST = date(1970, 1, 1)
+"""No interval starts before this: amojo takes no earlier timestamp (such rows are rejected as bad_timestamp)."""
+
+
+class RangeError(ConfigurationError):
+    """A date range no command takes: empty, before 1970, or reaching past today."""
+
+
+def check_range(start: date, end: date, today: date) -> None:
+    """The one rule every command and flow applies to [start, end): not empty, not before 1970, and no day after
+    `today` (the day in AMOJO_ETL_TIMEZONE): a day not over yet may be imported, one not begun has nothing yet."""
+    if end <= start:
+        raise RangeError(f"end ({end}) must be after start ({start}); end is exclusive")
+    if start < EARLIEST:
+        raise RangeError(f"the range starts before {EARLIEST} ({start}): amojo takes no earlier message")
+    if end > today + timedelta(days=1):
+        raise RangeError(f"the range reaches into the future, past today ({today} in AMOJO_ETL_TIMEZONE): end is "
+                         f"exclusive, so the latest end is {today + timedelta(days=1)}")
+
 
 @dataclass(frozen=True)
 class Interval:

@@ -195,16 +195,34 @@ def _schema_lock(conn: sa.Connection) -> Iterator[None]:
         conn.commit()
 
 
+def _unusable(url: str, exc: Exception) -> ConfigurationError:
+    """The ledger cannot be opened or written: name the setting, show the URL without its password."""
+    try:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        shown = "(not a SQLAlchemy URL)"
+    reason = str(getattr(exc, "orig", None) or exc).strip()
+    return ConfigurationError(f"cannot open the ledger {shown}: {reason}. Check AMOJO_ETL_STATE_URL: the database "
+                              "must be reachable and writable (a SQLite file: its directory too)")
+
+
 class Ledger:
     """The state database behind one account's imports (SQLite file by default, PostgreSQL for many workers)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        engine = sa.make_url(url)
-        if engine.get_backend_name() == "sqlite" and engine.database and engine.database != ":memory:":
-            Path(engine.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url, future=True)
-        self._upgrade()
+        try:
+            engine = sa.make_url(url)
+            if engine.get_backend_name() == "sqlite" and engine.database and engine.database != ":memory:":
+                Path(engine.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(url, future=True)
+        except (sa.exc.ArgumentError, ImportError, OSError) as exc:
+            raise _unusable(url, exc) from None
+        try:
+            self._upgrade()
+        except sa.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise _unusable(url, exc) from None
 
     def _upgrade(self) -> None:
         """Create a new ledger at the current version, or bring an older one up to it, step by step.

@@ -3,29 +3,92 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
+
+from .errors import ConfigurationError
+
+__all__ = ["ConfigurationError", "Settings", "load_settings", "with_secret_blocks"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DB = PROJECT_DIR / "data" / "sample.db"
+CONFIG_VARIABLE = "AMOJO_ETL_CONFIG"
 
 
-class ConfigurationError(Exception):
-    """A setting is missing or wrong; the message says which and how to fix it."""
+def config_file_values(path: str) -> dict[str, Any]:
+    """The settings of the TOML file `AMOJO_ETL_CONFIG` names; a missing, unreadable or malformed file, or a key
+    that is no setting (a typo would otherwise be dropped silently), is a `ConfigurationError`."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigurationError(f"{CONFIG_VARIABLE} names {path}, which is not a file: create it, or unset "
+                                 f"{CONFIG_VARIABLE}")
+    try:
+        values = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read {path} ({CONFIG_VARIABLE}): {exc.__class__.__name__}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} ({CONFIG_VARIABLE}) is not valid TOML: {exc}; write one setting a "
+                                 'line, e.g. channel_id = "..."') from None
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigurationError(
+            f"{path} ({CONFIG_VARIABLE}) has keys that are no setting: {', '.join(unknown)}; keys are the "
+            "variables' names without AMOJO_ETL_, in lower case (channel_id, amocrm_url, ...; see README, "
+            "Configuration)")
+    return values
+
+
+def _sqlalchemy_url(value: str) -> str:
+    """`value` if SQLAlchemy can parse it and has its dialect and driver; else a message that shows no password."""
+    import sqlalchemy as sa
+
+    try:
+        url = sa.make_url(value)
+    except sa.exc.ArgumentError:
+        raise ValueError("not a SQLAlchemy URL: write the dialect and driver, ://, then the database, e.g. "
+                         "postgresql+psycopg://etl@db.example.com:5432/chats or sqlite:///path/to/file.db") from None
+    try:
+        dialect = url.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise ValueError(f"no SQLAlchemy dialect or driver {url.drivername!r}: use one of postgresql+psycopg, "
+                         "mysql+pymysql, sqlite (or install the driver's package)") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ValueError(f"the driver of {url.drivername!r} is not installed ({exc.name or exc}): use "
+                         "postgresql+psycopg, mysql+pymysql or sqlite, which are") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    """`value` if it is an http(s) URL with a host (https://SUBDOMAIN.amocrm.ru); never echoes it back."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL with a host: write it whole, e.g. https://SUBDOMAIN.amocrm.ru")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("its port is not a number: write it as https://HOST or http://HOST:PORT") from None
+    return value.strip()
 
 
 class Settings(BaseSettings):
     """Everything a run needs to know; secrets are `SecretStr` so they never print."""
 
-    model_config = SettingsConfigDict(env_prefix="AMOJO_ETL_", extra="ignore")
+    # An empty variable is an unset one (AMOJO_ETL_CHANNEL_SECRET= beside a _BLOCK setting means "from the block").
+    model_config = SettingsConfigDict(env_prefix="AMOJO_ETL_", extra="ignore", env_ignore_empty=True)
 
     source_url: str = Field(default=f"sqlite:///{SAMPLE_DB}", description="SQLAlchemy URL of the source database")
     mapping: Path | None = Field(default=None, description="mapping file for a non-canonical source schema")
@@ -75,10 +138,36 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("AMOJO_ETL_CONFIG")
+        config_file = os.environ.get(CONFIG_VARIABLE)
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=config_file_values(config_file)))
         return tuple(sources)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        """A blank optional setting (`channel_secret = ""` in the file) is an unset one, as in the environment."""
+        if isinstance(value, str) and not value.strip() and info.field_name \
+                and cls.model_fields[info.field_name].default is None:
+            return None
+        return value
+
+    @field_validator("source_url", "state_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return _sqlalchemy_url(value)
+
+    @field_validator("amojo_url", "amocrm_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file: give the path of a mapping file (see README, Another schema)")
+        return value
 
     @field_validator("source_timezone", "timezone")
     @classmethod
@@ -139,7 +228,10 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
+        # err["msg"] never holds the value itself (a URL may carry a password); err["input"] is left out
         problems = "; ".join(
-            f"AMOJO_ETL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            f"AMOJO_ETL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         )
-        raise ConfigurationError(f"invalid configuration: {problems}") from None
+        where = f" (in the environment or {os.environ[CONFIG_VARIABLE]})" if os.environ.get(CONFIG_VARIABLE) else ""
+        raise ConfigurationError(f"invalid configuration{where}: {problems}") from None

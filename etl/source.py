@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from .settings import ConfigurationError
+from .settings import SAMPLE_DB, ConfigurationError
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "data" / "schema.sql"
 
@@ -117,6 +117,13 @@ def load_queries(mapping: Path | None) -> SourceQueries:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigurationError(f"cannot read the mapping file {mapping}: {exc}") from None
     queries = data.get("queries", data)
+    if not isinstance(queries, dict):
+        raise ConfigurationError(f"the mapping file {mapping} (AMOJO_ETL_MAPPING): queries must be a table of SQL "
+                                 f"queries ([queries] then messages = \"SELECT ...\"), not {_toml_type(queries)}")
+    wrong = [f"{k} is {_toml_type(v)}" for k, v in queries.items() if k in ENTITIES and not isinstance(v, str)]
+    if wrong:
+        raise ConfigurationError(f"the mapping file {mapping} (AMOJO_ETL_MAPPING): each query is SQL text in quotes "
+                                 f"(messages = \"SELECT ...\"), but {', '.join(wrong)}")
     missing = [k for k in REQUIRED if not queries.get(k)]
     if missing:
         raise ConfigurationError(f"the mapping file {mapping} has no query for {', '.join(missing)}")
@@ -125,6 +132,12 @@ def load_queries(mapping: Path | None) -> SourceQueries:
         raise ConfigurationError(f"the mapping file {mapping} has unknown entries {', '.join(unknown)}; "
                                  f"expected some of {', '.join(ENTITIES)}")
     return SourceQueries(**{k: queries[k] for k in ENTITIES if queries.get(k)})
+
+
+def _toml_type(value: Any) -> str:
+    """What a TOML value is, in the file's words (never the value: it is shown in error messages)."""
+    names = {str: "text", bool: "a boolean", int: "a number", float: "a number", dict: "a table", list: "an array"}
+    return names.get(type(value), "a date")
 
 
 def bound(moment: datetime, dialect: str, zone: ZoneInfo) -> datetime | str:
@@ -372,10 +385,23 @@ def _frame(rows: list, columns: list[str], wanted: tuple[str, ...]) -> pd.DataFr
     return frame[list(wanted)]
 
 
-def _unreadable(url: str | sa.URL, exc: Exception) -> ConfigurationError:
+def _unreadable(url: str | sa.URL, exc: Exception, query: str | None = None) -> ConfigurationError:
+    """The source could not be read, or a query failed on its rows (`query`): name the setting, hide the password."""
     shown = sa.make_url(url).render_as_string(hide_password=True)
-    return ConfigurationError(f"cannot read the source database {shown}: {getattr(exc, 'orig', exc)}. "
+    reason = str(getattr(exc, "orig", None) or exc).strip()
+    if query is not None:
+        return ConfigurationError(f"the {query} query failed on the rows of the source database {shown}: {reason}. "
+                                  "Fix the query in the mapping file (AMOJO_ETL_MAPPING) or the rows it reads.")
+    return ConfigurationError(f"cannot read the source database {shown}: {reason}. "
                               "Check AMOJO_ETL_SOURCE_URL and AMOJO_ETL_MAPPING.")
+
+
+def driver_errors(engine: sa.Engine) -> tuple[type[Exception], ...]:
+    """What reading `engine` raises when the database refuses: SQLAlchemy's errors, and the driver's own (a raw
+    driver cursor raises those unwrapped)."""
+    dbapi = getattr(engine.dialect, "loaded_dbapi", None)
+    error = getattr(dbapi, "Error", None)
+    return (sa.exc.SQLAlchemyError, error) if isinstance(error, type) else (sa.exc.SQLAlchemyError,)
 
 
 class _DriverCursor:
@@ -558,8 +584,11 @@ class SourceStream:
         """The next chunk of messages with what they refer to; None when the interval is exhausted."""
         try:
             rows = self._next_rows()
-            if not rows:
-                return None
+        except driver_errors(self.engine) as exc:
+            raise _unreadable(self.engine.url, exc, "edits" if self._edits_pass else "messages") from None
+        if not rows:
+            return None
+        try:
             messages = _frame(rows, self._cursor.columns, MESSAGE_COLUMNS)
             created_ms = to_utc_ms(messages["created_at"], self.zone)
             if self._edits_pass:  # edited in the interval, created before it: the first pass has the others
@@ -574,8 +603,8 @@ class SourceStream:
                                          "conversations")
             client_ids = [str(v) for v in conversations["client_id"].dropna().unique()]
             clients = self._by_ids(self.queries.clients, client_ids, CLIENT_COLUMNS, "clients")
-        except sa.exc.SQLAlchemyError as exc:
-            raise _unreadable(self.engine.url, exc) from None
+        except driver_errors(self.engine) as exc:
+            raise _unreadable(self.engine.url, exc, "conversations or clients") from None
         self.chunks += 1
         return SourceFrames(messages, conversations, clients, self.managers, len(rows))
 
@@ -616,7 +645,16 @@ def open_source(url: str, mapping: Path | None, start: datetime, end: datetime, 
 def check_source(url: str, mapping: Path | None) -> None:
     """Fail before any request if the source cannot be read or a query lacks a column."""
     queries = load_queries(mapping)
-    engine = source_engine(url)
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+            and "mode=memory" not in str(parsed) and not Path(parsed.database).is_file():
+        hint = " (`amojo-etl sample-data` writes the sample)" if Path(parsed.database) == SAMPLE_DB else ""
+        raise ConfigurationError(f"the source database {parsed.database} does not exist{hint}: check "
+                                 "AMOJO_ETL_SOURCE_URL")
+    try:
+        engine = source_engine(url)
+    except (sa.exc.ArgumentError, ImportError, TypeError) as exc:
+        raise _unreadable(url, exc) from None
     utc = ZoneInfo("UTC")
     moment = bound(datetime(2000, 1, 1, tzinfo=utc), engine.dialect.name, utc)
     try:

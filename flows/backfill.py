@@ -18,6 +18,7 @@ from pydantic import Field
 
 from etl.claims import RunClaims, interval_key
 from etl.intervals import Interval
+from etl.intervals import check_range as validate_range
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings
 from tasks.extract import extract_unplaced_task
@@ -44,13 +45,6 @@ def days_to_run(days: list[Interval], statuses: dict[tuple[str, str], str], repr
     return [d for d in days if status(d) is None]
 
 
-def validate_range(start: date, end: date, today: date) -> None:
-    if end <= start:
-        raise ConfigurationError(f"end ({end}) must be after start ({start}); end is exclusive")
-    if start > today:
-        raise ConfigurationError(f"the range starts in the future ({start}); nothing to import yet")
-
-
 @flow(name="backfill", flow_run_name="backfill-{start}..{end}-{reprocess}")
 async def backfill(
     start: date,
@@ -66,9 +60,9 @@ async def backfill(
         validate_range(start, end, datetime.now(settings.zone).date())
         days = Interval.days(start, end, settings.zone).daily()
         ledger = Ledger(settings.state_url)
-    except (ConfigurationError, ValueError) as exc:
+    except ConfigurationError as exc:
         logger.error("%s", exc)
-        return Failed(message=str(exc))
+        return Failed(message=str(exc), data=exc)
     try:
         unplaced = _report_unplaced(settings, ledger, dry_run)
         statuses = ledger.interval_statuses()

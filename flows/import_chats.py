@@ -12,10 +12,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from amojo.errors import FATAL
 from etl.api import open_api, rest_client
 from etl.claims import ClaimLost, RunClaims, interval_key
-from etl.intervals import Interval
+from etl.errors import classify
+from etl.intervals import Interval, check_range
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
 from etl.source import SourceStream, open_source
@@ -41,6 +41,7 @@ def data_interval(start: date | None, end: date | None, timezone: str) -> Interv
         return Interval.day_before(scheduled if scheduled else datetime.now(UTC), zone)
     if start is None or end is None:
         raise ConfigurationError("give both start and end, or neither (the day before the scheduled time)")
+    check_range(start, end, datetime.now(zone).date())
     return Interval.days(start, end, zone)
 
 
@@ -55,14 +56,18 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
         interval = data_interval(start, end, settings.timezone)
     except (ConfigurationError, ValueError) as exc:
         logger.error("configuration: %s", exc)
-        return Failed(message=f"configuration error: {exc}")
+        return Failed(message=f"configuration error: {exc}", data=ConfigurationError(str(exc)))
     try:
         summary = await _import(settings, interval, dry_run, began)
-    except (ConfigurationError, ClaimLost, *FATAL) as exc:
-        # Expected ways to fail: say what to fix, without a traceback, and stop the run.
-        logger.error("%s", exc)
+    except Exception as exc:
         _record_failure(settings, interval, dry_run, exc)
-        return Failed(message=str(exc))
+        error = classify(exc) or (exc if isinstance(exc, ClaimLost) else None)
+        if error is None:
+            raise
+        # An expected way to fail: say what to fix, without a traceback, and stop the run. The error is the state's
+        # data, so that the CLI exits with its status (2: configuration, 1: the run).
+        logger.error("%s", error)
+        return Failed(message=str(error), data=error)
     except BaseException as exc:
         _record_failure(settings, interval, dry_run, exc)
         raise

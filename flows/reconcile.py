@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
 from prefect.states import Failed, State
 
-from amojo.errors import FATAL
 from etl.api import open_api
+from etl.errors import classify
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, load_settings, with_secret_blocks
@@ -30,11 +30,11 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
         settings.require_api()
         validate_range(start, end, datetime.now(settings.zone).date())
         days = Interval.days(start, end, settings.zone).daily()
-    except (ConfigurationError, ValueError) as exc:
+        ledger = Ledger(settings.state_url)
+    except ConfigurationError as exc:
         logger.error("%s", exc)
-        return Failed(message=str(exc))
+        return Failed(message=str(exc), data=exc)
     rows: list[dict[str, Any]] = []
-    ledger = Ledger(settings.state_url)
     try:
         async with open_api(settings, ledger) as api:
             for day in days:
@@ -51,9 +51,12 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                     redone = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1))
                     row.update(repaired=redone["messages_sent"] + redone["messages_edited"], verdict=redone["verdict"])
                 rows.append(row)
-    except (ConfigurationError, *FATAL) as exc:
-        logger.error("%s", exc)
-        return Failed(message=str(exc))
+    except Exception as exc:
+        error = classify(exc)
+        if error is None:
+            raise
+        logger.error("%s", error)
+        return Failed(message=str(error), data=error)
     finally:
         ledger.close()
     await acreate_table_artifact(rows, key="reconcile-days", description=f"Reconcile {start}..{end}")
