@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import random
 import secrets
@@ -21,29 +22,38 @@ from http import HTTPStatus
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .config import ENDPOINTS, EmulatorConfig, Faults
+from .inputs import (
+    TIMESTAMP_MAX,
+    ApiError,
+    boolean,
+    embedded_message,
+    external_id,
+    integer,
+    is_int,
+    message_body,
+    obj,
+    parse_json,
+    participant,
+    query_int,
+    string,
+)
 from .store import Store, derived_id, digits
 from .verify import BadSignature, verify
 
+log = logging.getLogger(__name__)
+
 BASE = "/v2/origin/custom"
-MESSAGE_TYPES = {"text", "contact", "file", "video", "picture", "voice", "audio", "sticker", "location"}
-MEDIA_TYPES = {"file", "video", "picture", "voice", "audio", "sticker"}
-NEEDS_FILE_META = {"file", "video", "picture"}  # AMO-REF: file_name and file_size required
+UNHANDLED_KEPT = 50  # the last unforeseen exceptions shown in /_emulator/state
 
-
-class ApiError(Exception):
-    """An answer other than success, raised from a handler."""
-
-    def __init__(self, status: int, description: str, error_type: str = "", code: int | None = None) -> None:
-        super().__init__(description)
-        self.status = status
-        self.description = description
-        self.error_type = error_type
-        self.code = code
+# The validation helpers under the names the transform's tests use to hold payloads to the emulator's reading.
+_participant = participant
+_message_body = message_body
 
 
 def amojo_error(status: int, error_type: str, description: str, code: int | None = None) -> JSONResponse:
@@ -57,12 +67,30 @@ def _amojo_render(exc: ApiError) -> Response:
 
 
 def _rest_render(exc: ApiError) -> Response:
-    return rest_problem(exc.status, "Bad Request" if exc.status == 400 else "Error", exc.description)
+    try:
+        title = HTTPStatus(exc.status).phrase
+    except ValueError:
+        title = "Error"
+    return rest_problem(exc.status, title, exc.description, **exc.extra)
+
+
+def _admin_render(exc: ApiError, label: str = "invalid request") -> Response:
+    """The admin surface's own envelope: `{"error": <what was refused>, "detail": <why>}`."""
+    return JSONResponse({"error": label, "detail": exc.description}, status_code=exc.status)
 
 
 def rest_problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"title": title, "type": f"https://httpstatus.es/{status}", "status": status, "detail": detail, **extra}
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def _render_for(path: str):
+    """The error renderer of the API a path belongs to."""
+    if path.startswith(BASE):
+        return _amojo_render
+    if path.startswith(("/api/", "/oauth2/")):
+        return _rest_render
+    return _admin_render
 
 
 def hal(body: Any, status: int = 200) -> JSONResponse:
@@ -103,11 +131,13 @@ class Emulator:
         self._buckets: dict[str, RateBucket] = {}
         self._log_lock = threading.Lock()
         self.request_log: list[tuple[float, str, str, int]] = []  # (time, api, endpoint, status)
+        # Exceptions no validation foresaw, answered 400 by the boundary; a robustness test expects none.
+        self.unhandled: list[str] = []
         for user_token in (self.config.token,):
             self.store.put_token(user_token, "access")
         if self.config.oauth_refresh_token and not self.store.token_state(self.config.oauth_refresh_token):
             self.store.put_token(self.config.oauth_refresh_token, "refresh")
-        self.app = Starlette(routes=self._routes())
+        self.app = Starlette(routes=self._routes(), exception_handlers={HTTPException: self._routing_error})
 
     # -- the Python API for tests
     @property
@@ -147,7 +177,11 @@ class Emulator:
             "links": self.store.links(),
             "leads": self.store.leads(),
             "notifications": self.store.notifications(),
+            "participants": self.store.participants(),
+            "conversation_aliases": self.store.conversation_aliases(),
+            "reactions": self.store.reactions(),
             "request_counts": self.request_counts(),
+            "unhandled": list(self.unhandled),
         }
 
     # -- routing
@@ -159,6 +193,7 @@ class Emulator:
             (f"{BASE}/{{scope_id}}/chats", self.create_chat, "create_chat"),
             (f"{BASE}/{{scope_id}}/chats/{{chat_id}}/history", self.history, "history"),
             (f"{BASE}/{{scope_id}}/typing", self.typing, "typing"),
+            (f"{BASE}/{{scope_id}}/react", self.react, "react"),
             (f"{BASE}/{{scope_id}}/{{msg_id}}/delivery_status", self.delivery_status, "delivery_status"),
             (f"{BASE}/{{scope_id}}", self.message_event, "message"),
         ]
@@ -172,14 +207,58 @@ class Emulator:
         assert sorted(n for _, _, n in chats_api + rest_api) == sorted(ENDPOINTS)
         routes = [Route(p, self._endpoint("amojo", h, n), methods=list(ENDPOINTS[n]), name=n) for p, h, n in chats_api]
         routes += [Route(p, self._endpoint("rest", h, n), methods=list(ENDPOINTS[n]), name=n) for p, h, n in rest_api]
-        routes += [
-            Route("/_emulator/state", self.admin_state, methods=["GET"]),
-            Route("/_emulator/faults", self.admin_faults, methods=["GET", "POST"]),
-            Route("/_emulator/requests", self.admin_requests, methods=["GET"]),
-            Route("/_emulator/clock", self.admin_clock, methods=["POST"]),
-            Route("/_emulator/reset", self.admin_reset, methods=["POST"]),
+        admin = [
+            ("/_emulator/state", self.admin_state, ["GET"], "invalid request"),
+            ("/_emulator/faults", self.admin_faults, ["GET", "POST"], "invalid faults"),
+            ("/_emulator/requests", self.admin_requests, ["GET"], "invalid request"),
+            ("/_emulator/clock", self.admin_clock, ["POST"], "invalid clock"),
+            ("/_emulator/reset", self.admin_reset, ["POST"], "invalid request"),
         ]
+        routes += [Route(p, self._admin_endpoint(h, label), methods=m) for p, h, m, label in admin]
         return routes
+
+    async def _routing_error(self, request: Request, exc: Exception) -> Response:
+        """An unknown path (404) or method (405), in the envelope of the API the path belongs to."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 400
+        description = {404: "no such endpoint", 405: "method not allowed"}.get(status, str(exc))
+        error_type = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "INVALID_REQUEST")
+        response = _render_for(request.url.path)(ApiError(status, description, error_type))
+        if isinstance(exc, HTTPException) and exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    def _unforeseen(self, where: str, exc: Exception) -> ApiError:
+        """The exception boundary: any exception a handler lets out is bad input no check foresaw. It is answered
+        400 in the API's envelope (⚠️ not 500: amoCRM answers bad data 400), logged and kept in the state."""
+        log.warning("emulator: unforeseen %s in %s", type(exc).__name__, where, exc_info=exc)
+        with self._log_lock:
+            self.unhandled.append(f"{where}: {type(exc).__name__}: {str(exc)[:200]}")
+            del self.unhandled[:-UNHANDLED_KEPT]
+        return ApiError(400, f"the request could not be processed ({type(exc).__name__})", "INVALID_REQUEST")
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, or a 413 past `max_body_bytes` (checked on Content-Length first, so it is never read)."""
+        most = self.config.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > most:
+            raise ApiError(413, f"the body is larger than {most} bytes", "PAYLOAD_TOO_LARGE")
+        body = await request.body()
+        if len(body) > most:
+            raise ApiError(413, f"the body is larger than {most} bytes", "PAYLOAD_TOO_LARGE")
+        return body
+
+    def _admin_endpoint(self, handler, label: str):
+        """An admin route behind the same boundary: bad input is a 400 `{"error": label, "detail"}`, never a 500."""
+
+        async def admin_fn(request: Request) -> Response:
+            try:
+                return await handler(request, parse_json(await self._read_body(request)))
+            except ApiError as exc:
+                return _admin_render(exc, label)
+            except Exception as exc:  # the boundary: see _unforeseen
+                return _admin_render(self._unforeseen(request.url.path, exc), label)
+
+        return admin_fn
 
     def _log(self, api: str, endpoint: str, status: int) -> None:
         with self._log_lock:
@@ -271,7 +350,17 @@ class Emulator:
         render = _amojo_render if api == "amojo" else _rest_render
 
         async def endpoint_fn(request: Request) -> Response:
-            body = await request.body()
+            try:
+                response = await answer(request)
+            except ApiError as exc:
+                response = render(exc)
+            except Exception as exc:  # the boundary: see _unforeseen
+                response = render(self._unforeseen(endpoint, exc))
+            self._log(api, endpoint, response.status_code)
+            return response
+
+        async def answer(request: Request) -> Response:
+            body = await self._read_body(request)
             response = await gate(request, body, endpoint)
             entry = None
             if response is None:
@@ -282,7 +371,7 @@ class Emulator:
                     response = await self._inject(random_faults=entry is None)
             if response is None:
                 try:
-                    response = await handler(request, _json(body))
+                    response = await handler(request, parse_json(body))
                 except ApiError as exc:
                     response = render(exc)
                 if 200 <= response.status_code < 300:
@@ -290,7 +379,6 @@ class Emulator:
                         response = self._lose(api, entry["lose"])
                     elif endpoint in self.faults.lost_answer_endpoints:
                         response = self._maybe_lose(api, response)
-            self._log(api, endpoint, response.status_code)
             return response
 
         return endpoint_fn
@@ -347,28 +435,33 @@ class Emulator:
             raise ApiError(404, "scope not found or channel not connected", "SCOPE_NOT_FOUND")
         return scope_id
 
+    @property
+    def _by_ref(self) -> bool:
+        """Whether a participant may be given by `ref_id` alone (`ref_id_participants`, ⚠️)."""
+        return self.config.ref_id_participants == "accept"
+
     # -- Chats API (§3)
     async def connect(self, request: Request, body: Any) -> Response:
         if request.path_params["channel_id"] != self.config.channel_id:
             raise ApiError(404, "channel does not exist", "CHANNEL_NOT_FOUND")
-        body = _object(body)
-        account_id = _string(body, "account_id", required=True)
+        body = obj(body)
+        account_id = string(body, "account_id", required=True)
         version = body.get("hook_api_version", "v1")
-        if version not in ("v1", "v2"):
+        if not isinstance(version, str) or version not in ("v1", "v2"):
             raise ApiError(400, "hook_api_version must be v1 or v2", "INVALID_HOOK_API_VERSION")
         if account_id != self.config.account_id:
             raise ApiError(400, "account is not allowed for this channel", "ACCOUNT_NOT_ALLOWED")
-        title = _string(body, "title") or "amojo emulator channel"
+        title = string(body, "title") or "amojo emulator channel"
+        time_window_disabled = boolean(body, "is_time_window_disabled") or False  # §3.1: default false
         self.store.connect(self.scope_id, account_id, title, version)
-        answer = {"account_id": account_id, "scope_id": self.scope_id, "title": title, "hook_api_version": version}
-        if "is_time_window_disabled" in body:
-            answer["is_time_window_disabled"] = bool(body["is_time_window_disabled"])
-        return JSONResponse(answer)
+        # §3.1's response table lists is_time_window_disabled; clients read it from every answer.
+        return JSONResponse({"account_id": account_id, "scope_id": self.scope_id, "title": title,
+                             "hook_api_version": version, "is_time_window_disabled": time_window_disabled})
 
     async def disconnect(self, request: Request, body: Any) -> Response:
         if request.path_params["channel_id"] != self.config.channel_id:
             raise ApiError(404, "channel does not exist", "CHANNEL_NOT_FOUND")
-        account_id = _string(_object(body), "account_id", required=True)
+        account_id = string(obj(body), "account_id", required=True)
         if account_id != self.config.account_id:
             raise ApiError(400, "account is not connected to this channel", "ACCOUNT_NOT_ALLOWED")
         self.store.disconnect(self.scope_id)
@@ -376,95 +469,198 @@ class Emulator:
 
     async def create_chat(self, request: Request, body: Any) -> Response:
         scope_id = self._scope_or_404(request)
-        body = _object(body)
-        conversation_id = _string(body, "conversation_id", required=True)
-        user = _participant(body.get("user"), "user")
-        source = body.get("source")
-        if source is not None:
-            _external_id(source)
-        chat, _ = self.store.create_chat(scope_id, conversation_id, user)
-        return JSONResponse({"id": chat["id"], "user": self._participant_out(chat["user"])})
+        body = obj(body)
+        conversation_id = string(body, "conversation_id", required=True)
+        given = participant(body.get("user"), "user", by_ref=self._by_ref)
+        if body.get("source") is not None:
+            external_id(body["source"])
+        client = self._client(scope_id, given, "user")
+        chat, _ = self.store.create_chat(scope_id, conversation_id, self._chat_user(given, client))
+        self._remember(scope_id, client)
+        # An existing chat keeps its client (idempotent on conversation_id, §3.3).
+        user = self._participant_out(scope_id, self._chat_client_id(chat), chat["user"], {})
+        return JSONResponse({"id": chat["id"], "user": user})
 
-    def _participant_out(self, participant: dict) -> dict:
-        """A participant as amojo answers: its uuid, our id as `client_id`, phone/email only when given."""
-        if participant.get("ref_id") and not participant.get("profile"):
-            return {"id": participant["ref_id"], "name": participant.get("name", "")}
-        out = {
-            "id": derived_id("user", self.scope_id, participant.get("id", "")),
-            "client_id": participant.get("id"),
-            "name": participant.get("name", ""),
-            "avatar": participant.get("avatar", ""),
-        }
-        profile = participant.get("profile") or {}
-        phone = profile.get("phone") or participant.get("phone")  # Q12: `profile`, or flat as AMO-REF has it
-        email = profile.get("email") or participant.get("email")
-        if phone:
-            out["phone"] = digits(phone)
-        if email:
-            out["email"] = email
+    # -- participants: one record per amojo user (what history shows), from what requests said about them
+    def _updated(self, record: dict, given: dict) -> dict:
+        """`record` with what `given` says of the participant, as `participant_updates` (⚠️) has it."""
+        profile = given.get("profile") or {}
+        said = {"name": given.get("name"), "avatar": given.get("avatar"), "profile_link": given.get("profile_link"),
+                "phone": profile.get("phone") or given.get("phone"),  # Q12: `profile`, or flat as AMO-REF has it
+                "email": profile.get("email") or given.get("email")}
+        out = dict(record)
+        for key, value in said.items():
+            if value is not None and (self.config.participant_updates == "merge" or out.get(key) in (None, "")):
+                out[key] = value
         return out
 
+    def _client(self, scope_id: str, given: dict, where: str) -> dict:
+        """The client a participant names: by `ref_id` (its amojo id), else by `id` (ours)."""
+        ref_id = given.get("ref_id")
+        if ref_id:
+            known = self.store.participant(scope_id, ref_id)
+            if known is not None and known["kind"] == "client":
+                return self._updated(known, given)
+        if given.get("id"):
+            amojo_id = derived_id("user", scope_id, given["id"])
+            known = self.store.participant(scope_id, amojo_id)
+            return self._updated(known or {"amojo_id": amojo_id, "kind": "client", "client_id": given["id"]}, given)
+        raise ApiError(400, f"{where}.id is required: {where}.ref_id {ref_id!r} is no client of this channel",
+                       "PARTICIPANT_NOT_FOUND")
+
+    def _manager(self, scope_id: str, given: dict) -> dict:
+        """The amoCRM side of an outgoing message: a user by its amojo_id, or the channel bot (§4.3)."""
+        ref_id = given.get("ref_id")
+        if not ref_id:
+            raise ApiError(400, "outgoing message without sender.ref_id", "SENDER_REF_ID_REQUIRED", code=453)
+        user = next((u for u in self.config.users if u.amojo_id == ref_id), None)
+        if self.config.check_ref_id and user is None and ref_id != self.config.bot_id:
+            raise ApiError(400, "sender.ref_id is neither a user's amojo_id nor the bot", "UNKNOWN_REF_ID")
+        kind = "bot" if ref_id == self.config.bot_id else "user"
+        record = self._updated(self.store.participant(scope_id, ref_id) or {"amojo_id": ref_id, "kind": kind}, given)
+        if user is not None:
+            record["name"] = user.name  # ⚠️ amoCRM shows its own user's name, whatever the message called them
+        return record
+
+    def _remember(self, scope_id: str, record: dict) -> None:
+        if self.store.participant(scope_id, record["amojo_id"]) != record:
+            self.store.put_participant(scope_id, record["amojo_id"], record)
+
+    @staticmethod
+    def _chat_user(given: dict, client: dict) -> dict:
+        """The chat's client as stored with the chat: what was sent, with our id even when sent by ref_id."""
+        return {**given, "id": client["client_id"], "name": given.get("name", client.get("name") or "")}
+
+    def _chat_client_id(self, chat: dict) -> str:
+        return derived_id("user", chat["scope_id"], chat["user"].get("id") or "")
+
+    def _participant_out(self, scope_id: str, amojo_id: str | None, sent: dict, cache: dict[str, dict]) -> dict:
+        """A participant as amojo answers, from its one record (the same in every message); `sent`, the payload
+        stored with a message, only for messages stored before records were kept."""
+        record = None
+        if amojo_id:
+            if amojo_id not in cache:
+                cache[amojo_id] = self.store.participant(scope_id, amojo_id)  # type: ignore[assignment]
+            record = cache[amojo_id]
+        if record is None:
+            record = _record_from_payload(scope_id, sent)
+        if record["kind"] != "client":
+            return {"id": record["amojo_id"], "name": record.get("name") or ""}
+        out = {"id": record["amojo_id"], "client_id": record.get("client_id"), "name": record.get("name") or "",
+               "avatar": record.get("avatar") or ""}
+        if record.get("phone") and digits(record["phone"]):
+            out["phone"] = digits(record["phone"])
+        if record.get("email"):
+            out["email"] = record["email"]
+        return out
+
+    # -- messages (§3.4)
     async def message_event(self, request: Request, body: Any) -> Response:
         scope_id = self._scope_or_404(request)
-        body = _object(body)
+        body = obj(body)
         event_type = body.get("event_type")
-        payload = _object(body.get("payload"), "payload")
+        payload = obj(body.get("payload"), "payload")
         if event_type == "new_message":
             return self._new_message(scope_id, payload)
         if event_type == "edit_message":
             return self._edit_message(scope_id, payload)
         raise ApiError(400, "event_type must be new_message or edit_message", "INVALID_EVENT_TYPE")
 
+    def _chat_for(self, scope_id: str, conversation_id: str | None, conversation_ref_id: str | None) -> dict | None:
+        """The chat a message goes to: the amojo chat `conversation_ref_id` names (§3.4, §4.4), else the chat of
+        `conversation_id` (None: a new one)."""
+        if conversation_ref_id is None:
+            return self.store.chat_by_conversation(scope_id, conversation_id)  # type: ignore[arg-type]
+        chat = self.store.chat(conversation_ref_id)
+        if chat is None or chat["scope_id"] != scope_id:
+            # ⚠️ the reference lists 400 for invalid data and no 404 for this method
+            raise ApiError(400, f"conversation_ref_id {conversation_ref_id} is no chat of this channel",
+                           "CHAT_NOT_FOUND")
+        if conversation_id is not None:
+            named = self.store.chat_by_conversation(scope_id, conversation_id)
+            if named is not None and named["id"] != chat["id"]:
+                # ⚠️ undocumented: one conversation_id cannot name two chats
+                raise ApiError(400, f"conversation_id {conversation_id} already names another chat than "
+                               "conversation_ref_id", "CONVERSATION_MISMATCH")
+        return chat
+
+    def _check_quote(self, scope_id: str, chat: dict | None, quoted: dict) -> None:
+        """A reply quotes a message of the same chat (§3.4); ⚠️ an unknown one is refused 400, not ignored."""
+        if not (quoted.get("id") or quoted.get("msgid")):
+            return  # quoted in full: nothing to look up
+        stored = self.store.message(quoted["id"]) if quoted.get("id") else \
+            self.store.message_by_msgid(scope_id, quoted["msgid"])
+        if stored is None or chat is None or stored["chat_id"] != chat["id"]:
+            raise ApiError(400, "reply_to.message is not a message of this chat", "REPLY_TO_NOT_FOUND")
+
     def _new_message(self, scope_id: str, payload: dict) -> Response:
-        msgid = _string(payload, "msgid", required=True)
-        conversation_id = _string(payload, "conversation_id", required=True)
-        _int(payload, "timestamp", required=True)
-        _int(payload, "msec_timestamp")
-        if "silent" in payload and not isinstance(payload["silent"], bool):
-            raise ApiError(400, "silent must be a boolean", "INVALID_TYPE")
-        sender = _participant(payload.get("sender"), "sender")
-        receiver = payload.get("receiver")
-        if receiver is not None:
-            receiver = _participant(receiver, "receiver")
-        _message_body(payload.get("message"), self.config.text_limit, edit=False)
+        msgid = string(payload, "msgid", required=True)
+        conversation_id = string(payload, "conversation_id")
+        conversation_ref_id = string(payload, "conversation_ref_id")
+        if conversation_id is None and conversation_ref_id is None:
+            raise ApiError(400, "conversation_id or conversation_ref_id is required", "FIELD_REQUIRED")
+        integer(payload, "timestamp", required=True, most=TIMESTAMP_MAX)
+        integer(payload, "msec_timestamp")
+        boolean(payload, "silent")
+        outgoing = payload.get("receiver") is not None  # direction is the presence of receiver (§3.4)
+        sender_given = participant(payload.get("sender"), "sender", by_ref=self._by_ref)
+        receiver_given = participant(payload["receiver"], "receiver", by_ref=self._by_ref) if outgoing else None
+        message_body(payload.get("message"), self.config.text_limit, edit=False)
         if payload.get("source") is not None:
-            _external_id(payload["source"])
+            external_id(payload["source"])
+        quoted = embedded_message(payload["reply_to"], "reply_to") if payload.get("reply_to") is not None else None
 
         existing = self.store.message_by_msgid(scope_id, msgid)
         if existing is not None:
             if self.config.duplicate_msgid == "reject":
                 raise ApiError(400, f"message with msgid {msgid} already exists", "DUPLICATE_MSGID")
-            return self._sent_answer(existing)
+            return self._sent_answer(scope_id, existing)
 
-        chat = self.store.chat_by_conversation(scope_id, conversation_id)
-        if receiver is not None:
-            if chat is not None and sender.get("id") == chat["user"].get("id"):
+        chat = self._chat_for(scope_id, conversation_id, conversation_ref_id)
+        if receiver_given is not None:
+            if chat is not None and sender_given.get("id") and sender_given["id"] == chat["user"].get("id"):
                 raise ApiError(400, "receiver is only sent with outgoing messages", "RECEIVER_ON_INCOMING")
-            if not sender.get("ref_id"):
-                raise ApiError(400, "outgoing message without sender.ref_id", "SENDER_REF_ID_REQUIRED", code=453)
-            known = {u.amojo_id for u in self.config.users if u.amojo_id} | {self.config.bot_id}
-            if self.config.check_ref_id and sender["ref_id"] not in known:
-                raise ApiError(400, "sender.ref_id is neither a user's amojo_id nor the bot", "UNKNOWN_REF_ID")
+            sender = self._manager(scope_id, sender_given)
+            client = self._client(scope_id, receiver_given, "receiver")
+        else:
+            sender = client = self._client(scope_id, sender_given, "sender")
+        if quoted is not None:
+            self._check_quote(scope_id, chat, quoted)
         if chat is None:  # a new conversation_id creates a new chat (AMO-REF)
-            chat, _ = self.store.create_chat(scope_id, conversation_id, receiver if receiver else sender)
+            chat, _ = self.store.create_chat(scope_id, conversation_id,  # type: ignore[arg-type]
+                                             self._chat_user(receiver_given or sender_given, client))
+        elif conversation_id is not None and conversation_ref_id is not None:
+            self.store.bind_conversation(scope_id, conversation_id, chat["id"])  # §4.4: now it names this chat
+        for record in (sender, client):
+            self._remember(scope_id, record)
         linked = self.store.is_linked(chat["id"])
-        stored = self.store.add_message(scope_id, chat["id"], payload, unlinked=not linked)
+        stored = self.store.add_message(scope_id, chat["id"], payload, unlinked=not linked,
+                                        sender_amojo_id=sender["amojo_id"],
+                                        receiver_amojo_id=client["amojo_id"] if outgoing else None)
         if not payload.get("silent", False):
             if not linked:
                 self.store.add_lead(chat["id"], stored["id"])
                 self.store.add_notification(chat["id"], stored["id"], "unsorted")
             else:
                 self.store.add_notification(chat["id"], stored["id"], "message")  # Q17
-        return self._sent_answer(stored)
+        return self._sent_answer(scope_id, stored)
 
-    def _sent_answer(self, stored: dict) -> Response:
-        receiver = stored["receiver"]
+    def _amojo_ids(self, scope_id: str, stored: dict) -> tuple[str, str | None]:
+        """The amojo ids of a stored message's sender and receiver."""
+        sender = stored.get("sender_amojo_id") or _record_from_payload(scope_id, stored["sender"])["amojo_id"]
+        receiver = stored.get("receiver_amojo_id")
+        if receiver is None and stored["receiver"]:
+            receiver = _record_from_payload(scope_id, stored["receiver"])["amojo_id"]
+        return sender, receiver
+
+    def _sent_answer(self, scope_id: str, stored: dict) -> Response:
+        sender_id, receiver_id = self._amojo_ids(scope_id, stored)
         return JSONResponse(
             {
                 "new_message": {
                     "conversation_id": stored["chat_id"],  # Q11: the amojo chat uuid
-                    "sender_id": self._participant_out(stored["sender"])["id"],
-                    "receiver_id": self._participant_out(receiver)["id"] if receiver else None,
+                    "sender_id": sender_id,
+                    "receiver_id": receiver_id,
                     "msgid": stored["id"],
                     "ref_id": stored["msgid"],
                 }
@@ -472,27 +668,33 @@ class Emulator:
         )
 
     def _edit_message(self, scope_id: str, payload: dict) -> Response:
-        msgid = _string(payload, "msgid")
-        amojo_id = _string(payload, "id")
+        msgid = string(payload, "msgid")
+        amojo_id = string(payload, "id")
         if not msgid and not amojo_id:
             raise ApiError(400, "edit_message needs msgid or id", "MESSAGE_ID_REQUIRED")
-        _message_body(payload.get("message"), self.config.text_limit, edit=True)
-        stored = self.store.message(amojo_id) if amojo_id else self.store.message_by_msgid(scope_id, msgid)
+        message_body(payload.get("message"), self.config.text_limit, edit=True)
+        stored = self._message_in_scope(scope_id, amojo_id, msgid)
         if stored is None:
-            raise ApiError(404, "message not found", "MESSAGE_NOT_FOUND")
+            # ⚠️ §3.4 lists 200, 403 and 400 for this method, no 404: an unknown message is invalid data
+            raise ApiError(400, "message not found", "MESSAGE_NOT_FOUND")
         edited = self.store.edit_message(stored["id"], payload["message"])
-        return self._sent_answer(edited)
+        return self._sent_answer(scope_id, edited)
+
+    def _message_in_scope(self, scope_id: str, amojo_id: str | None, msgid: str | None) -> dict | None:
+        """A stored message of this scope by its amojo id, else by our msgid."""
+        if amojo_id:
+            stored = self.store.message(amojo_id)
+            chat = self.store.chat(stored["chat_id"]) if stored else None
+            return stored if chat is not None and chat["scope_id"] == scope_id else None
+        return self.store.message_by_msgid(scope_id, msgid) if msgid else None
 
     async def history(self, request: Request, body: Any) -> Response:
         scope_id = self._scope_or_404(request)
         chat = self.store.chat(request.path_params["chat_id"])
         if chat is None or chat["scope_id"] != scope_id:
             return Response(status_code=204)
-        try:
-            offset = int(request.query_params.get("offset", 0))
-            limit = int(request.query_params.get("limit", 50))
-        except ValueError as exc:
-            raise ApiError(400, "offset and limit must be integers", "INVALID_PAGINATION") from exc
+        offset = query_int(request.query_params.get("offset", "0"), "offset")
+        limit = query_int(request.query_params.get("limit", "50"), "limit")
         if offset < 0 or limit < 1:
             raise ApiError(400, "offset must be >= 0 and limit >= 1", "INVALID_PAGINATION")
         if limit > 50:
@@ -504,10 +706,11 @@ class Emulator:
         if not messages:
             return Response(status_code=204)
         ordered = sorted(enumerate(messages), key=lambda im: (im[1]["msec_timestamp"], im[0]), reverse=True)
-        page = [self._history_item(m) for _, m in ordered[offset : offset + limit]]
+        cache: dict[str, dict] = {}
+        page = [self._history_item(scope_id, m, cache) for _, m in ordered[offset : offset + limit]]
         return JSONResponse({"messages": page})
 
-    def _history_item(self, stored: dict) -> dict:
+    def _history_item(self, scope_id: str, stored: dict, cache: dict[str, dict]) -> dict:
         message = dict(stored["message"])
         item = {
             "id": stored["id"],
@@ -525,37 +728,65 @@ class Emulator:
         for key in ("location", "contact", "sticker_id", "media_duration"):
             if key in message:
                 item[key] = message[key]
+        sender_id, receiver_id = self._amojo_ids(scope_id, stored)
         out = {
             "timestamp": stored["timestamp"],
             "msec_timestamp": stored["msec_timestamp"],
-            "sender": self._participant_out(stored["sender"]),
+            "sender": self._participant_out(scope_id, sender_id, stored["sender"], cache),
             "message": item,
         }
         if stored["receiver"]:
-            out["receiver"] = self._participant_out(stored["receiver"])
+            out["receiver"] = self._participant_out(scope_id, receiver_id, stored["receiver"], cache)
         return out
 
     async def delivery_status(self, request: Request, body: Any) -> Response:
         scope_id = self._scope_or_404(request)
-        stored = self.store.message(request.path_params["msg_id"])
-        if stored is None or self.store.chat(stored["chat_id"])["scope_id"] != scope_id:  # type: ignore[index]
+        if self._message_in_scope(scope_id, request.path_params["msg_id"], None) is None:
             raise ApiError(404, "message not found", "MESSAGE_NOT_FOUND")
-        body = _object(body)
+        body = obj(body)
         status = body.get("delivery_status", body.get("status_code"))
-        if not _is_int(status) or status not in (1, 2, -1):
+        if not is_int(status) or status not in (1, 2, -1):
             raise ApiError(400, "delivery_status must be 1, 2 or -1", "INVALID_DELIVERY_STATUS")
-        if status == -1 and not (_is_int(body.get("error_code")) and isinstance(body.get("error"), str)):
+        if status == -1 and not (is_int(body.get("error_code")) and isinstance(body.get("error"), str)):
             raise ApiError(400, "error_code and error are required with status -1", "INVALID_DELIVERY_STATUS")
         return Response(status_code=200)
 
     async def typing(self, request: Request, body: Any) -> Response:
         self._scope_or_404(request)
-        body = _object(body)
-        _string(body, "conversation_id", required=True)
-        sender = _object(body.get("sender"), "sender")
-        _string(sender, "id", required=True)
-        _int(body, "duration_ms")
+        body = obj(body)
+        string(body, "conversation_id", required=True)
+        sender = obj(body.get("sender"), "sender")
+        string(sender, "id", required=True, where="sender")
+        integer(body, "duration_ms")
         return Response(status_code=204)
+
+    async def react(self, request: Request, body: Any) -> Response:
+        """A reaction to a message, or taking it back (§3.8): 200 with no body, 404 for an unknown message."""
+        scope_id = self._scope_or_404(request)
+        body = obj(body)
+        conversation_id = string(body, "conversation_id")
+        conversation_ref_id = string(body, "conversation_ref_id")
+        if conversation_id is None and conversation_ref_id is None:
+            raise ApiError(400, "conversation_id or conversation_ref_id is required", "FIELD_REQUIRED")
+        amojo_id, msgid = string(body, "id"), string(body, "msgid")
+        if amojo_id is None and msgid is None:
+            raise ApiError(400, "id or msgid is required", "MESSAGE_ID_REQUIRED")
+        user = obj(body.get("user"), "user")
+        string(user, "ref_id", where="user")
+        if not (self._by_ref and user.get("ref_id")):
+            string(user, "id", required=True, where="user")
+        kind = body.get("type")
+        if not isinstance(kind, str) or kind not in ("react", "unreact"):
+            raise ApiError(400, "type must be react or unreact", "INVALID_REACTION")
+        emoji = string(body, "emoji", required=kind == "react")
+        stored = self._message_in_scope(scope_id, amojo_id, msgid)
+        chat = self.store.chat(conversation_ref_id) if conversation_ref_id else \
+            self.store.chat_by_conversation(scope_id, conversation_id)  # type: ignore[arg-type]
+        if stored is None or chat is None or stored["chat_id"] != chat["id"]:
+            raise ApiError(404, "message not found", "MESSAGE_NOT_FOUND")  # ⚠️ also one of another chat
+        who = user.get("ref_id") or derived_id("user", scope_id, user["id"])
+        self.store.react(stored["id"], who, emoji if kind == "react" else None)
+        return Response(status_code=200)
 
     # -- REST v4 (§6)
     async def account(self, request: Request, body: Any) -> Response:
@@ -608,15 +839,16 @@ class Emulator:
         if not isinstance(body, list) or not body:
             raise ApiError(400, "the body must be a non-empty array of contacts")
         self._check_batch(body, "contacts")
-        for index, item in enumerate(body):
-            if not isinstance(item, dict):
-                raise ApiError(400, f"contact {index} is not an object")
+        refused = [{"request_id": _request_id(item, index), "errors": problems}
+                   for index, item in enumerate(body) if (problems := _contact_problems(item))]
+        if refused:  # amoCRM's validation-errors envelope (§5.3); nothing of the batch is created
+            raise ApiError(400, "Request validation failed", extra={"validation-errors": refused})
         created = []
         for index, item in enumerate(body):
             phones, emails = _contact_fields(item)
             name = item.get("name") or " ".join(filter(None, [item.get("first_name"), item.get("last_name")]))
             contact_id = self.store.create_contact(item, str(name or ""), phones, emails)
-            created.append({"id": contact_id, "request_id": str(item.get("request_id", index))})
+            created.append({"id": contact_id, "request_id": _request_id(item, index)})
         return hal({"_embedded": {"contacts": created}})
 
     async def contact_chats(self, request: Request, body: Any) -> Response:
@@ -626,7 +858,7 @@ class Emulator:
             self._check_batch(body, "links")
             made = []
             for index, item in enumerate(body):
-                if not isinstance(item, dict) or not _is_int(item.get("contact_id")) \
+                if not isinstance(item, dict) or not is_int(item.get("contact_id")) \
                         or not isinstance(item.get("chat_id"), str):
                     raise ApiError(400, f"link {index} needs contact_id (int) and chat_id (string)")
                 if self.store.chat(item["chat_id"]) is None:
@@ -639,7 +871,7 @@ class Emulator:
                              "request_id": str(item.get("request_id", index))})
             return hal({"_total_items": len(made), "_embedded": {"chats": made}})
         chat_ids = request.query_params.getlist("chat_id[]") + request.query_params.getlist("chat_id")
-        contact_ids = [int(v) for v in request.query_params.getlist("contact_id[]") if v.isdigit()]
+        contact_ids = [query_int(v, "contact_id[]") for v in request.query_params.getlist("contact_id[]")]
         if not chat_ids and not contact_ids:
             raise ApiError(400, "filter by chat_id[] or contact_id[]")
         links = self.store.links(chat_ids or None, contact_ids or None)
@@ -663,40 +895,67 @@ class Emulator:
         return JSONResponse({"token_type": "Bearer", "expires_in": int(self.config.access_token_ttl_s),
                              "server_time": int(time.time()), "access_token": access, "refresh_token": refresh})
 
-    # -- admin
-    async def admin_state(self, request: Request) -> Response:
+    # -- admin (each takes the parsed body; see _admin_endpoint)
+    async def admin_state(self, request: Request, body: Any) -> Response:
         return JSONResponse(self.snapshot())
 
-    async def admin_requests(self, request: Request) -> Response:
+    async def admin_requests(self, request: Request, body: Any) -> Response:
         """The request log, `[time, api, endpoint, status]` each, optionally for one endpoint."""
         endpoint = request.query_params.get("endpoint")
         with self._log_lock:
             log = [list(entry) for entry in self.request_log if endpoint in (None, entry[2])]
         return JSONResponse(log)
 
-    async def admin_faults(self, request: Request) -> Response:
+    async def admin_faults(self, request: Request, body: Any) -> Response:
         """The faults in force (POST: replace them, fields as in `Faults`); `script` is what is left of it."""
         if request.method == "POST":
             try:
-                faults = Faults.from_dict(json.loads(await request.body()))
-            except ValueError as exc:  # also a body that is not JSON
-                return JSONResponse({"error": "invalid faults", "detail": str(exc)}, status_code=400)
+                faults = Faults.from_dict(body)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from exc
             self.set_faults(faults)
         return JSONResponse({**asdict(self.faults), "error_rates": {str(k): v for k, v in
                                                                     self.faults.error_rates.items()},
                              "script": self.script_left()})
 
-    async def admin_clock(self, request: Request) -> Response:
-        body = await request.json()
-        moment = body.get("now")
-        self.set_clock(datetime.fromisoformat(moment) if moment else None)
+    async def admin_clock(self, request: Request, body: Any) -> Response:
+        """Pretend it is `{"now": "<ISO 8601 with offset>"}`; `{"now": null}` or no body: the real time."""
+        self.set_clock(_clock_moment({} if body is None else body))
         return JSONResponse({"now": self.now().isoformat()})
 
-    async def admin_reset(self, request: Request) -> Response:
+    async def admin_reset(self, request: Request, body: Any) -> Response:
         self.store.reset()
         with self._log_lock:
             self.request_log.clear()
+            self.unhandled.clear()
         return JSONResponse({"reset": True})
+
+
+def _request_id(item: Any, index: int) -> str:
+    """The request_id amoCRM echoes: the one sent, or the position (§6.3)."""
+    given = item.get("request_id") if isinstance(item, dict) else None
+    return given if isinstance(given, str) else str(index)
+
+
+def _clock_moment(body: Any) -> datetime | None:
+    """The moment POST /_emulator/clock asks for, or an ApiError 400 naming what is wrong with it."""
+    body = obj(body)
+    unknown = sorted(set(body) - {"now"})
+    if unknown:
+        raise ApiError(400, f"unknown clock settings: {', '.join(unknown)}; use now")
+    moment = body.get("now")
+    if moment is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(moment) if isinstance(moment, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise ApiError(400, f"now must be an ISO 8601 time with an offset, not {str(moment)[:60]!r}")
+    # ⚠️ our bound: any Date or Retry-After computed from the clock stays a representable datetime
+    if not 1971 <= parsed.year <= 9000:
+        raise ApiError(400, "now must lie between the years 1971 and 9000")
+    return parsed
 
 
 class _DroppedConnection(Response):
@@ -715,114 +974,16 @@ class _DroppedConnection(Response):
         raise ConnectionResetError("emulated dropped connection")
 
 
-# -- validation helpers (§3.3, §3.4): the API is strictly typed
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body) if body else None
-    except ValueError as exc:
-        raise ApiError(400, "the body is not valid JSON", "INVALID_JSON") from exc
-
-
-def _object(value: Any, name: str = "body") -> dict:
-    if not isinstance(value, dict):
-        raise ApiError(400, f"{name} must be a JSON object", "INVALID_TYPE")
-    return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _string(body: dict, key: str, required: bool = False) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise ApiError(400, f"{key} is required", "FIELD_REQUIRED")
-        return None
-    if not isinstance(value, str) or (required and not value):
-        raise ApiError(400, f"{key} must be a non-empty string", "INVALID_TYPE")
-    return value
-
-
-def _int(body: dict, key: str, required: bool = False) -> int | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise ApiError(400, f"{key} is required", "FIELD_REQUIRED")
-        return None
-    if not _is_int(value) or value < 0:
-        raise ApiError(400, f"{key} must be a non-negative integer", "INVALID_TYPE")
-    return value
-
-
-def _participant(value: Any, name: str) -> dict:
-    participant = _object(value, name)
-    _string(participant, "id", required=True)
-    if participant.get("name") is None:
-        raise ApiError(400, f"{name}.name is required", "FIELD_REQUIRED")
-    _string(participant, "name")
-    for key in ("ref_id", "avatar", "profile_link", "phone", "email"):
-        _string(participant, key)
-    profile = participant.get("profile")
-    if profile is not None:
-        _object(profile, f"{name}.profile")
-        _string(profile, "phone")
-        _string(profile, "email")
-    return participant
-
-
-def _external_id(source: Any) -> None:
-    external_id = _string(_object(source, "source"), "external_id")
-    if external_id is not None and (len(external_id) > 40 or not all(32 <= ord(c) < 127 for c in external_id)):
-        raise ApiError(400, "source.external_id: at most 40 printable ASCII characters", "INVALID_SOURCE")
-
-
-def _message_body(value: Any, text_limit: int | None, *, edit: bool) -> None:
-    message = _object(value, "message")
-    kind = message.get("type")
-    if kind not in MESSAGE_TYPES:
-        raise ApiError(400, f"message.type must be one of {sorted(MESSAGE_TYPES)}", "INVALID_MESSAGE_TYPE")
-    text = message.get("text")
-    if text is not None and not isinstance(text, str):
-        raise ApiError(400, "message.text must be a string", "INVALID_TYPE")
-    if kind == "text" and not text:
-        raise ApiError(400, "message.text is required for type text", "FIELD_REQUIRED")
-    if text and text_limit is not None and len(text) > text_limit:
-        raise ApiError(400, f"message.text is longer than {text_limit} characters", "TEXT_TOO_LONG")
-    if kind in MEDIA_TYPES:
-        media = message.get("media")
-        if media is None and not edit and not (kind == "sticker" and message.get("sticker_id")):
-            raise ApiError(400, f"message.media is required for type {kind}", "FIELD_REQUIRED")
-        if media is not None and (not isinstance(media, str) or not media.startswith(("http://", "https://"))):
-            raise ApiError(400, "message.media must be an http(s) URL", "INVALID_MEDIA")
-    if kind in NEEDS_FILE_META and not edit:
-        if not isinstance(message.get("file_name"), str) or not message.get("file_name"):
-            raise ApiError(400, f"message.file_name is required for type {kind}", "FIELD_REQUIRED")
-        if not _is_int(message.get("file_size")):
-            raise ApiError(400, f"message.file_size (int) is required for type {kind}", "FIELD_REQUIRED")
-    if kind == "location":
-        location = _object(message.get("location"), "message.location")
-        for key in ("lat", "lon"):
-            if not isinstance(location.get(key), int | float) or isinstance(location.get(key), bool):
-                raise ApiError(400, f"message.location.{key} must be a number", "INVALID_TYPE")
-    if kind == "contact":
-        contact = _object(message.get("contact"), "message.contact")
-        _string(contact, "name", required=True)
-        _string(contact, "phone", required=True)
-
-
 def _page(request: Request) -> tuple[int, int]:
-    try:
-        page = int(request.query_params.get("page", 1))
-        limit = int(request.query_params.get("limit", 50))
-    except ValueError as exc:
-        raise ApiError(400, "page and limit must be integers") from exc
+    page = query_int(request.query_params.get("page", "1"), "page")
+    limit = query_int(request.query_params.get("limit", "50"), "limit")
     if page < 1 or not 1 <= limit <= 250:
         raise ApiError(400, "page must be >= 1 and limit between 1 and 250")
     return page, limit
 
 
 def _contact_fields(item: dict) -> tuple[list[str], list[str]]:
+    """The phones (digits) and emails of a contact whose shape `_contact_problems` has passed."""
     phones, emails = [], []
     for field in item.get("custom_fields_values") or []:
         code = field.get("field_code")
@@ -832,6 +993,46 @@ def _contact_fields(item: dict) -> tuple[list[str], list[str]]:
         elif code == "EMAIL":
             emails += [v.lower() for v in values if v]
     return phones, emails
+
+
+def _contact_problems(item: Any) -> list[dict[str, str]]:
+    """What is wrong with one contact of POST /api/v4/contacts, as amoCRM's validation-errors list (§5.3)."""
+    if not isinstance(item, dict):
+        return [{"code": "InvalidType", "path": "", "detail": "a contact must be an object"}]
+    problems = []
+    for key in ("name", "first_name", "last_name", "request_id"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            problems.append({"code": "InvalidType", "path": key, "detail": "This value should be of type string."})
+    for key in ("responsible_user_id", "created_by", "updated_by", "created_at", "updated_at"):
+        if item.get(key) is not None and not is_int(item[key]):
+            problems.append({"code": "InvalidType", "path": key, "detail": "This value should be of type int."})
+    fields = item.get("custom_fields_values")
+    if fields is None:
+        return problems
+    if not isinstance(fields, list):
+        return problems + [{"code": "InvalidType", "path": "custom_fields_values",
+                            "detail": "This value should be of type array."}]
+    for index, field in enumerate(fields):
+        path = f"custom_fields_values.{index}"
+        if not isinstance(field, dict):
+            problems.append({"code": "InvalidType", "path": path, "detail": "This value should be of type object."})
+            continue
+        if field.get("field_code") is not None and not isinstance(field["field_code"], str):
+            problems.append({"code": "InvalidType", "path": f"{path}.field_code",
+                             "detail": "This value should be of type string."})
+        if field.get("field_id") is not None and not is_int(field["field_id"]):
+            problems.append({"code": "InvalidType", "path": f"{path}.field_id",
+                             "detail": "This value should be of type int."})
+        values = field.get("values")
+        if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+            problems.append({"code": "InvalidType", "path": f"{path}.values",
+                             "detail": "This value should be an array of objects."})
+            continue
+        for number, value in enumerate(values):
+            if isinstance(value.get("value"), dict | list):
+                problems.append({"code": "InvalidType", "path": f"{path}.values.{number}.value",
+                                 "detail": "This value should be a scalar."})
+    return problems
 
 
 def _contact_matches(contact: dict, query: str) -> bool:

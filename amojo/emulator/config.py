@@ -41,6 +41,7 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
     "typing": ("POST",),
     "delivery_status": ("POST",),
     "message": ("POST",),
+    "react": ("POST",),
     "account": ("GET",),
     "users": ("GET",),
     "contacts": ("GET", "POST"),
@@ -49,6 +50,7 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
 }
 
 SCRIPT_KEYS = ("endpoint", "method", "status", "lose", "retry_after", "times")
+MAX_DELAY_S = 86400.0  # ⚠️ our bound on every injected delay: a day
 
 
 @dataclass
@@ -85,7 +87,8 @@ class Faults:
     GET /_emulator/faults shows what is left of the script (entries with the uses they have left).
 
     `from_dict` (and POST /_emulator/faults, which answers 400 for it) rejects unknown keys and wrongly typed or
-    out-of-range values with a ValueError naming the field.
+    out-of-range values with a ValueError naming the field. Every delay is at most a day (`MAX_DELAY_S`), so that
+    no setting can overflow the clock arithmetic of a later request.
     """
 
     seed: int = 0
@@ -104,8 +107,10 @@ class Faults:
 
     def __post_init__(self) -> None:
         self.seed = _int("seed", self.seed)
-        for name in ("latency_ms", "jitter_ms", "hang_seconds", "history_lag_ms", "retry_after_s"):
-            setattr(self, name, _number(name, getattr(self, name)))
+        for name in ("latency_ms", "jitter_ms", "history_lag_ms"):
+            setattr(self, name, _number(name, getattr(self, name), MAX_DELAY_S * 1000))
+        for name in ("hang_seconds", "retry_after_s"):
+            setattr(self, name, _number(name, getattr(self, name), MAX_DELAY_S))
         for name in ("lost_answer_rate", "hang_rate"):
             setattr(self, name, _rate(name, getattr(self, name)))
         if not isinstance(self.error_rates, dict):
@@ -145,9 +150,9 @@ def _int(name: str, value: object) -> int:
     return value  # type: ignore[return-value]
 
 
-def _number(name: str, value: object) -> float:
-    if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value) or value < 0:  # type: ignore[arg-type]
-        raise ValueError(f"{name} must be a non-negative number, not {value!r}")
+def _number(name: str, value: object, most: float = math.inf) -> float:
+    if not (_is_int(value) or isinstance(value, float)) or not 0 <= value <= most:  # type: ignore[operator]
+        raise ValueError(f"{name} must be a number between 0 and {most:g}, not {value!r}")
     return float(value)  # type: ignore[arg-type]
 
 
@@ -164,7 +169,8 @@ def _choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 
 def _status_key(key: object) -> object:
-    return int(key) if isinstance(key, str) and key.isdigit() else key
+    # isascii: str.isdigit() holds for "²", which int() refuses
+    return int(key) if isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 5 else key
 
 
 def _status(name: str, value: object, low: int) -> int:
@@ -174,7 +180,7 @@ def _status(name: str, value: object, low: int) -> int:
 
 
 def _endpoint(name: str, value: object) -> str:
-    if not isinstance(value, str) or value not in ENDPOINTS:
+    if not isinstance(value, str) or value not in ENDPOINTS:  # isinstance first: a list is not hashable
         raise ValueError(f"{name}: {value!r} is not a route name; use one of {', '.join(ENDPOINTS)}")
     return value
 
@@ -239,6 +245,17 @@ class EmulatorConfig:
     history_limit: Literal["clamp", "reject"] = "clamp"  # Q4
     text_limit: int | None = None  # Q2
     check_ref_id: bool = True  # ⚠️ our choice: an outgoing sender.ref_id must be a user's amojo_id or the bot
+    # ⚠️ The reference marks a participant's `id` and `name` required, but third-party clients send a manager as
+    # `sender: {ref_id}` and a client as `receiver: {ref_id}`; unconfirmed which the live API takes. "reject" (400
+    # naming the participant and the field) or "accept": a known ref_id (a user's amojo_id, the bot, a client's
+    # amojo id) stands for the whole participant.
+    ref_id_participants: Literal["reject", "accept"] = "reject"
+    # ⚠️ §3.3: a client sent again with other name/avatar/phone: "merge" (what it sends replaces what was known,
+    # absent fields stay) or "keep" (the first values stay; only fields never given are filled in). Either way
+    # history shows one record per user, not each message's payload.
+    participant_updates: Literal["merge", "keep"] = "merge"
+    # ⚠️ amojo-api.md names no body limit; nginx's default (1 MiB) answers a larger request 413.
+    max_body_bytes: int = 1 << 20
     rest_rate: float | None = 7.0  # Q14, per token
     # Q13 ⚠️: the most contacts per POST /api/v4/contacts and links per POST /api/v4/contacts/chats; a larger
     # batch is a 400 problem+json. amoCRM documents no maximum; §9 says accept up to 250.
@@ -249,5 +266,8 @@ class EmulatorConfig:
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
-        if not _is_int(self.rest_batch_max) or self.rest_batch_max < 1:
-            raise ValueError(f"rest_batch_max must be an integer >= 1, not {self.rest_batch_max!r}")
+        for name in ("rest_batch_max", "max_body_bytes"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {getattr(self, name)!r}")
+        _choice("ref_id_participants", self.ref_id_participants, ("reject", "accept"))
+        _choice("participant_updates", self.participant_updates, ("merge", "keep"))

@@ -23,8 +23,8 @@ CREATE TABLE IF NOT EXISTS chats (id TEXT PRIMARY KEY, scope_id TEXT, conversati
     user_json TEXT, created_at REAL, UNIQUE (scope_id, conversation_id));
 CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, scope_id TEXT,
     chat_id TEXT, msgid TEXT, timestamp INTEGER, msec_timestamp INTEGER, sender_json TEXT, receiver_json TEXT,
-    message_json TEXT, silent INTEGER, unlinked INTEGER, stored_at REAL, edited_at REAL,
-    UNIQUE (scope_id, msgid));
+    message_json TEXT, silent INTEGER, unlinked INTEGER, stored_at REAL, edited_at REAL, sender_amojo_id TEXT,
+    receiver_amojo_id TEXT, UNIQUE (scope_id, msgid));
 CREATE INDEX IF NOT EXISTS messages_chat ON messages (chat_id, msec_timestamp);
 CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, name TEXT, phones TEXT, emails TEXT, body_json TEXT,
     created_at REAL, field_values TEXT NOT NULL DEFAULT '[]');
@@ -34,7 +34,14 @@ CREATE TABLE IF NOT EXISTS leads (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id 
 CREATE TABLE IF NOT EXISTS notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
     kind TEXT, created_at REAL);
 CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, kind TEXT, valid INTEGER, expires_at REAL);
+CREATE TABLE IF NOT EXISTS participants (scope_id TEXT, amojo_id TEXT, record_json TEXT,
+    PRIMARY KEY (scope_id, amojo_id));
+CREATE TABLE IF NOT EXISTS conversation_aliases (scope_id TEXT, conversation_id TEXT, chat_id TEXT,
+    PRIMARY KEY (scope_id, conversation_id));
+CREATE TABLE IF NOT EXISTS reactions (message_id TEXT, user_id TEXT, emoji TEXT, PRIMARY KEY (message_id, user_id));
 """
+TABLES = ("scopes", "chats", "messages", "contacts", "links", "leads", "notifications", "tokens", "participants",
+          "conversation_aliases", "reactions")
 
 CONTACT_ID_START = 3_100_000
 
@@ -84,6 +91,11 @@ class Store:
                 for row in db.execute("SELECT id, body_json FROM contacts").fetchall():
                     db.execute("UPDATE contacts SET field_values = ? WHERE id = ?",
                                (json.dumps(field_values(json.loads(row["body_json"]))), row["id"]))
+        columns = {row["name"] for row in self._all("PRAGMA table_info(messages)")}
+        if "sender_amojo_id" not in columns:  # before issue 15: history derives them from the stored payload
+            with self.transaction() as db:
+                db.execute("ALTER TABLE messages ADD COLUMN sender_amojo_id TEXT")
+                db.execute("ALTER TABLE messages ADD COLUMN receiver_amojo_id TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -109,7 +121,7 @@ class Store:
 
     def reset(self) -> None:
         with self.transaction() as db:
-            for table in ("scopes", "chats", "messages", "contacts", "links", "leads", "notifications", "tokens"):
+            for table in TABLES:
                 db.execute(f"DELETE FROM {table}")
 
     # -- scopes
@@ -131,8 +143,22 @@ class Store:
 
     # -- chats
     def chat_by_conversation(self, scope_id: str, conversation_id: str) -> dict | None:
+        """The chat `conversation_id` names: the one created for it, or the one it was bound to by
+        `conversation_ref_id`."""
         row = self._one("SELECT * FROM chats WHERE scope_id = ? AND conversation_id = ?", scope_id, conversation_id)
+        if row is None:
+            row = self._one("SELECT chats.* FROM conversation_aliases a JOIN chats ON chats.id = a.chat_id "
+                            "WHERE a.scope_id = ? AND a.conversation_id = ?", scope_id, conversation_id)
         return _chat(row)
+
+    def bind_conversation(self, scope_id: str, conversation_id: str, chat_id: str) -> None:
+        """Make `conversation_id` another name of the chat `chat_id` (a reply to a chat amoCRM started, §4.4)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO conversation_aliases VALUES (?, ?, ?)",
+                       (scope_id, conversation_id, chat_id))
+
+    def conversation_aliases(self) -> list[dict]:
+        return [dict(row) for row in self._all("SELECT * FROM conversation_aliases ORDER BY rowid")]
 
     def chat(self, chat_id: str) -> dict | None:
         return _chat(self._one("SELECT * FROM chats WHERE id = ?", chat_id))
@@ -142,6 +168,9 @@ class Store:
         with self.transaction() as db:
             existing = db.execute(
                 "SELECT * FROM chats WHERE scope_id = ? AND conversation_id = ?", (scope_id, conversation_id)
+            ).fetchone() or db.execute(
+                "SELECT chats.* FROM conversation_aliases a JOIN chats ON chats.id = a.chat_id "
+                "WHERE a.scope_id = ? AND a.conversation_id = ?", (scope_id, conversation_id)
             ).fetchone()
             if existing:
                 return _chat(existing), False  # type: ignore[return-value]
@@ -162,7 +191,8 @@ class Store:
     def message(self, message_id: str) -> dict | None:
         return _message(self._one("SELECT * FROM messages WHERE id = ?", message_id))
 
-    def add_message(self, scope_id: str, chat_id: str, payload: dict, *, unlinked: bool) -> dict:
+    def add_message(self, scope_id: str, chat_id: str, payload: dict, *, unlinked: bool,
+                    sender_amojo_id: str | None = None, receiver_amojo_id: str | None = None) -> dict:
         message_id = derived_id("message", scope_id, payload["msgid"])
         msec = payload.get("msec_timestamp")
         if msec is None:
@@ -170,7 +200,8 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO messages (id, scope_id, chat_id, msgid, timestamp, msec_timestamp, sender_json, "
-                "receiver_json, message_json, silent, unlinked, stored_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "receiver_json, message_json, silent, unlinked, stored_at, sender_amojo_id, receiver_amojo_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     message_id,
                     scope_id,
@@ -184,6 +215,8 @@ class Store:
                     int(bool(payload.get("silent", False))),
                     int(unlinked),
                     time.time(),
+                    sender_amojo_id,
+                    receiver_amojo_id,
                 ),
             )
         return self.message(message_id)  # type: ignore[return-value]
@@ -216,6 +249,29 @@ class Store:
 
     def messages(self) -> list[dict]:
         return [_message(row) for row in self._all("SELECT * FROM messages ORDER BY seq")]  # type: ignore[misc]
+
+    # -- participants: one record per amojo user, what history shows for every message of that user
+    def participant(self, scope_id: str, amojo_id: str) -> dict | None:
+        row = self._one("SELECT record_json FROM participants WHERE scope_id = ? AND amojo_id = ?", scope_id, amojo_id)
+        return json.loads(row["record_json"]) if row else None
+
+    def put_participant(self, scope_id: str, amojo_id: str, record: dict) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO participants VALUES (?, ?, ?)", (scope_id, amojo_id, json.dumps(record)))
+
+    def participants(self) -> list[dict]:
+        return [json.loads(row["record_json"]) for row in self._all("SELECT record_json FROM participants ORDER BY rowid")]
+
+    # -- reactions (§3.8): one per user and message
+    def react(self, message_id: str, user_id: str, emoji: str | None) -> None:
+        """Set the user's reaction to a message; None takes it back."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM reactions WHERE message_id = ? AND user_id = ?", (message_id, user_id))
+            if emoji is not None:
+                db.execute("INSERT INTO reactions VALUES (?, ?, ?)", (message_id, user_id, emoji))
+
+    def reactions(self) -> list[dict]:
+        return [dict(row) for row in self._all("SELECT * FROM reactions ORDER BY rowid")]
 
     # -- contacts and links
     def create_contact(self, body: dict, name: str, phones: list[str], emails: list[str]) -> int:
@@ -335,6 +391,8 @@ def _message(row: sqlite3.Row | None) -> dict | None:
         "unlinked": bool(row["unlinked"]),
         "stored_at": row["stored_at"],
         "edited_at": row["edited_at"],
+        "sender_amojo_id": row["sender_amojo_id"],
+        "receiver_amojo_id": row["receiver_amojo_id"],
     }
 
 

@@ -26,10 +26,13 @@ def verify(
     strict_md5: bool,
     legacy: bool = False,
 ) -> None:
-    """Raise `BadSignature` unless the request is signed as amojo requires."""
+    """Raise `BadSignature` unless the request is signed as amojo requires; any header value, however odd, is a
+    BadSignature at worst."""
     given = headers.get("x-signature")
     if not given:
         raise BadSignature("missing X-Signature")
+    if not given.isascii():  # compare_digest refuses non-ASCII text; no hex signature holds any
+        raise BadSignature("X-Signature is not hex")
     if legacy and hmac.compare_digest(given, hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()):
         return  # the pre-2019 body-only scheme, accepted on the old methods when switched on (§2.3)
     date = headers.get("date")
@@ -37,8 +40,8 @@ def verify(
         raise BadSignature("missing Date")
     try:
         sent_at = parsedate_to_datetime(date)
-    except (TypeError, ValueError) as exc:
-        raise BadSignature(f"unreadable Date {date!r}") from exc
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
+        raise BadSignature(f"unreadable Date {date[:60]!r}") from exc
     if sent_at.tzinfo is None:
         raise BadSignature("Date without a zone")
     if abs((now - sent_at).total_seconds()) > tolerance_s:
