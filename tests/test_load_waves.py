@@ -38,7 +38,8 @@ async def test_a_first_import_resolves_contacts_and_links_in_a_few_requests(emul
     emulator.emulator.request_log.clear()
     result = await run_interval(settings_for(emulator, source, ledger_url))
 
-    assert result.verdict.verdict == "complete" and result.load.contacts_created == 300 and result.load.links_created == 300
+    assert result.verdict.verdict == "complete"
+    assert result.load.contacts_created == 300 and result.load.links_created == 300
     requests = [entry for entry in emulator.emulator.request_log if entry[2] in REST_ENDPOINTS]
     # The 600 contacts read in 3 pages; then waves of 32, 250 and 18 conversations, each one create and one link
     # (chats created in this run need no read of their links). A search per client, 50 a batch and a read of
