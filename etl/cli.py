@@ -21,7 +21,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.highlighter import JSONHighlighter
@@ -112,7 +111,7 @@ def _reported() -> Iterator[None]:
     to fix and exit status 2 (configuration) or 1 (the run); anything else, one line saying it is a defect."""
     try:
         yield
-    except (click.exceptions.Exit, click.ClickException, click.Abort):  # typer.Exit is click's: already reported
+    except (typer.Exit, typer.Abort, typer.exceptions.TyperException):  # exits and usage errors: typer's own
         raise
     except Exception as exc:
         error = classify(exc)
