@@ -302,3 +302,15 @@ def test_misconfiguration_found_in_the_run_ends_in_one_line(
     assert "Traceback" not in logged, logged
     for secret in PLANTED:
         assert secret not in logged, logged
+
+
+def test_a_finished_run_exits_with_its_verdict_and_no_error(working_env: dict[str, str], servers: Servers,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """typer's own exit (the verdict's status) is no failure to report."""
+    from etl.summary import RunSummary
+
+    summary = RunSummary(interval="2026-10-01..2026-10-02").as_dict()
+    for verdict, code in (("complete", 0), ("incomplete", 1)):
+        monkeypatch.setattr(cli, "_run_import", lambda *args, v=verdict: ({**summary, "verdict": v}, None))
+        output = _invoke(Case(["import", *TODAY_RANGE], code, ""), working_env, servers, tmp_path)
+        assert "error" not in output, output
