@@ -463,11 +463,22 @@ def _error_rates(values: list[str]) -> dict[int, float]:
 def emulator(
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    channel_id: Annotated[str | None, typer.Option(help="channel id (default: the demo channel)")] = None,
-    channel_secret: Annotated[str | None, typer.Option(help="channel secret (default: the demo secret)")] = None,
-    account_id: Annotated[str | None, typer.Option(help="the account's amojo_id")] = None,
-    token: Annotated[str | None, typer.Option(help="REST v4 bearer token")] = None,
-    bot_id: Annotated[str | None, typer.Option(help="the channel bot's id")] = None,
+    channel_id: Annotated[str | None, typer.Option(
+        envvar="AMOJO_ETL_CHANNEL_ID", help="channel id (default: the demo channel)")] = None,
+    channel_secret: Annotated[str | None, typer.Option(
+        envvar="AMOJO_ETL_CHANNEL_SECRET", show_default=False,
+        help="channel secret (default: the demo secret); better from the environment or --config than as a "
+             "flag, which every user of the machine sees in ps")] = None,
+    account_id: Annotated[str | None, typer.Option(envvar="AMOJO_ETL_ACCOUNT_ID", help="the account's amojo_id")
+                          ] = None,
+    token: Annotated[str | None, typer.Option(
+        envvar="AMOJO_ETL_AMOCRM_TOKEN", show_default=False,
+        help="REST v4 bearer token; better from the environment or --config, as the channel secret")] = None,
+    bot_id: Annotated[str | None, typer.Option(envvar="AMOJO_ETL_BOT_ID", help="the channel bot's id")] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", envvar="AMOJO_ETL_CONFIG",
+        help="TOML file with channel_id, channel_secret, account_id, amocrm_token, bot_id: the importer's own "
+             "settings file, for what neither a flag nor the environment gives")] = None,
     state: Annotated[Path | None, typer.Option(help="SQLite file to keep state in (default: memory)")] = None,
     duplicate_msgid: Annotated[DuplicateMsgid, typer.Option(help="a repeated msgid: original ids back, or 400")
                                ] = DuplicateMsgid.idempotent,
@@ -514,10 +525,11 @@ def emulator(
         content_md5=content_md5.value, legacy_signatures=legacy_signatures, history_limit=history_limit.value,
         text_limit=text_limit, rest_rate=rest_rate or None, amojo_rate=amojo_rate or None, faults=faults,
     )
-    for name, value in (("channel_id", channel_id), ("channel_secret", channel_secret),
-                        ("account_id", account_id), ("token", token), ("bot_id", bot_id)):
-        if value:
-            setattr(config, name, value)
+    given = _emulator_identity(config_file, channel_id=channel_id, channel_secret=channel_secret,
+                               account_id=account_id, token=token, bot_id=bot_id)
+    for name, value in given.items():
+        setattr(config, name, value)
+    channel_secret, token = given.get("channel_secret"), given.get("token")
     url = f"http://{host}:{port}"
     console.print(Text(
         f"amoCRM emulator on {url}\n"
@@ -529,6 +541,17 @@ def emulator(
         f"  inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"
     ))
     serve(config, host=host, port=port)
+
+
+def _emulator_identity(config_file: Path | None, **given: str | None) -> dict[str, str]:
+    """The emulator's channel and account: each from its flag or variable (the names the importer reads), else
+    from the settings file, else the demo's (left out here). The secrets never need to be on the command line."""
+    from .settings import config_file_values
+
+    from_file = config_file_values(str(config_file)) if config_file else {}
+    from_file = {"token" if k == "amocrm_token" else k: v for k, v in from_file.items()}
+    chosen = {name: value if value else from_file.get(name) for name, value in given.items()}
+    return {name: str(value) for name, value in chosen.items() if value}
 
 
 @command()
