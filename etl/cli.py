@@ -29,7 +29,7 @@ from rich.text import Text
 
 from .errors import EtlError, classify, one_line, redact
 from .intervals import check_range
-from .settings import SAMPLE_DB, Settings, load_settings
+from .settings import SAMPLE_DB, ConfigurationError, Settings, load_settings
 
 # Prefect's temporary server records telemetry in its SQLite file at start, racing the first flow run for the
 # lock ("database is locked" tracebacks); a CLI run has no use for it.
@@ -396,7 +396,11 @@ def rejects_(
     rows = ledger.reject_rows(reason, limit or None)
     ledger.close()
     if csv:
-        pd.DataFrame(rows, columns=["source_key", "reason", "detail", "row", "updated_at"]).to_csv(csv, index=False)
+        try:
+            pd.DataFrame(rows, columns=["source_key", "reason", "detail", "row", "updated_at"]).to_csv(csv, index=False)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write --csv {csv}: {exc.strerror or exc}; choose a path in a "
+                                     "writable directory") from None
         console.print(_plain(f"{len(rows)} rejected rows written to {csv}", limit=None))
         return
     _table(f"rejected rows ({len(rows)} shown)", ["source key", "reason", "detail", "row"],
@@ -412,14 +416,27 @@ def sample_data(
                         ] = 3_000,
 ) -> None:
     """Create a deterministic sample source database in the canonical schema (data/schema.sql)."""
+    import sqlalchemy as sa
+
     from .sample import SampleSize, write_sample
+    from .settings import database_url
 
     if url is None:
         if path.exists():
             raise _fail(f"{path} exists; remove it first or choose another --path", 2)
         url = f"sqlite:///{path}"
-    counts = write_sample(url, seed=seed, size=SampleSize(messages=messages))
-    console.print(_plain(f"sample source written to {url}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+    option = "--url" if url != f"sqlite:///{path}" else "--path"
+    try:
+        database_url(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from None
+    shown = sa.make_url(url).render_as_string(hide_password=True)
+    try:
+        counts = write_sample(url, seed=seed, size=SampleSize(messages=messages))
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip()
+        raise ConfigurationError(f"cannot write the sample to {shown} ({option}): {reason}") from None
+    console.print(_plain(f"sample source written to {shown}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
                          limit=None))
 
 

@@ -50,7 +50,7 @@ def config_file_values(path: str) -> dict[str, Any]:
     return values
 
 
-def _sqlalchemy_url(value: str) -> str:
+def database_url(value: str) -> str:
     """`value` if SQLAlchemy can parse it and has its dialect and driver; else a message that shows no password."""
     import sqlalchemy as sa
 
@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     @field_validator("source_url", "state_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        return _sqlalchemy_url(value)
+        return database_url(value)
 
     @field_validator("amojo_url", "amocrm_url")
     @classmethod

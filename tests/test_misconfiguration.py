@@ -184,6 +184,11 @@ PREFLIGHT: dict[str, Case] = {
                                "1970", {"AMOJO_ETL_TIMEZONE": "Asia/Tokyo"}),
     "import in 2100": Case(["import", "--start", "2100-01-01", "--end", "2100-01-02"], 2, "future"),
     "backfill in 2100": Case(["backfill", "--start", "2100-01-01", "--end", "2100-01-02"], 2, "future"),
+    "rejects --csv into a missing directory": Case(["rejects", "--csv", "{tmp}/no/such/dir/r.csv"], 2, "--csv"),
+    "sample-data --url garbage": Case(["sample-data", "--url", f"postgres ql://etl:{PASSWORD}@db/x"], 2, "--url"),
+    "sample-data --url closed port": Case(["sample-data", "--url",
+                                           f"postgresql+psycopg://etl:{PASSWORD}@127.0.0.1:{{closed}}/x"], 2,
+                                          "--url"),
     "end before start": Case(["import", "--start", "2026-10-02", "--end", "2026-10-01"], 2, "end"),
 }
 
@@ -195,7 +200,7 @@ def _invoke(case: Case, env: dict[str, str], servers: Servers, tmp_path: Path,
         (tmp_path / name).write_text(content)
     fill: Callable[[str], str] = lambda value: value.format(  # noqa: E731
         tmp=tmp_path, closed=servers.closed_port, html=servers.html_url, hang=servers.hang_url)
-    result = CliRunner().invoke(cli.app, [*(prefix or []), *case.args],
+    result = CliRunner().invoke(cli.app, [*(prefix or []), *map(fill, case.args)],
                                 env={**env, **{k: fill(v) for k, v in case.env.items()}})
     output = result.output
     assert result.exit_code == case.exit_code, output
