@@ -199,20 +199,20 @@ def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | Non
 
 def _announce_prefect() -> None:
     """One line on where the flow runs: the Prefect server of PREFECT_API_URL, or a temporary one, whose first
-    start on this machine builds its database (tens of seconds)."""
+    start on this machine builds its database (tens of seconds: say so rather than wait in silence)."""
     from prefect.settings import get_current_settings
 
     current = get_current_settings()
     if current.api.url:
-        console.print(_plain(f"running on the Prefect server at {current.api.url} (PREFECT_API_URL)", limit=None))
+        console.print(_plain(redact(f"running on the Prefect server at {current.api.url} (PREFECT_API_URL)"),
+                             limit=None), soft_wrap=True)
         return
-    database = str(current.server.database.connection_url.get_secret_value()
-                   if hasattr(current.server.database.connection_url, "get_secret_value")
-                   else current.server.database.connection_url or "")
-    path = database.split(":///", 1)[1] if database.startswith("sqlite") and ":///" in database else None
-    if path and not Path(path).exists():
+    database = current.server.database.connection_url
+    url = database.get_secret_value() if database is not None else ""
+    path = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else None
+    if path and path != ":memory:" and not Path(path).exists():
         console.print(_plain(f"preparing Prefect's local database, once ({path}; PREFECT_HOME={current.home})",
-                             limit=None))
+                             limit=None), soft_wrap=True)
 
 
 def _run_import(start: date, end: date, dry_run: bool) -> tuple[dict[str, Any] | None, str | None]:
