@@ -15,7 +15,7 @@ The emulator runs as its own process, answering every request after 50 ms. Print
 (iv)  with --pools: the product over aiohttp's connection pool (used) and over httpcore's (httpx's own).
 
     ./uvw run python bench/load_throughput.py [--conversations 40] [--messages 250] [--clients 1000 10000]
-                                              [--scale 10000 100000] [--pools]
+                                              [--scale 10000 100000] [--pools] [--no-wire]
 """
 
 from __future__ import annotations
@@ -270,9 +270,11 @@ def main() -> None:
     parser.add_argument("--account-contacts", type=int, default=5000)
     parser.add_argument("--scale", type=int, nargs="*", default=[])
     parser.add_argument("--pools", action="store_true")
+    parser.add_argument("--no-wire", action="store_true", help="leave out part (i)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        wire(args, workdir)
+        if not args.no_wire:
+            wire(args, workdir)
         if args.clients:
             bulk(args, workdir)
         if args.scale:

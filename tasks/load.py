@@ -1,8 +1,8 @@
 """Load: the seed's sequence for every conversation, recorded in the ledger so that nothing is sent twice.
 
 Chat created once -> contact found (phone, then email) or created in batches -> chat linked before its first
-message -> messages in time order with `silent: true`. Conversations run concurrently; one conversation's
-messages go one after the other.
+message -> messages in time order with `silent: true`. Conversations run concurrently, each sending as soon as
+its own wave of chats, contacts and links is ready; one conversation's messages go one after the other.
 
 One conversation's states, and what each crash window (or lost answer) resolves to. Every request whose effect
 is unknown is resolved by reading amoCRM before anything is sent again:
