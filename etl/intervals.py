@@ -20,7 +20,7 @@ def check_range(start: date, end: date, today: date) -> None:
     """The one rule every command and flow applies to [start, end): not empty, not before 1970, and no day after
     `today` (the day in AMOJO_ETL_TIMEZONE): a day not over yet may be imported, one not begun has nothing yet."""
     if end <= start:
-        raise RangeError(f"end ({end}) must be after start ({start}); end is exclusive")
+        raise RangeError(f"the end ({end}) must be after the start ({start}); the end (--end) is exclusive")
     if start < EARLIEST:
         raise RangeError(f"the range starts before {EARLIEST} ({start}): amojo takes no earlier message")
     if end > today + timedelta(days=1):

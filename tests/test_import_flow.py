@@ -128,10 +128,10 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           env=full_env, capture_output=True, text=True, timeout=300)
 
 
-def test_cli_import_with_another_secret_exits_1_with_the_signature_message(emulator, pipeline_env):
+def test_cli_import_with_another_secret_exits_2_with_the_signature_message(emulator, pipeline_env):
     result = _cli({**pipeline_env, "AMOJO_ETL_CHANNEL_SECRET": "f" * 40},
                   "import", "--start", "2026-10-01", "--end", "2026-10-02")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr  # a wrong setting (issue 14): found before Prefect starts
     assert "rejected the request signature" in result.stderr
     assert "AMOJO_ETL_CHANNEL_SECRET" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
