@@ -595,8 +595,8 @@ class Emulator:
 
     def _new_message(self, scope_id: str, payload: dict) -> Response:
         msgid = string(payload, "msgid", required=True)
-        conversation_id = string(payload, "conversation_id")
-        conversation_ref_id = string(payload, "conversation_ref_id")
+        conversation_id = string(payload, "conversation_id", blank=False)
+        conversation_ref_id = string(payload, "conversation_ref_id", blank=False)
         if conversation_id is None and conversation_ref_id is None:
             raise ApiError(400, "conversation_id or conversation_ref_id is required", "FIELD_REQUIRED")
         integer(payload, "timestamp", required=True, most=TIMESTAMP_MAX)
@@ -668,8 +668,8 @@ class Emulator:
         )
 
     def _edit_message(self, scope_id: str, payload: dict) -> Response:
-        msgid = string(payload, "msgid")
-        amojo_id = string(payload, "id")
+        msgid = string(payload, "msgid", blank=False)
+        amojo_id = string(payload, "id", blank=False)
         if not msgid and not amojo_id:
             raise ApiError(400, "edit_message needs msgid or id", "MESSAGE_ID_REQUIRED")
         message_body(payload.get("message"), self.config.text_limit, edit=True)
@@ -764,11 +764,11 @@ class Emulator:
         """A reaction to a message, or taking it back (§3.8): 200 with no body, 404 for an unknown message."""
         scope_id = self._scope_or_404(request)
         body = obj(body)
-        conversation_id = string(body, "conversation_id")
-        conversation_ref_id = string(body, "conversation_ref_id")
+        conversation_id = string(body, "conversation_id", blank=False)
+        conversation_ref_id = string(body, "conversation_ref_id", blank=False)
         if conversation_id is None and conversation_ref_id is None:
             raise ApiError(400, "conversation_id or conversation_ref_id is required", "FIELD_REQUIRED")
-        amojo_id, msgid = string(body, "id"), string(body, "msgid")
+        amojo_id, msgid = string(body, "id", blank=False), string(body, "msgid", blank=False)
         if amojo_id is None and msgid is None:
             raise ApiError(400, "id or msgid is required", "MESSAGE_ID_REQUIRED")
         user = obj(body.get("user"), "user")
@@ -919,8 +919,8 @@ class Emulator:
                              "script": self.script_left()})
 
     async def admin_clock(self, request: Request, body: Any) -> Response:
-        """Pretend it is `{"now": "<ISO 8601 with offset>"}`; `{"now": null}` or no body: the real time."""
-        self.set_clock(_clock_moment({} if body is None else body))
+        """Pretend it is `{"now": "<ISO 8601 with offset>"}`; `{"now": null}`: the real time again."""
+        self.set_clock(_clock_moment(body))
         return JSONResponse({"now": self.now().isoformat()})
 
     async def admin_reset(self, request: Request, body: Any) -> Response:
@@ -939,11 +939,13 @@ def _request_id(item: Any, index: int) -> str:
 
 def _clock_moment(body: Any) -> datetime | None:
     """The moment POST /_emulator/clock asks for, or an ApiError 400 naming what is wrong with it."""
-    body = obj(body)
+    body = obj(body, "the clock setting")
     unknown = sorted(set(body) - {"now"})
     if unknown:
         raise ApiError(400, f"unknown clock settings: {', '.join(unknown)}; use now")
-    moment = body.get("now")
+    if "now" not in body:
+        raise ApiError(400, "now is required: an ISO 8601 time with an offset, or null for the real time")
+    moment = body["now"]
     if moment is None:
         return None
     try:

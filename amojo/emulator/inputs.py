@@ -112,15 +112,16 @@ def obj(value: Any, name: str = "body") -> dict:
     return value
 
 
-def string(body: dict, key: str, required: bool = False, where: str = "") -> str | None:
-    """`body[key]` as a non-empty string, None when absent and not required; `where` names the object in errors."""
+def string(body: dict, key: str, required: bool = False, where: str = "", blank: bool = True) -> str | None:
+    """`body[key]` as a string, None when absent and not required; a required one, or one with `blank` False
+    (an id), must not be empty. `where` names the object in errors."""
     name = _where(where, key)
     value = body.get(key)
     if value is None:
         if required:
             raise ApiError(400, f"{name} is required", "FIELD_REQUIRED")
         return None
-    if not isinstance(value, str) or (required and not value):
+    if not isinstance(value, str) or ((required or not blank) and not value):
         raise ApiError(400, f"{name} must be a non-empty string", "INVALID_TYPE")
     return value
 
@@ -220,8 +221,8 @@ def message_body(value: Any, text_limit: int | None, *, edit: bool) -> dict:
 def embedded_message(value: Any, name: str) -> dict:
     """A quoted or forwarded message (§3.4 `embedded_message`): `id` or `msgid` of a stored one, or in full."""
     message = obj(obj(value, name).get("message"), f"{name}.message")
-    string(message, "id", where=f"{name}.message")
-    string(message, "msgid", where=f"{name}.message")
+    string(message, "id", where=f"{name}.message", blank=False)
+    string(message, "msgid", where=f"{name}.message", blank=False)
     if message.get("id") or message.get("msgid"):
         return message
     where = f"{name}.message"
