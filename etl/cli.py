@@ -27,7 +27,7 @@ from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
 
-from .errors import EtlError, classify, one_line, redact
+from .errors import EtlError, RunError, classify, one_line, redact
 from .intervals import check_range
 from .settings import SAMPLE_DB, ConfigurationError, Settings, load_settings
 
@@ -185,7 +185,15 @@ def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | Non
     An expected failure inside the run (its state's data) is raised, for `_reported`."""
     _announce_prefect()
     _plain_prefect_logs()
-    state = asyncio.run(flow(**parameters, return_state=True))
+    try:
+        state = asyncio.run(flow(**parameters, return_state=True))
+    except RuntimeError as exc:
+        if not str(exc).startswith(EPHEMERAL_TIMEOUT):
+            raise
+        timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+        raise RunError(f"Prefect's temporary server did not start within {timeout} s "
+                       "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS): raise it, or run a Prefect server and "
+                       "set PREFECT_API_URL (see README, Running it with Prefect)") from None
     if state.is_failed() or state.is_crashed():
         try:
             outcome = state.result(raise_on_failure=False)
@@ -197,15 +205,27 @@ def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | Non
     return state.result(), None
 
 
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+"""How Prefect's temporary server says it did not start in time (a RuntimeError, prefect/server/api/server.py)."""
+
+
 def _announce_prefect() -> None:
-    """One line on where the flow runs: the Prefect server of PREFECT_API_URL, or a temporary one, whose first
-    start on this machine builds its database (tens of seconds: say so rather than wait in silence)."""
+    """One line on where the flow runs: the Prefect server of PREFECT_API_URL (which must answer), or a temporary
+    one, whose first start on this machine builds its database (tens of seconds: say so rather than wait)."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
     current = get_current_settings()
     if current.api.url:
-        console.print(_plain(redact(f"running on the Prefect server at {current.api.url} (PREFECT_API_URL)"),
-                             limit=None), soft_wrap=True)
+        shown = redact(current.api.url)
+        with get_client(sync_client=True) as client:  # Prefect's own client: PREFECT_API_KEY too, for Cloud
+            unhealthy = client.api_healthcheck()
+        if unhealthy is not None:
+            raise ConfigurationError(f"the Prefect server at PREFECT_API_URL ({shown}) does not answer "
+                                     f"({type(unhealthy).__name__}): start it (prefect server start), or unset "
+                                     "PREFECT_API_URL to run on a temporary server")
+        console.print(_plain(f"running on the Prefect server at {shown} (PREFECT_API_URL)", limit=None),
+                      soft_wrap=True)
         return
     database = current.server.database.connection_url
     url = database.get_secret_value() if database is not None else ""
