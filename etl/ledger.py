@@ -407,6 +407,13 @@ class Ledger:
         with self.engine.begin() as conn:
             self._upsert(conn, intervals, [row], ["start", "end"])
 
+    def interval_record(self, start: str, end: str) -> tuple[str, dict[str, Any]] | None:
+        """The status and summary last recorded for exactly this interval, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(intervals.c.status, intervals.c.summary)
+                               .where(intervals.c.start == start, intervals.c.end == end)).first()
+        return None if row is None else (row.status, json.loads(row.summary or "{}"))
+
     def interval_statuses(self) -> dict[tuple[str, str], str]:
         """(start, end) -> status of every interval the ledger has seen."""
         with self.engine.connect() as conn:

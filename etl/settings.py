@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     timeout_s: float = Field(default=30.0, gt=0)
     chunk_size: int = Field(default=50_000, ge=100, description="source messages read and transformed at a time")
     text_limit: int | None = Field(default=None, ge=1, description="longest text sent; longer ones are rejected")
+    lookback_days: int = Field(
+        default=3, ge=0, le=31,
+        description="days before its own that a scheduled run reads again, to send rows that arrived late (a replica "
+                    "catching up over a weekend, a phone synced days later); an unchanged day costs its source "
+                    "query and nothing else")
 
     @classmethod
     def settings_customise_sources(

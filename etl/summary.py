@@ -35,6 +35,9 @@ class RunSummary:
     duration_s: float = 0.0
     reject_samples: list[dict[str, Any]] = field(default_factory=list)
     plan: dict[str, Any] = field(default_factory=dict)  # a dry run's: what would be created and sent
+    source_rows: int = 0  # valid and rejected, as the source held them when read
+    source_digest: str = ""  # of those rows (tasks.transform.source_digest): a changed day is found by it
+    lookback: list[dict[str, Any]] = field(default_factory=list)  # the earlier days read again, and what came of it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

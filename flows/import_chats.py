@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,7 +24,7 @@ from tasks.extract import extract_task
 from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
-from tasks.transform import SeenIds, transform_task
+from tasks.transform import SeenIds, Senders, transform_task
 
 
 def _run_name() -> str:
@@ -46,9 +46,14 @@ def data_interval(start: date | None, end: date | None, timezone: str) -> Interv
 
 
 @flow(name="import-chats", flow_run_name=_run_name)
-async def import_chats(start: date | None = None, end: date | None = None, dry_run: bool = False
-                       ) -> dict[str, Any] | State:
-    """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive), then verify them."""
+async def import_chats(start: date | None = None, end: date | None = None, dry_run: bool = False,
+                       lookback_days: int | None = None) -> dict[str, Any] | State:
+    """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive), then verify them.
+
+    Then the `lookback_days` days before `start` are read again, and those whose source rows changed since they were
+    recorded (rows that arrived late, edits) are imported again: only what the ledger has not seen is sent. Unset,
+    a scheduled run (no dates) looks back AMOJO_ETL_LOOKBACK_DAYS days, and a run for given dates none.
+    """
     logger = get_run_logger()
     began = time.monotonic()
     try:
@@ -71,10 +76,73 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
     except BaseException as exc:
         _record_failure(settings, interval, dry_run, exc)
         raise
+    if lookback_days is None:
+        lookback_days = settings.lookback_days if start is None and end is None else 0
+    if lookback_days and not dry_run:
+        summary.lookback = await _look_back(settings, interval, lookback_days)
+        if any(day["outcome"] == "failed" or day.get("verdict") == "incomplete" for day in summary.lookback):
+            summary.verdict = "incomplete"
     await publish_artifacts(summary)
     logger.info("import %s: %s sent, %s skipped, %s rejected, verdict %s", interval.label, summary.messages_sent,
                 summary.messages_skipped, summary.rejected, summary.verdict)
     return summary.as_dict()
+
+
+async def _look_back(settings: Settings, interval: Interval, days: int) -> list[dict[str, Any]]:
+    """Read each of the `days` days before `interval` again, oldest first. A day recorded complete whose source rows
+    and digest are unchanged needs nothing more; any other day (changed, never imported as a day, or not complete)
+    is imported again through the same exactly-once path. Returns what came of each day."""
+    logger = get_run_logger()
+    ledger = Ledger(settings.state_url)
+    rest = rest_client(settings, ledger)
+    try:
+        senders = await resolve_senders_task(rest, settings.bot_id)
+    finally:
+        if rest is not None:
+            await rest.aclose()
+    outcomes: list[dict[str, Any]] = []
+    first = interval.start.date()
+    try:
+        for back in range(days, 0, -1):
+            day = Interval.days(first - timedelta(days=back), first - timedelta(days=back - 1), settings.zone)
+            rows, digest = _source_digest(settings, day, senders)
+            recorded = ledger.interval_record(day.start.isoformat(), day.end.isoformat())
+            if recorded is not None and recorded[0] == "complete" and \
+                    (recorded[1].get("source_rows"), recorded[1].get("source_digest")) == (rows, f"{digest:016x}"):
+                outcomes.append({"interval": day.label, "outcome": "unchanged", "source_rows": rows})
+                continue
+            why = "new" if recorded is None else ("changed" if recorded[0] == "complete" else recorded[0])
+            logger.info("look-back: %s is %s (%d source rows): importing it again", day.label, why, rows)
+            try:
+                summary = await _import(settings, day, False, time.monotonic())
+            except Exception as exc:
+                _record_failure(settings, day, False, exc)
+                if (error := classify(exc)) is None:
+                    raise
+                logger.warning("look-back: %s failed: %s", day.label, error)
+                outcomes.append({"interval": day.label, "outcome": "failed", "reason": why, "error": str(error)})
+                continue
+            outcomes.append({"interval": day.label, "outcome": "imported", "reason": why, "source_rows": rows,
+                             "messages_sent": summary.messages_sent, "messages_edited": summary.messages_edited,
+                             "verdict": summary.verdict})
+    finally:
+        ledger.close()
+    return outcomes
+
+
+def _source_digest(settings: Settings, day: Interval, senders: Senders) -> tuple[int, int]:
+    """The day's source rows and their digest, as an import of the day records them; reads only the source."""
+    source = open_source(settings.source_url, settings.mapping, day.start, day.end, settings.source_zone,
+                         settings.chunk_size)
+    try:
+        totals = RunTotals(day.label)
+        seen = SeenIds(source.repeated_ids())
+        while (frames := extract_task(source, label=f"{day.label}#{source.chunks + 1}")) is not None:
+            totals.add_source(transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                                             settings.text_limit, label=f"{day.label}#{source.chunks}"))
+        return totals.source_rows, totals.source_digest
+    finally:
+        source.close()
 
 
 def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error: BaseException) -> None:
@@ -117,6 +185,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                 chunk = f"{interval.label}#{source.chunks}"
                 batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
                                        settings.text_limit, label=chunk)
+                totals.add_source(batch)
                 batch = own_ids(batch, ledger)  # registered as pending: what is sent from here on is known
                 totals.add_batch(batch)
                 # Chunks come in time order: a short one is the last, and then all of the interval is registered.

@@ -22,7 +22,7 @@ from etl.summary import RunSummary
 
 from .load import LoadReport
 from .reconcile import Verdict
-from .transform import Batch
+from .transform import Batch, source_digest
 
 REJECT_SAMPLES = 20
 
@@ -40,6 +40,14 @@ class RunTotals:
     warnings: Counter = field(default_factory=Counter)
     reject_samples: list[dict] = field(default_factory=list)
     load: LoadReport = field(default_factory=LoadReport)
+    source_rows: int = 0
+    source_digest: int = 0
+
+    def add_source(self, batch: Batch) -> None:
+        """Fold a chunk as transformed (before the ledger owns its ids) into the interval's source digest."""
+        rows, digest = source_digest(batch)
+        self.source_rows += rows
+        self.source_digest = (self.source_digest + digest) % 2**64
 
     def add_batch(self, batch: Batch) -> None:
         self.chunks += 1
@@ -76,6 +84,8 @@ class RunTotals:
             quarantined=dict(load.quarantined),
             duration_s=round(duration_s, 2),
             reject_samples=self.reject_samples,
+            source_rows=self.source_rows,
+            source_digest=f"{self.source_digest:016x}",
         )
         if verdict is not None:
             summary.expected = verdict.expected

@@ -209,6 +209,17 @@ def text_hash(texts: pd.Series) -> pd.Series:
     return _digest(texts.where(texts.str.strip() != "", ""))
 
 
+def source_digest(batch: Batch) -> tuple[int, int]:
+    """The rows of a transformed chunk (valid and rejected) and an order-free 64-bit digest of them: each message's
+    id, time and content, each reject's source key and reason. Chunks add up (rows and digests alike, modulo
+    2**64), so a day's digest does not depend on how it was chunked; an unchanged digest means nothing to send."""
+    messages = batch.messages[["msgid", "msec", "content_hash"]].astype(str)
+    rejects = batch.rejects[["source_key", "reason"]].astype(str)
+    total = sum(int(pd.util.hash_pandas_object(frame, index=False).to_numpy().sum(dtype=np.uint64))
+                for frame in (messages, rejects) if len(frame))
+    return len(messages) + len(rejects), total % 2**64
+
+
 _UNFIT_ID = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 

@@ -1,0 +1,76 @@
+"""Late rows: a run reads the days before its own again, and sends what arrived since those days were imported."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, timedelta
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from conftest import etl_env
+from load_harness import write_source
+
+from tasks.transform import Batch, source_digest
+
+DAYS = [date(2026, 10, 4) + timedelta(days=n) for n in range(5)]  # 10-04 .. 10-08
+
+
+def _batch(messages: list[tuple[str, int, int]], rejects: list[tuple[str, str]] = ()) -> Batch:
+    return Batch(pd.DataFrame(), pd.DataFrame(messages, columns=["msgid", "msec", "content_hash"]),
+                 pd.DataFrame(list(rejects), columns=["source_key", "reason"]))
+
+
+def test_the_source_digest_does_not_depend_on_chunks_and_sees_every_change():
+    rows = [("a", 1, 10), ("b", 2, 20), ("c", 3, 30)]
+    whole = source_digest(_batch(rows, [("k", "empty_text")]))
+    parts = [source_digest(_batch(rows[:1])), source_digest(_batch(rows[1:], [("k", "empty_text")]))]
+    assert whole == (4, sum(d for _, d in parts) % 2**64)
+    assert source_digest(_batch(rows[::-1], [("k", "empty_text")])) == whole
+    for changed in ([("a", 1, 11), *rows[1:]], [("a", 5, 10), *rows[1:]], [*rows, ("d", 4, 40)], rows[:2]):
+        assert source_digest(_batch(changed, [("k", "empty_text")]))[1] != whole[1]
+    assert source_digest(_batch(rows, [("k", "unknown_type")]))[1] != whole[1]
+
+
+def _add_late_message(url: str, conversation: str, day: date) -> str:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                             "VALUES ('late-1', :c, :t, 'in', 'text', 'synced late from a phone')"),
+                     {"c": conversation, "t": f"{day.isoformat()} 23:30:00"})
+    engine.dispose()
+    return "ae-late-1"
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_harness")
+async def test_a_late_row_reaches_amocrm_with_the_next_run_and_nothing_else_is_sent_again(emulator, tmp_path,
+                                                                                        monkeypatch):
+    from flows.import_chats import import_chats
+
+    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    for key, value in etl_env(emulator, source, ledger).items():
+        monkeypatch.setenv(key, value)
+    for day in DAYS:
+        write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
+    for day in DAYS[:4]:
+        summary = await import_chats(start=day, end=day + timedelta(days=1))
+        assert summary["verdict"] == "complete" and summary["messages_sent"] == 6
+    late = _add_late_message(source, "d5-cv0", DAYS[1])
+    emulator.emulator.request_log.clear()
+
+    summary = await import_chats(start=DAYS[4], end=DAYS[4] + timedelta(days=1), lookback_days=3)
+
+    assert summary["verdict"] == "complete" and summary["messages_sent"] == 6
+    assert [(d["interval"], d["outcome"]) for d in summary["lookback"]] == [
+        ("2026-10-05..2026-10-06", "imported"), ("2026-10-06..2026-10-07", "unchanged"),
+        ("2026-10-07..2026-10-08", "unchanged")]
+    assert summary["lookback"][0]["messages_sent"] == 1 and summary["lookback"][0]["verdict"] == "complete"
+    held = Counter(m["msgid"] for messages in emulator.emulator.snapshot()["messages"].values() for m in messages)
+    assert held[late] == 1 and set(held.values()) == {1} and len(held) == 4 * 6 + 6 + 1
+    requests = Counter(endpoint for _, _, endpoint, _ in emulator.emulator.request_log)
+    # The day's six messages and the late one; history reads for the changed day's and the new day's chats only.
+    assert requests["message"] == 7 and requests["history"] == 2 + 2
+
+    summary = await import_chats(start=DAYS[4], end=DAYS[4] + timedelta(days=1), lookback_days=3)
+    assert [d["outcome"] for d in summary["lookback"]] == ["unchanged"] * 3 and summary["messages_sent"] == 0
