@@ -176,8 +176,8 @@ def test_ref_id_only_participants_accepted_when_switched(by_ref):
     unknown = _event(amojo, "new_message", _payload("m3", conversation_ref_id=chat_id, sender={"ref_id": MANAGER},
                                                     receiver={"ref_id": "nobody"}))
     assert "receiver" in _envelope(unknown)["error_description"]
-    stranger = _event(amojo, "new_message", _payload("m4", conversation_ref_id=chat_id,
-                                                     sender={"ref_id": "not-a-user"}, receiver={"ref_id": client_amojo_id}))
+    stranger = _event(amojo, "new_message", _payload("m4", conversation_ref_id=chat_id, sender={"ref_id": "not-a-user"},
+                                                     receiver={"ref_id": client_amojo_id}))
     _envelope(stranger)
 
 
@@ -211,7 +211,8 @@ def test_reply_to_must_quote_a_message_of_the_same_chat(amojo, emulator):
     amojo.chat("conv-2", client="client-2")
     _event(amojo, "new_message", _payload("m1", conversation_id="conv-1"))
     _event(amojo, "new_message", _payload("other", conversation_id="conv-2", sender={"id": "client-2", "name": "B"}))
-    quote = _event(amojo, "new_message", _payload("m2", conversation_id="conv-1", reply_to={"message": {"msgid": "m1"}}))
+    quote = _event(amojo, "new_message", _payload("m2", conversation_id="conv-1",
+                                                  reply_to={"message": {"msgid": "m1"}}))
     assert quote.status_code == 200, quote.text
     for reply_to in ({"message": {"msgid": "nope"}}, {"message": {"id": "nope"}}, {"message": {"msgid": "other"}},
                      {"message": {"type": "text"}}, {"message": "m1"}):
@@ -249,6 +250,21 @@ def test_participant_updates_merge_or_keep(updates, expected):
                                                   sender={"id": "client-1", "name": name}))
         names = {m["sender"]["name"] for m in amojo.history(chat_id).json()["messages"]}
         assert names == {expected}  # the chat was created for "Client": "keep" keeps that first name
+
+
+def test_history_of_messages_stored_before_participant_records_still_reads(amojo, emulator):
+    """A state file from before issue 15 holds messages without the participants' amojo ids, and no records."""
+    chat_id = amojo.chat("conv-1")
+    store = emulator.emulator.store
+    old = {"timestamp": 1, "msgid": "old-1", "message": {"type": "text", "text": "old"},
+           "sender": {"id": "mgr", "name": "Anna", "ref_id": MANAGER},
+           "receiver": {"id": "client-9", "name": "Nine", "profile": {"phone": "+7 916"}}}
+    store.add_message(emulator.emulator.scope_id, chat_id, old, unlinked=True)
+    (item,) = amojo.history(chat_id).json()["messages"]
+    assert item["sender"] == {"id": MANAGER, "name": "Anna"}
+    assert item["receiver"]["client_id"] == "client-9" and item["receiver"]["phone"] == "7916"
+    edit = {"msgid": "old-1", "message": {"type": "text", "text": "new"}}
+    assert _event(amojo, "edit_message", edit).json()["new_message"]["sender_id"] == MANAGER
 
 
 # -- 7. bad input is a 4xx in the API's envelope, never a 500; nothing stored poisons a later answer

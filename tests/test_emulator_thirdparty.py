@@ -13,8 +13,8 @@ from amojo.emulator.config import EmulatorConfig
 from amojo.emulator.server import RunningEmulator, start
 
 amojowrapper = pytest.importorskip("amojowrapper")
-from amojowrapper.client import AmojoClient  # noqa: E402
 from amojowrapper.actions import ChannelAction, ChatAction, HistoryAction, MessageAction, ReactAction  # noqa: E402
+from amojowrapper.client import AmojoClient  # noqa: E402
 
 MANAGER = EmulatorConfig().users[0]
 

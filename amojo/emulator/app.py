@@ -931,6 +931,16 @@ class Emulator:
         return JSONResponse({"reset": True})
 
 
+def _record_from_payload(scope_id: str, sent: dict) -> dict:
+    """A participant record from a message payload stored before records were kept (an older state file)."""
+    if sent.get("ref_id") and not sent.get("profile"):
+        return {"amojo_id": sent["ref_id"], "kind": "user", "name": sent.get("name", "")}
+    profile = sent.get("profile") or {}
+    return {"amojo_id": derived_id("user", scope_id, sent.get("id", "")), "kind": "client",
+            "client_id": sent.get("id"), "name": sent.get("name", ""), "avatar": sent.get("avatar", ""),
+            "phone": profile.get("phone") or sent.get("phone"), "email": profile.get("email") or sent.get("email")}
+
+
 def _request_id(item: Any, index: int) -> str:
     """The request_id amoCRM echoes: the one sent, or the position (§6.3)."""
     given = item.get("request_id") if isinstance(item, dict) else None

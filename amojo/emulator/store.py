@@ -260,7 +260,8 @@ class Store:
             db.execute("INSERT OR REPLACE INTO participants VALUES (?, ?, ?)", (scope_id, amojo_id, json.dumps(record)))
 
     def participants(self) -> list[dict]:
-        return [json.loads(row["record_json"]) for row in self._all("SELECT record_json FROM participants ORDER BY rowid")]
+        rows = self._all("SELECT record_json FROM participants ORDER BY rowid")
+        return [json.loads(row["record_json"]) for row in rows]
 
     # -- reactions (§3.8): one per user and message
     def react(self, message_id: str, user_id: str, emoji: str | None) -> None:
