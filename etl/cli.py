@@ -318,13 +318,15 @@ def import_(start: StartOption, end: EndOption,
 class Reprocess(StrEnum):
     missing = "missing"
     failed = "failed"
+    changed = "changed"
     all = "all"
 
 
 @command()
 def backfill(start: StartOption, end: EndOption,
              reprocess: Annotated[Reprocess, typer.Option(
-                 help="missing: days never run; failed: those and the failed or incomplete ones; all: every day")
+                 help="missing: days never run; failed: those and the failed or incomplete ones; changed: those and "
+                      "the days whose source rows changed since (late rows, edits); all: every day")
              ] = Reprocess.missing,
              max_parallel: Annotated[int, typer.Option(min=1, max=32, help="days imported at once")] = 2,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="transform and report; send nothing")] = False,

@@ -24,9 +24,9 @@ from etl.settings import ConfigurationError, Settings, load_settings
 from tasks.extract import extract_unplaced_task
 from tasks.transform import unplaced_rejects
 
-from .import_chats import import_chats
+from .import_chats import days_to_revisit, import_chats
 
-Reprocess = Literal["missing", "failed", "all"]
+Reprocess = Literal["missing", "failed", "changed", "all"]
 UNPLACED_LABEL = "unplaced"
 """The rejects of source rows that belong to no interval are kept under this label."""
 WAIT_S = 2.0
@@ -34,7 +34,8 @@ WAIT_S = 2.0
 
 
 def days_to_run(days: list[Interval], statuses: dict[tuple[str, str], str], reprocess: Reprocess) -> list[Interval]:
-    """missing: days never run; failed: those and the failed or incomplete ones; all: every day."""
+    """missing: days never run; failed: those and the failed or incomplete ones; all: every day. (changed: those of
+    `failed` and the complete days whose source rows changed since, found by `days_to_revisit`.)"""
     def status(day: Interval) -> str | None:
         return statuses.get((day.start.isoformat(), day.end.isoformat()))
 
@@ -66,7 +67,11 @@ async def backfill(
     try:
         unplaced = _report_unplaced(settings, ledger, dry_run)
         statuses = ledger.interval_statuses()
-        todo = days_to_run(days, statuses, reprocess)
+        if reprocess == "changed":
+            revisit = await days_to_revisit(settings, days)
+            todo = [d for d in days if d.label in revisit]
+        else:
+            todo = days_to_run(days, statuses, reprocess)
         logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
                     reprocess)
         outcomes, by_others = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess, max_parallel,
@@ -125,7 +130,7 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
         async def run(day: Interval) -> None:
             try:
                 statuses = ledger.interval_statuses()
-                if not dry_run and reprocess != "all" and not days_to_run([day], statuses, reprocess):
+                if not dry_run and reprocess in ("missing", "failed") and not days_to_run([day], statuses, reprocess):
                     outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
                     by_others.add(day.label)  # done meanwhile by another run
                     return

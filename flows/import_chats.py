@@ -89,10 +89,39 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
 
 
 async def _look_back(settings: Settings, interval: Interval, days: int) -> list[dict[str, Any]]:
-    """Read each of the `days` days before `interval` again, oldest first. A day recorded complete whose source rows
-    and digest are unchanged needs nothing more; any other day (changed, never imported as a day, or not complete)
-    is imported again through the same exactly-once path. Returns what came of each day."""
+    """Read each of the `days` days before `interval` again, oldest first, and import again those that need it
+    (`days_to_revisit`), through the same exactly-once path. Returns what came of each day."""
     logger = get_run_logger()
+    first = interval.start.date()
+    days_back = [Interval.days(first - timedelta(days=n), first - timedelta(days=n - 1), settings.zone)
+                 for n in range(days, 0, -1)]
+    revisit = await days_to_revisit(settings, days_back)
+    outcomes: list[dict[str, Any]] = []
+    for day in days_back:
+        if day.label not in revisit:
+            outcomes.append({"interval": day.label, "outcome": "unchanged"})
+            continue
+        why = revisit[day.label]
+        logger.info("look-back: %s is %s: importing it again", day.label, why)
+        try:
+            summary = await _import(settings, day, False, time.monotonic())
+        except Exception as exc:
+            _record_failure(settings, day, False, exc)
+            if (error := classify(exc)) is None:
+                raise
+            logger.warning("look-back: %s failed: %s", day.label, error)
+            outcomes.append({"interval": day.label, "outcome": "failed", "reason": why, "error": str(error)})
+            continue
+        outcomes.append({"interval": day.label, "outcome": "imported", "reason": why,
+                         "messages_sent": summary.messages_sent, "messages_edited": summary.messages_edited,
+                         "verdict": summary.verdict})
+    return outcomes
+
+
+async def days_to_revisit(settings: Settings, days: list[Interval]) -> dict[str, str]:
+    """The days (label -> why) that an import would change: never imported as that interval (`new`), not complete
+    (their status), or whose source rows differ from those recorded (`changed`: late rows, edits, deletes). A day
+    recorded complete with the same rows and digest needs nothing: it costs its source query, no API request."""
     ledger = Ledger(settings.state_url)
     rest = rest_client(settings, ledger)
     try:
@@ -100,34 +129,21 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
     finally:
         if rest is not None:
             await rest.aclose()
-    outcomes: list[dict[str, Any]] = []
-    first = interval.start.date()
+    revisit: dict[str, str] = {}
     try:
-        for back in range(days, 0, -1):
-            day = Interval.days(first - timedelta(days=back), first - timedelta(days=back - 1), settings.zone)
-            rows, digest = _source_digest(settings, day, senders)
+        for day in days:
             recorded = ledger.interval_record(day.start.isoformat(), day.end.isoformat())
-            if recorded is not None and recorded[0] == "complete" and \
-                    (recorded[1].get("source_rows"), recorded[1].get("source_digest")) == (rows, f"{digest:016x}"):
-                outcomes.append({"interval": day.label, "outcome": "unchanged", "source_rows": rows})
-                continue
-            why = "new" if recorded is None else ("changed" if recorded[0] == "complete" else recorded[0])
-            logger.info("look-back: %s is %s (%d source rows): importing it again", day.label, why, rows)
-            try:
-                summary = await _import(settings, day, False, time.monotonic())
-            except Exception as exc:
-                _record_failure(settings, day, False, exc)
-                if (error := classify(exc)) is None:
-                    raise
-                logger.warning("look-back: %s failed: %s", day.label, error)
-                outcomes.append({"interval": day.label, "outcome": "failed", "reason": why, "error": str(error)})
-                continue
-            outcomes.append({"interval": day.label, "outcome": "imported", "reason": why, "source_rows": rows,
-                             "messages_sent": summary.messages_sent, "messages_edited": summary.messages_edited,
-                             "verdict": summary.verdict})
+            if recorded is None:
+                revisit[day.label] = "new"
+            elif recorded[0] != "complete":
+                revisit[day.label] = recorded[0]
+            else:
+                rows, digest = _source_digest(settings, day, senders)
+                if (recorded[1].get("source_rows"), recorded[1].get("source_digest")) != (rows, f"{digest:016x}"):
+                    revisit[day.label] = "changed"
     finally:
         ledger.close()
-    return outcomes
+    return revisit
 
 
 def _source_digest(settings: Settings, day: Interval, senders: Senders) -> tuple[int, int]:

@@ -74,3 +74,27 @@ async def test_a_late_row_reaches_amocrm_with_the_next_run_and_nothing_else_is_s
 
     summary = await import_chats(start=DAYS[4], end=DAYS[4] + timedelta(days=1), lookback_days=3)
     assert [d["outcome"] for d in summary["lookback"]] == ["unchanged"] * 3 and summary["messages_sent"] == 0
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_harness")
+async def test_a_backfill_of_changed_days_takes_the_day_that_gained_a_row_and_no_other(emulator, tmp_path,
+                                                                                     monkeypatch):
+    from flows.backfill import backfill
+
+    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    for key, value in etl_env(emulator, source, ledger).items():
+        monkeypatch.setenv(key, value)
+    for day in DAYS[:4]:
+        write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
+    first = await backfill(start=DAYS[0], end=DAYS[4], max_parallel=1)
+    assert first["verdict"] == "complete" and first["ran"] == 4
+    late = _add_late_message(source, "d5-cv0", DAYS[1])
+
+    assert (await backfill(start=DAYS[0], end=DAYS[4]))["ran"] == 0  # missing: every day is there
+    changed = await backfill(start=DAYS[0], end=DAYS[4], reprocess="changed")
+
+    assert changed["ran"] == 1 and changed["outcomes"] == {"2026-10-05..2026-10-06": "complete"}
+    held = Counter(m["msgid"] for messages in emulator.emulator.snapshot()["messages"].values() for m in messages)
+    assert held[late] == 1 and set(held.values()) == {1} and len(held) == 4 * 6 + 1
+    assert (await backfill(start=DAYS[0], end=DAYS[4], reprocess="changed"))["ran"] == 0
