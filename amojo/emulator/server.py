@@ -42,16 +42,23 @@ def _server(emulator: Emulator) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def start(config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
-    """Start an emulator in a daemon thread and return once it accepts connections."""
-    emulator = Emulator(config)
-    # proto IPPROTO_TCP: asyncio turns Nagle off on accepted connections only for a socket that says it is TCP
-    # (proto 0 does not); with Nagle on, every answer written in two parts waits out the client's delayed ACK,
-    # ~40 ms a request on a keep-alive connection.
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket whose connections answer without Nagle's delay.
+
+    proto IPPROTO_TCP: asyncio turns Nagle off on accepted connections only for a socket that says it is TCP
+    (uvicorn's own and a plain socket() say proto 0); with Nagle on, every answer written in two parts waits out
+    the client's delayed ACK, ~40 ms a request on a keep-alive connection."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
+    return sock
+
+
+def start(config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> RunningEmulator:
+    """Start an emulator in a daemon thread and return once it accepts connections."""
+    emulator = Emulator(config)
+    sock = _listening_socket(host, port)
     port = sock.getsockname()[1]
     server = _server(emulator)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True,
@@ -68,7 +75,8 @@ def start(config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: i
 def serve(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve in the foreground until interrupted."""
     emulator = Emulator(config)
+    sock = _listening_socket(host, port)
     server = uvicorn.Server(
         uvicorn.Config(emulator.app, host=host, port=port, log_level="info", access_log=False, lifespan="off")
     )
-    server.run()
+    server.run(sockets=[sock])
