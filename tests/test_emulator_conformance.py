@@ -408,3 +408,17 @@ def test_unknown_routes_and_methods_answer_in_the_api_envelope(emulator, method,
         _problem(answer)
     else:
         assert answer.json()["error"] and answer.json()["detail"]
+
+
+def test_connections_answer_without_nagles_delay(emulator):
+    """Each answer goes out in two writes; with Nagle on, a keep-alive client waits its delayed ACK (~40 ms) for
+    the second. The accepted connection must have TCP_NODELAY."""
+    import socket
+
+    import httpx
+
+    with httpx.Client(base_url=emulator.url) as client:
+        assert client.get("/_emulator/faults").status_code == 200  # the connection stays open (keep-alive)
+        (connection,) = emulator._server.server_state.connections
+        accepted = connection.transport.get_extra_info("socket")
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
