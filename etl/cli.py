@@ -201,6 +201,8 @@ def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | Non
             outcome = None
         if isinstance(outcome, EtlError):
             raise outcome
+        if isinstance(outcome, dict):
+            return outcome, None  # a run that finished incomplete (its state is Failed, named Incomplete)
         return None, state.message or "the run failed"
     return state.result(), None
 

@@ -25,6 +25,7 @@ from tasks.extract import extract_unplaced_task
 from tasks.transform import unplaced_rejects
 
 from .import_chats import days_to_revisit, import_chats
+from .outcome import final_state, summary_of
 
 Reprocess = Literal["missing", "failed", "changed", "all"]
 UNPLACED_LABEL = "unplaced"
@@ -88,9 +89,11 @@ async def backfill(
                "by_other_runs": len(by_others), **counts, "unplaced": unplaced,
                "verdict": "complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
                "outcomes": outcomes}
+    headline = (f"{counts['complete']} complete · {counts['incomplete']} incomplete · {counts['failed']} failed · "
+                f"{summary['skipped']} skipped of {len(days)} days")
     if counts["failed"]:
-        return Failed(message=f"{counts['failed']} of {len(todo)} days failed", data=summary)
-    return summary
+        return Failed(message=headline, data=summary)
+    return final_state(summary, headline)
 
 
 def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int | None:
@@ -136,11 +139,11 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
                     return
                 state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
                                            dry_run=dry_run, return_state=True)
-                if state.is_completed():
-                    result = await state.aresult()
-                    outcomes[day.label] = "dry run" if dry_run else result["verdict"]
-                else:
+                result = await summary_of(state)
+                if result is None:
                     outcomes[day.label] = "failed"
+                else:
+                    outcomes[day.label] = "dry run" if dry_run else result["verdict"]
             finally:
                 own.release("dispatch", [interval_key(day)])
                 if not dry_run:

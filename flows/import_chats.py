@@ -26,6 +26,8 @@ from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
 from tasks.transform import SeenIds, Senders, transform_task
 
+from .outcome import final_state, import_headline
+
 
 def _run_name() -> str:
     params = flow_run.parameters
@@ -83,9 +85,15 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
         if any(day["outcome"] == "failed" or day.get("verdict") == "incomplete" for day in summary.lookback):
             summary.verdict = "incomplete"
     await publish_artifacts(summary)
-    logger.info("import %s: %s sent, %s skipped, %s rejected, verdict %s", interval.label, summary.messages_sent,
-                summary.messages_skipped, summary.rejected, summary.verdict)
-    return summary.as_dict()
+    result = summary.as_dict()
+    headline = import_headline(result)
+    if summary.verdict == "complete" or dry_run:
+        logger.info("import %s: %s", interval.label, headline)
+    else:
+        logger.warning("import %s is incomplete: %s. Run it again (`amojo-etl backfill --reprocess failed`), or "
+                       "`amojo-etl reconcile --repair` for what amoCRM lost; `amojo-etl status` shows the days",
+                       interval.label, headline)
+    return final_state(result, headline)
 
 
 async def _look_back(settings: Settings, interval: Interval, days: int) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.states import Failed, State
 
 from etl.api import open_api
-from etl.errors import classify
+from etl.errors import RunError, classify
 from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, load_settings, with_secret_blocks
@@ -19,6 +19,7 @@ from tasks.reconcile import reconcile_task
 
 from .backfill import validate_range
 from .import_chats import import_chats
+from .outcome import final_state, summary_of
 
 
 @flow(name="reconcile", flow_run_name="reconcile-{start}..{end}")
@@ -48,7 +49,10 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                     # whose text there is not the source's is edited.
                     ledger.mark_messages(verdict.missing, "failed")
                     ledger.mark_changed(verdict.mismatched)
-                    redone = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1))
+                    state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
+                                               return_state=True)
+                    if (redone := await summary_of(state)) is None:
+                        raise RunError(f"the repair of {day.label} failed: {state.message}")
                     row.update(repaired=redone["messages_sent"] + redone["messages_edited"], verdict=redone["verdict"])
                 rows.append(row)
     except Exception as exc:
@@ -61,6 +65,9 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
         ledger.close()
     await acreate_table_artifact(rows, key="reconcile-days", description=f"Reconcile {start}..{end}")
     complete = all(r["verdict"] == "complete" for r in rows)
-    return {"days": len(rows), "verdict": "complete" if complete else "incomplete",
-            "missing": sum(r["missing"] for r in rows), "duplicates": sum(r["duplicates"] for r in rows),
-            "repaired": sum(r["repaired"] for r in rows), "by_day": rows}
+    summary = {"days": len(rows), "verdict": "complete" if complete else "incomplete",
+               "missing": sum(r["missing"] for r in rows), "duplicates": sum(r["duplicates"] for r in rows),
+               "repaired": sum(r["repaired"] for r in rows), "by_day": rows}
+    headline = (f"{sum(r['confirmed'] for r in rows)} confirmed · {summary['missing']} missing · "
+                f"{sum(r['mismatched'] for r in rows)} changed · {summary['repaired']} repaired · {summary['verdict']}")
+    return final_state(summary, headline)

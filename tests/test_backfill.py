@@ -9,6 +9,7 @@ import pytest
 
 from flows.backfill import backfill
 from flows.import_chats import import_chats
+from flows.outcome import summary_of
 from flows.reconcile import reconcile
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
@@ -50,7 +51,9 @@ async def test_reconcile_finds_a_lost_message_and_repair_sends_it_once(emulator,
     assert imported["messages_sent"] > 0
     lost = sorted(_landed(emulator))[0]
     emulator.emulator.store.drop_message(lost)
-    found = await reconcile(start=day[0], end=day[1])
+    state = await reconcile(start=day[0], end=day[1], return_state=True)
+    assert state.is_failed() and state.name == "Incomplete" and "1 missing" in state.message
+    found = await summary_of(state)
     assert found["verdict"] == "incomplete" and found["missing"] == 1
     repaired = await reconcile(start=day[0], end=day[1], repair=True)
     assert repaired["repaired"] == 1 and repaired["verdict"] == "complete"
@@ -65,7 +68,7 @@ async def test_repair_edits_a_message_whose_text_in_amocrm_is_not_the_sources(em
     changed = next(m for m in store.messages() if m["message"].get("type") == "text")
     source_text = changed["message"]["text"]
     store.edit_message(changed["id"], {"text": "changed in amoCRM"})
-    found = await reconcile(start=day[0], end=day[1])
+    found = await summary_of(await reconcile(start=day[0], end=day[1], return_state=True))
     assert found["verdict"] == "incomplete" and found["by_day"][0]["mismatched"] == 1
     repaired = await reconcile(start=day[0], end=day[1], repair=True)
     assert repaired["repaired"] == 1 and repaired["verdict"] == "complete"

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from conftest import etl_env
 
 from flows.import_chats import import_chats
+from flows.outcome import summary_of
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
@@ -325,7 +326,7 @@ async def test_ambiguous_contact_quarantines_until_resolved(emulator, pipeline_e
              for n in (1, 2)]
     created = httpx.post(f"{emulator.url}/api/v4/contacts", json=twins,
                          headers={"Authorization": f"Bearer {pipeline_env['AMOJO_ETL_AMOCRM_TOKEN']}"}).json()
-    first = await import_chats(start=MONTH[0], end=MONTH[1])
+    first = await summary_of(await import_chats(start=MONTH[0], end=MONTH[1], return_state=True))
     assert set(first["quarantined"]) == conversations and first["verdict"] == "incomplete"
     assert all("ambiguous contact" in reason for reason in first["quarantined"].values())
     held = {chat["conversation_id"] for chat in emulator.emulator.store.chats()
@@ -385,3 +386,26 @@ async def test_without_dates_an_import_takes_the_day_before_its_scheduled_time(e
     today = datetime.now(UTC).date()
     assert summary["interval"] == f"{today - timedelta(days=1)}..{today}"
     assert summary["verdict"] == "complete"  # the sample has no messages then: nothing to send, nothing missing
+
+
+async def test_an_incomplete_import_ends_in_a_red_state_that_names_its_counts(emulator, pipeline_env):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    from amojo.emulator.config import Faults
+
+    emulator.emulator.set_faults(Faults(history_lag_ms=600_000))  # amoCRM shows nothing for ten minutes
+    day = (date(2026, 10, 10), date(2026, 10, 11))
+    state = await import_chats(start=day[0], end=day[1], return_state=True)
+
+    summary = await summary_of(state)
+    assert summary["verdict"] == "incomplete" and summary["confirmed"] == 0 and summary["messages_sent"] > 0
+    headline = f"{summary['messages_sent']} sent · {summary['rejected']} rejected · {summary['missing']} missing"
+    assert state.is_failed() and state.name == "Incomplete" and state.message.startswith(headline)
+    async with get_client() as client:  # as the server has it: what the runs list and automations see
+        run = await client.read_flow_run(state.state_details.flow_run_id)
+    assert run.state.type == StateType.FAILED and run.state.name == "Incomplete" and run.state.message == state.message
+
+    emulator.emulator.set_faults(Faults())
+    state = await import_chats(start=day[0], end=day[1], return_state=True)
+    assert state.is_completed() and state.message.endswith(" · complete") and "0 sent" in state.message

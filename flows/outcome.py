@@ -1,0 +1,38 @@
+"""A run's final state says its outcome at a glance: Completed when the read-back found everything, otherwise a
+Failed state named "Incomplete" (red in the runs list, and what an automation matches on). The state's message is
+the headline and its data the summary, either way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.states import Completed, Failed, State
+
+INCOMPLETE = "Incomplete"
+
+
+def import_headline(summary: dict[str, Any]) -> str:
+    """"2879 sent · 2 rejected · 0 missing · complete", with edits, failures and quarantines when there are any."""
+    parts = [f"{summary.get('messages_sent', 0)} sent"]
+    parts += [f"{summary[key]} {word}" for key, word in (("messages_edited", "edited"), ("messages_failed", "failed"))
+              if summary.get(key)]
+    parts += [f"{summary.get('rejected', 0)} rejected", f"{summary.get('missing', 0)} missing"]
+    if summary.get("quarantined"):
+        parts.append(f"{len(summary['quarantined'])} quarantined")
+    lookback = [d for d in summary.get("lookback", []) if d.get("outcome") != "unchanged"]
+    if lookback:
+        parts.append(f"{len(lookback)} earlier days again")
+    return " · ".join([*parts, "dry run" if summary.get("dry_run") else summary.get("verdict", "incomplete")])
+
+
+def final_state(summary: dict[str, Any], headline: str) -> State:
+    """Completed for a complete verdict (or a dry run), else Failed named Incomplete; the summary is the data."""
+    if summary.get("dry_run") or summary.get("verdict") == "complete":
+        return Completed(message=headline, data=summary)
+    return Failed(name=INCOMPLETE, message=headline, data=summary)
+
+
+async def summary_of(state: State) -> dict[str, Any] | None:
+    """The summary a run ended with, complete or not; None when it failed before it had one."""
+    result = await state.aresult(raise_on_failure=False)
+    return result if isinstance(result, dict) else None
