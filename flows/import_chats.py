@@ -26,7 +26,7 @@ from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
 from tasks.transform import SeenIds, Senders, transform_task
 
-from .outcome import final_state, import_headline
+from .outcome import emit_import_event, final_state, import_headline
 
 
 def _run_name() -> str:
@@ -93,6 +93,7 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
         logger.warning("import %s is incomplete: %s. Run it again (`amojo-etl backfill --reprocess failed`), or "
                        "`amojo-etl reconcile --repair` for what amoCRM lost; `amojo-etl status` shows the days",
                        interval.label, headline)
+    emit_import_event(settings, result)
     return final_state(result, headline)
 
 

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.events import emit_event
 from prefect.states import Completed, Failed, State
 
+from etl.settings import Settings
+
 INCOMPLETE = "Incomplete"
+EVENT_COUNTS = ("messages_sent", "messages_edited", "messages_failed", "rejected", "expected", "confirmed", "missing",
+                "duplicates", "mismatched")
 
 
 def import_headline(summary: dict[str, Any]) -> str:
@@ -36,3 +41,17 @@ async def summary_of(state: State) -> dict[str, Any] | None:
     """The summary a run ended with, complete or not; None when it failed before it had one."""
     result = await state.aresult(raise_on_failure=False)
     return result if isinstance(result, dict) else None
+
+
+def emit_import_event(settings: Settings, summary: dict[str, Any]) -> None:
+    """`amojo-etl.import.complete` or `amojo-etl.import.incomplete`, about the channel's interval, with the counts:
+    what automations and the event feed see (the flow run is related to it by Prefect)."""
+    emit_event(
+        event=f"amojo-etl.import.{'dry-run' if summary.get('dry_run') else summary.get('verdict', 'incomplete')}",
+        resource={"prefect.resource.id": f"amojo-etl.channel.{settings.channel_id}.interval.{summary['interval']}",
+                  "prefect.resource.name": f"import {summary['interval']}",
+                  "amojo-etl.verdict": str(summary.get("verdict"))},
+        payload={"interval": summary["interval"], "verdict": summary.get("verdict"),
+                 "headline": import_headline(summary), "rejects_by_reason": summary.get("rejects_by_reason", {}),
+                 **{key: summary.get(key, 0) for key in EVENT_COUNTS}},
+    )

@@ -405,7 +405,26 @@ async def test_an_incomplete_import_ends_in_a_red_state_that_names_its_counts(em
     async with get_client() as client:  # as the server has it: what the runs list and automations see
         run = await client.read_flow_run(state.state_details.flow_run_id)
     assert run.state.type == StateType.FAILED and run.state.name == "Incomplete" and run.state.message == state.message
+    event = await _event("amojo-etl.import.incomplete", run.id)
+    assert event["payload"]["missing"] == summary["missing"] > 0 and event["payload"]["confirmed"] == 0
+    assert event["resource"]["prefect.resource.id"].endswith(".interval.2026-10-10..2026-10-11")
 
     emulator.emulator.set_faults(Faults())
     state = await import_chats(start=day[0], end=day[1], return_state=True)
     assert state.is_completed() and state.message.endswith(" · complete") and "0 sent" in state.message
+
+
+async def _event(name: str, flow_run_id, wait_s: float = 30.0) -> dict:
+    """The event of this name that the Prefect server holds for the flow run (events are stored a moment later)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for _ in range(int(wait_s / 0.5)):
+            response = await client._client.post("/events/filter", json={
+                "filter": {"event": {"name": [name]}, "any_resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}})
+            if events := response.json().get("events"):
+                return events[0]
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"no {name} event for flow run {flow_run_id}")
