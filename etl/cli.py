@@ -479,6 +479,16 @@ class HistoryLimit(StrEnum):
     reject = "reject"
 
 
+class RefIdParticipants(StrEnum):
+    reject = "reject"
+    accept = "accept"
+
+
+class ParticipantUpdates(StrEnum):
+    merge = "merge"
+    keep = "keep"
+
+
 class RetryAfter(StrEnum):
     seconds = "seconds"
     http_date = "http-date"
@@ -529,6 +539,14 @@ def emulator(
     history_limit: Annotated[HistoryLimit, typer.Option(help="history limit over 50: clamp, or 400")
                              ] = HistoryLimit.clamp,
     text_limit: Annotated[int | None, typer.Option(help="longest text accepted (default: no limit)")] = None,
+    ref_id_participants: Annotated[RefIdParticipants, typer.Option(
+        help="a participant given by ref_id alone: refused (as the reference reads), or taken for the known one")
+    ] = RefIdParticipants.reject,
+    participant_updates: Annotated[ParticipantUpdates, typer.Option(
+        help="what a later request says about a user: replaces what is held, or leaves it")
+    ] = ParticipantUpdates.merge,
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body; larger ones get 413")] = 1 << 20,
+    rest_batch_max: Annotated[int, typer.Option(help="most contacts or links in one REST write")] = 250,
     rest_rate: Annotated[float, typer.Option(help="REST v4 requests per second per token (0: no limit)")] = 7.0,
     amojo_rate: Annotated[float, typer.Option(help="Chats API requests per second (0: no limit)")] = 0.0,
     seed: Annotated[int, typer.Option(help="seed of every injected fault")] = 0,
@@ -565,6 +583,8 @@ def emulator(
         state_path=str(state) if state else None, duplicate_msgid=duplicate_msgid.value,
         content_md5=content_md5.value, legacy_signatures=legacy_signatures, history_limit=history_limit.value,
         text_limit=text_limit, rest_rate=rest_rate or None, amojo_rate=amojo_rate or None, faults=faults,
+        ref_id_participants=ref_id_participants.value, participant_updates=participant_updates.value,
+        max_body_bytes=max_body_bytes, rest_batch_max=rest_batch_max,
     )
     given = _emulator_identity(config_file, channel_id=channel_id, channel_secret=channel_secret,
                                account_id=account_id, token=token, bot_id=bot_id)
@@ -572,15 +592,17 @@ def emulator(
         setattr(config, name, value)
     channel_secret, token = given.get("channel_secret"), given.get("token")
     url = f"http://{host}:{port}"
+    # Lines a shell takes as they are: paste them where the importer (or a Prefect worker) runs.
     console.print(Text(
-        f"amoCRM emulator on {url}\n"
-        f"  AMOJO_ETL_AMOJO_URL={url}\n  AMOJO_ETL_AMOCRM_URL={url}\n"
-        f"  AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
-        f"  AMOJO_ETL_CHANNEL_SECRET={config.channel_secret if not channel_secret else '(as given)'}\n"
-        f"  AMOJO_ETL_AMOCRM_TOKEN={config.token if not token else '(as given)'}\n"
-        f"  AMOJO_ETL_ACCOUNT_ID={config.account_id}\n  AMOJO_ETL_BOT_ID={config.bot_id}\n"
-        f"  inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"
-    ))
+        f"# amoCRM emulator on {url}; the importer's settings for it:\n"
+        f"export AMOJO_ETL_AMOJO_URL={url}\nexport AMOJO_ETL_AMOCRM_URL={url}\n"
+        f"export AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
+        + ("# AMOJO_ETL_CHANNEL_SECRET: as given\n" if channel_secret
+           else f"export AMOJO_ETL_CHANNEL_SECRET={config.channel_secret}\n")
+        + ("# AMOJO_ETL_AMOCRM_TOKEN: as given\n" if token else f"export AMOJO_ETL_AMOCRM_TOKEN={config.token}\n")
+        + f"export AMOJO_ETL_ACCOUNT_ID={config.account_id}\nexport AMOJO_ETL_BOT_ID={config.bot_id}\n"
+        f"# inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"
+    ), soft_wrap=True)
     serve(config, host=host, port=port)
 
 

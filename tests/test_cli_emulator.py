@@ -39,7 +39,7 @@ def test_secrets_from_the_importers_variables(served: list[Any]) -> None:
     (config,) = served
     assert (config.channel_secret, config.token, config.channel_id, config.account_id) == \
         (SECRET, TOKEN, "chan-1", "acc-1")
-    assert "AMOJO_ETL_CHANNEL_SECRET=(as given)" in output and "AMOJO_ETL_AMOCRM_TOKEN=(as given)" in output
+    assert "# AMOJO_ETL_CHANNEL_SECRET: as given" in output and "# AMOJO_ETL_AMOCRM_TOKEN: as given" in output
 
 
 def test_secrets_from_the_settings_file(served: list[Any], tmp_path: Path) -> None:
@@ -64,6 +64,25 @@ def test_without_any_the_demo_credentials_are_printed(served: list[Any]) -> None
 
     output = _run([], {})
     assert f"AMOJO_ETL_CHANNEL_SECRET={EmulatorConfig().channel_secret}" in output
+
+
+def test_the_printed_settings_are_lines_a_shell_takes(served: list[Any]) -> None:
+    import subprocess
+
+    output = _run(["--port", "8123"], {})
+    shown = subprocess.run(["bash", "-c", f"{output}\nenv"], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                           text=True, check=True).stdout
+    (config,) = served
+    assert "AMOJO_ETL_AMOJO_URL=http://127.0.0.1:8123" in shown.splitlines()
+    assert f"AMOJO_ETL_CHANNEL_SECRET={config.channel_secret}" in shown.splitlines()
+
+
+def test_every_fidelity_switch_has_its_flag(served: list[Any]) -> None:
+    _run(["--ref-id-participants", "accept", "--participant-updates", "keep", "--max-body-bytes", "4096",
+          "--rest-batch-max", "60"], {})
+    (config,) = served
+    assert (config.ref_id_participants, config.participant_updates, config.max_body_bytes, config.rest_batch_max) \
+        == ("accept", "keep", 4096, 60)
 
 
 def test_help_never_shows_a_secret_from_the_environment(served: list[Any]) -> None:
