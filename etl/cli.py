@@ -617,6 +617,24 @@ def _emulator_identity(config_file: Path | None, **given: str | None) -> dict[st
     return {name: str(value) for name, value in chosen.items() if value}
 
 
+@command("alerts-install")
+def alerts_install(notify: Annotated[str, typer.Option(
+        help="the notification block to send through, as type/name (slack-webhook/night-watch) or a bare name")]
+                   ) -> None:
+    """Create (or replace) the Prefect automations that notify when an import fails or ends incomplete, and when
+    no nightly import finished in 26 hours. Needs PREFECT_API_URL: automations live on the Prefect server."""
+    from prefect.settings import get_current_settings
+
+    from .alerts import install_alerts
+
+    if not get_current_settings().api.url:
+        raise ConfigurationError("automations live on a Prefect server: set PREFECT_API_URL to it (see README, "
+                                 "Running it with Prefect)")
+    _announce_prefect()
+    for name in asyncio.run(install_alerts(notify)):
+        console.print(_plain(f"installed automation: {name}", limit=None), soft_wrap=True)
+
+
 @command()
 def demo(as_json: JsonOption = False) -> None:
     """Import the sample database into a local emulator and verify it: the whole pipeline in one command."""
