@@ -55,7 +55,16 @@ async def backfill(
     max_parallel: Annotated[int, Field(ge=1, le=32)] = 2,
     dry_run: bool = False,
 ) -> dict[str, Any] | State:
-    """Import each day of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive) that `reprocess` selects."""
+    """Import each day of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive) that `reprocess` selects.
+
+    Args:
+        start: first day of the range (inclusive), in AMOJO_ETL_TIMEZONE.
+        end: the day after the last one (exclusive): start 2026-10-01, end 2026-11-01 is October.
+        reprocess: missing: days never run; failed: also the failed and incomplete ones; changed: also the days
+            whose source rows changed since (late rows, edits); all: every day.
+        max_parallel: days imported at once, 1-32 (they share the account's rate limits).
+        dry_run: extract and transform each day, and say what would be sent; nothing is sent or written.
+    """
     logger = get_run_logger()
     try:
         settings = load_settings()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
+from pydantic import Field
 
 from etl.api import open_api, rest_client
 from etl.claims import ClaimLost, RunClaims, interval_key
@@ -49,12 +50,20 @@ def data_interval(start: date | None, end: date | None, timezone: str) -> Interv
 
 @flow(name="import-chats", flow_run_name=_run_name)
 async def import_chats(start: date | None = None, end: date | None = None, dry_run: bool = False,
-                       lookback_days: int | None = None) -> dict[str, Any] | State:
+                       lookback_days: Annotated[int, Field(ge=0, le=31)] | None = None) -> dict[str, Any] | State:
     """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive), then verify them.
 
     Then the `lookback_days` days before `start` are read again, and those whose source rows changed since they were
     recorded (rows that arrived late, edits) are imported again: only what the ledger has not seen is sent. Unset,
     a scheduled run (no dates) looks back AMOJO_ETL_LOOKBACK_DAYS days, and a run for given dates none.
+
+    Args:
+        start: first day imported (inclusive), in AMOJO_ETL_TIMEZONE. Leave start and end empty for the day
+            before the run's scheduled time (what the nightly schedule does).
+        end: the day after the last one imported (exclusive): start 2026-10-01, end 2026-10-08 is one week.
+        dry_run: extract and transform, and say what would be sent; nothing is sent or written.
+        lookback_days: earlier days (0-31) read again for rows that arrived late; empty means
+            AMOJO_ETL_LOOKBACK_DAYS for a scheduled run, none for given dates.
     """
     logger = get_run_logger()
     began = time.monotonic()

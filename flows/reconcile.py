@@ -24,7 +24,13 @@ from .outcome import final_state, summary_of
 
 @flow(name="reconcile", flow_run_name="reconcile-{start}..{end}")
 async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, Any] | State:
-    """Compare each day of [start, end) in amoCRM with the ledger; repair sends the missing messages again."""
+    """Compare each day of [start, end) in amoCRM with the ledger; repair sends the missing messages again.
+
+    Args:
+        start: first day read back (inclusive), in AMOJO_ETL_TIMEZONE.
+        end: the day after the last one (exclusive).
+        repair: send again what amoCRM lacks and edit what differs, through the same exactly-once path.
+    """
     logger = get_run_logger()
     try:
         settings = with_secret_blocks(load_settings())
