@@ -352,7 +352,12 @@ async def _contact_index(conversations: pd.DataFrame, states: dict[str, ChatStat
                              for c in conversations.index]]
     keys = needing["client_key"].drop_duplicates()
     unknown = len(keys) - len(ledger.contact_ids(keys))
-    return await ContactIndex.read(api, pages_at_most=unknown // 2) if unknown > 1 else None
+    if unknown < 2:
+        return None
+    started = ledger.clock()
+    if (index := await ContactIndex.read(api, pages_at_most=unknown // 2)) is not None:
+        index.read_at = started
+    return index
 
 
 def _stop(report: LoadReport, conversation_id: str, error: AmojoError) -> None:
@@ -435,8 +440,10 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
         if index is None:
             return await search(client)
         if client.client_key in uncertain:
-            if uncertain[client.client_key] + 2 * api.timeout_s > ledger.clock():
-                return await search(client)  # a create may be on its way still: wait for it, then search
+            if uncertain[client.client_key] + 2 * api.timeout_s > index.read_at:
+                # A create may have been on its way when the index was read (or noted since): the index cannot
+                # show it, however long ago it was noted. Wait for it, then search.
+                return await search(client)
             if ours := index.by_key(contact_key(client.client_id)):
                 return client, ours[:1]
         return client, index.matches(client.phone, client.email)
@@ -479,6 +486,8 @@ class ContactIndex:
     phones: dict[str, list[int]] = field(default_factory=dict)
     emails: dict[str, list[int]] = field(default_factory=dict)
     keys: dict[str, list[int]] = field(default_factory=dict)
+    read_at: float = float("-inf")
+    """The ledger's clock when the read began: a create noted after it (less the request's timeouts) is not in it."""
 
     @classmethod
     async def read(cls, api: Api, pages_at_most: int) -> ContactIndex | None:
