@@ -41,3 +41,17 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def import_headline(summary: dict[str, Any]) -> str:
+    """"2879 sent · 2 rejected · 0 missing · complete", with edits, failures and quarantines when there are any."""
+    parts = [f"{summary.get('messages_sent', 0)} sent"]
+    parts += [f"{summary[key]} {word}" for key, word in (("messages_edited", "edited"), ("messages_failed", "failed"))
+              if summary.get(key)]
+    parts += [f"{summary.get('rejected', 0)} rejected", f"{summary.get('missing', 0)} missing"]
+    if summary.get("quarantined"):
+        parts.append(f"{len(summary['quarantined'])} quarantined")
+    lookback = [d for d in summary.get("lookback", []) if d.get("outcome") != "unchanged"]
+    if lookback:
+        parts.append(f"{len(lookback)} earlier days again")
+    return " · ".join([*parts, "dry run" if summary.get("dry_run") else summary.get("verdict", "incomplete")])

@@ -20,14 +20,14 @@ from etl.intervals import Interval, check_range
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
 from etl.source import SourceStream, open_source
-from etl.summary import RunSummary
+from etl.summary import RunSummary, import_headline
 from tasks.extract import extract_task
 from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
 from tasks.transform import SeenIds, Senders, transform_task
 
-from .outcome import emit_import_event, final_state, import_headline
+from .outcome import emit_import_event, final_state
 
 
 def _run_name() -> str:

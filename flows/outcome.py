@@ -10,24 +10,11 @@ from prefect.events import emit_event
 from prefect.states import Completed, Failed, State
 
 from etl.settings import Settings
+from etl.summary import import_headline
 
 INCOMPLETE = "Incomplete"
 EVENT_COUNTS = ("messages_sent", "messages_edited", "messages_failed", "rejected", "expected", "confirmed", "missing",
                 "duplicates", "mismatched")
-
-
-def import_headline(summary: dict[str, Any]) -> str:
-    """"2879 sent · 2 rejected · 0 missing · complete", with edits, failures and quarantines when there are any."""
-    parts = [f"{summary.get('messages_sent', 0)} sent"]
-    parts += [f"{summary[key]} {word}" for key, word in (("messages_edited", "edited"), ("messages_failed", "failed"))
-              if summary.get(key)]
-    parts += [f"{summary.get('rejected', 0)} rejected", f"{summary.get('missing', 0)} missing"]
-    if summary.get("quarantined"):
-        parts.append(f"{len(summary['quarantined'])} quarantined")
-    lookback = [d for d in summary.get("lookback", []) if d.get("outcome") != "unchanged"]
-    if lookback:
-        parts.append(f"{len(lookback)} earlier days again")
-    return " · ".join([*parts, "dry run" if summary.get("dry_run") else summary.get("verdict", "incomplete")])
 
 
 def final_state(summary: dict[str, Any], headline: str) -> State:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from etl.summary import RunSummary
+from etl.summary import RunSummary, import_headline
 
 from .load import LoadReport
 from .reconcile import Verdict
@@ -108,7 +109,7 @@ class ImportProgress:
         self._id = artifact_id
         self._total = max(1, total)
         self._done = 0
-        self._shown = time.monotonic()
+        self._began = self._shown = time.monotonic()
 
     @classmethod
     async def start(cls, label: str, total: int) -> ImportProgress:
@@ -119,11 +120,27 @@ class ImportProgress:
     async def sending(self, sent_in_chunk: int) -> None:
         if time.monotonic() - self._shown >= self.EVERY_S:
             self._shown = time.monotonic()
-            await aupdate_progress_artifact(self._id, min(99.0, 100.0 * (self._done + sent_in_chunk) / self._total))
+            await self._show(min(self._total - 1, self._done + sent_in_chunk))
 
     async def chunk_done(self, rows: int) -> None:
         self._done += rows
-        await aupdate_progress_artifact(self._id, min(100.0, 100.0 * self._done / self._total))
+        await self._show(min(self._total, self._done))
+
+    async def _show(self, done: int) -> None:
+        await aupdate_progress_artifact(self._id, round(100.0 * done / self._total, 1),
+                                        description=progress_line(done, self._total, time.monotonic() - self._began))
+
+
+def progress_line(done: int, total: int, seconds: float) -> str:
+    """"12,000 of 50,000 source rows · 600 rows/s · about 1 min 4 s left": what a person reads on the card."""
+    rate = done / seconds if seconds > 0 else 0.0
+    line = f"{done:,} of {total:,} source rows"
+    if rate >= 0.1:
+        line += f" · {rate:,.0f} rows/s"
+        if done < total:
+            left = math.ceil((total - done) / rate)
+            line += f" · about {left // 60} min {left % 60} s left" if left >= 60 else f" · about {left} s left"
+    return line
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -140,7 +157,8 @@ async def publish_artifacts(summary: RunSummary) -> None:
     """The summary table, the rejects with their reasons, and the verdict, in the flow run's artifacts."""
     rows = [{"what": k.replace("_", " "), "count": v} for k, v in summary.as_dict().items()
             if isinstance(v, int | float) and not isinstance(v, bool)]
-    await acreate_table_artifact(rows, key="import-summary", description=f"Import {summary.interval}")
+    headline = import_headline(summary.as_dict())
+    await acreate_table_artifact(rows, key="import-summary", description=f"Import {summary.interval}: {headline}")
     reasons = "\n".join(f"| {reason} | {count} |" for reason, count in summary.rejects_by_reason.items())
     samples = pd.DataFrame(summary.reject_samples, columns=["source_key", "reason", "detail", "row"])
     first = _markdown_table(samples) if len(samples) else "_none_"
@@ -158,5 +176,6 @@ async def publish_artifacts(summary: RunSummary) -> None:
         f"- surplus (in amoCRM with an id of ours the ledger does not know): {summary.surplus}\n"
         f"- warnings: {json.dumps(summary.warnings, ensure_ascii=False)}\n",
         key="import-verdict",
-        description="What the chat history read-back found",
+        description=f"Read-back of {summary.interval}: {summary.confirmed} of {summary.expected} confirmed, "
+                    f"{summary.missing} missing · {summary.verdict}",
     )
