@@ -77,8 +77,7 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
         summary = await _import(settings, interval, dry_run, began)
     except Exception as exc:
         _record_failure(settings, interval, dry_run, exc)
-        error = classify(exc) or (exc if isinstance(exc, ClaimLost) else None)
-        if error is None:
+        if (error := _expected(exc)) is None:
             raise
         # An expected way to fail: say what to fix, without a traceback, and stop the run. The error is the state's
         # data, so that the CLI exits with its status (2: configuration, 1: the run).
@@ -106,6 +105,11 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
     return final_state(result, headline)
 
 
+def _expected(exc: BaseException) -> Exception | None:
+    """`exc` when it is an expected way for an interval's import to fail (one line, no traceback), else None."""
+    return classify(exc) or (exc if isinstance(exc, ClaimLost) else None)
+
+
 async def _look_back(settings: Settings, interval: Interval, days: int) -> list[dict[str, Any]]:
     """Read each of the `days` days before `interval` again, oldest first, and import again those that need it
     (`days_to_revisit`), through the same exactly-once path. Returns what came of each day."""
@@ -113,7 +117,14 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
     first = interval.start.date()
     days_back = [Interval.days(first - timedelta(days=n), first - timedelta(days=n - 1), settings.zone)
                  for n in range(days, 0, -1)]
-    revisit = await days_to_revisit(settings, days_back)
+    try:
+        revisit = await days_to_revisit(settings, days_back)
+    except Exception as exc:
+        if (error := _expected(exc)) is None:
+            raise
+        # The run's own day is recorded already: the look-back fails alone, and the next run looks again.
+        logger.warning("look-back: could not tell which days changed: %s", error)
+        return [{"interval": day.label, "outcome": "failed", "error": str(error)} for day in days_back]
     outcomes: list[dict[str, Any]] = []
     for day in days_back:
         if day.label not in revisit:
@@ -125,7 +136,7 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
             summary = await _import(settings, day, False, time.monotonic())
         except Exception as exc:
             _record_failure(settings, day, False, exc)
-            if (error := classify(exc)) is None:
+            if (error := _expected(exc)) is None:
                 raise
             logger.warning("look-back: %s failed: %s", day.label, error)
             outcomes.append({"interval": day.label, "outcome": "failed", "reason": why, "error": str(error)})

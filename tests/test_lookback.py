@@ -98,3 +98,41 @@ async def test_a_backfill_of_changed_days_takes_the_day_that_gained_a_row_and_no
     held = Counter(m["msgid"] for messages in emulator.emulator.snapshot()["messages"].values() for m in messages)
     assert held[late] == 1 and set(held.values()) == {1} and len(held) == 4 * 6 + 1
     assert (await backfill(start=DAYS[0], end=DAYS[4], reprocess="changed"))["ran"] == 0
+
+
+async def test_a_look_back_that_loses_its_claims_or_cannot_read_is_a_failed_day_not_a_crashed_run(tmp_path,
+                                                                                                 monkeypatch):
+    """The run's own day is imported and recorded before the look-back: a look-back day whose claims are lost (a
+    stall; the main day's path expects it too), or days whose change cannot be told (amoCRM's users do not answer),
+    are failed days of the look-back, and the run still ends with its summary."""
+    import logging
+    from types import SimpleNamespace
+    from zoneinfo import ZoneInfo
+
+    import flows.import_chats as flow
+    from amojo.errors import Transient
+    from etl.claims import ClaimLost
+    from etl.intervals import Interval
+
+    settings = SimpleNamespace(state_url=f"sqlite:///{tmp_path / 'ledger.db'}", zone=ZoneInfo("UTC"))
+    interval = Interval.days(DAYS[4], DAYS[4] + timedelta(days=1), settings.zone)
+    monkeypatch.setattr(flow, "get_run_logger", lambda: logging.getLogger("test"))
+
+    async def every_day_changed(settings, days):
+        return {day.label: "changed" for day in days}
+
+    async def claims_lost(settings, day, dry_run, began):
+        raise ClaimLost("this run could not keep its claims")
+
+    monkeypatch.setattr(flow, "days_to_revisit", every_day_changed)
+    monkeypatch.setattr(flow, "_import", claims_lost)
+    outcomes = await flow._look_back(settings, interval, 2)
+    assert [(d["interval"], d["outcome"]) for d in outcomes] == [
+        ("2026-10-06..2026-10-07", "failed"), ("2026-10-07..2026-10-08", "failed")]
+
+    async def users_unanswered(settings, days):
+        raise Transient("REST v4 answered 503", status=503)
+
+    monkeypatch.setattr(flow, "days_to_revisit", users_unanswered)
+    outcomes = await flow._look_back(settings, interval, 2)
+    assert [d["outcome"] for d in outcomes] == ["failed", "failed"] and "503" in outcomes[0]["error"]
