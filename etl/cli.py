@@ -287,15 +287,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _finish(summary: dict[str, Any] | None, error: str | None, as_json: bool,
-            render: Callable[[dict[str, Any]], None] = _print_summary) -> None:
-    """Print the summary (a table, or one JSON object) and exit 0 only when the verdict is complete."""
+            render: Callable[[dict[str, Any]], None] = _print_summary, good: str = "complete") -> None:
+    """Print the summary (a table, or one JSON object) and exit 0 only when the verdict is `good`."""
     if summary is None:
         raise _fail(error or "the run failed", 1)
     if as_json:
         print(json.dumps(summary, ensure_ascii=False, default=str))
     else:
         render(summary)
-    raise typer.Exit(0 if summary.get("dry_run") or summary["verdict"] == "complete" else 1)
+    raise typer.Exit(0 if summary.get("dry_run") or summary["verdict"] == good else 1)
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -360,6 +360,32 @@ def reconcile(start: StartOption, end: EndOption,
     _finish(*_run(reconcile_flow, start=start, end=end, repair=repair), as_json,
             lambda summary: _table(f"reconcile {start}..{end}", columns,
                                    [[row[c] for c in columns] for row in summary["by_day"]]))
+
+
+@command()
+def audit(start: StartOption, end: EndOption,
+          repair: Annotated[bool, typer.Option("--repair", help="send what amoCRM lacks, edit what differs")] = False,
+          as_json: JsonOption = False) -> None:
+    """Compare source, ledger and amoCRM for each day of [start, end): three counts, the differences by message id
+    and a verdict; exit 0 when amoCRM holds what the source holds."""
+    from flows.audit import audit as audit_flow
+
+    _preflight(days=(start, end))
+
+    def render(summary: dict[str, Any]) -> None:
+        from flows.audit import DayAudit
+
+        rows = [DayAudit(**{k: v for k, v in day.items() if k != "verdict"}).row() for day in summary["by_day"]]
+        columns = list(rows[0]) if rows else ["day"]
+        _table(f"audit {start}..{end}: {summary['verdict']}", columns, [list(r.values()) for r in rows])
+        for day in summary["by_day"]:
+            for kind, ids in day.items():
+                if isinstance(ids, list) and ids:
+                    console.print(_plain(f"{day['day']} {kind.replace('_', ' ')}: {', '.join(ids[:10])}"
+                                         + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""), limit=None),
+                                  soft_wrap=True)
+
+    _finish(*_run(audit_flow, start=start, end=end, repair=repair), as_json, render, good="consistent")
 
 
 @command()

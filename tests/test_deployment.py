@@ -27,7 +27,7 @@ def test_backfill_through_server_deployment_and_worker(emulator, tmp_path):
         workers = []
         try:
             deployments = deploy(env)
-            assert set(deployments) == {"nightly-import", "backfill", "reconcile"}
+            assert set(deployments) == {"nightly-import", "backfill", "reconcile", "audit"}
             assert deployments["nightly-import"]["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
             assert {d["work_queue_name"] for d in deployments.values()} == {"account"}
 

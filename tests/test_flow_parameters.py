@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 from prefect.utilities.callables import parameter_schema
 
+from flows.audit import audit
 from flows.backfill import backfill
 from flows.import_chats import import_chats
 from flows.reconcile import reconcile
 
 
-@pytest.mark.parametrize("flow", [import_chats, backfill, reconcile], ids=lambda f: f.name)
+@pytest.mark.parametrize("flow", [import_chats, backfill, reconcile, audit], ids=lambda f: f.name)
 def test_every_parameter_is_described(flow):
     properties = parameter_schema(flow.fn).properties
     assert properties and all(len(p.get("description", "")) > 20 for p in properties.values()), properties

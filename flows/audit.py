@@ -1,0 +1,209 @@
+"""audit: does amoCRM hold what the source database holds? Source, ledger and amoCRM compared day by day.
+
+Per day, three counts (the source's rows, the ledger's messages by status, the messages amoCRM shows) and the
+differences by message id: in the source but not sent; sent but missing in amoCRM; in amoCRM with other content;
+changed at the source since it was sent; in amoCRM but no longer in the source (deleted at the source: reported,
+never deleted in amoCRM). With `repair`, what is missing is sent and what differs is edited, through the same
+exactly-once path as an import (an import of the day). An audit writes nothing to amoCRM without `repair`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.states import Completed, Failed, State
+
+from etl.api import open_api
+from etl.errors import RunError, classify
+from etl.intervals import Interval, check_range
+from etl.ledger import DONE, Ledger
+from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
+from etl.source import open_source
+from tasks.extract import extract_task
+from tasks.load import own_ids, resolve_senders_task
+from tasks.reconcile import reconcile_task
+from tasks.transform import SeenIds, Senders, transform_task
+
+from .import_chats import import_chats
+from .outcome import summary_of
+
+DIFFERENCES = ("not_sent", "missing_in_amocrm", "other_content", "changed_at_source", "deleted_at_source",
+               "duplicates")
+"""The kinds of difference, each a list of message ids (ours, as amoCRM knows them)."""
+REPORTED_ONLY = ("deleted_at_source",)
+"""Differences an audit reports and no repair undoes (amoCRM's messages are never deleted): not in the verdict."""
+SHOWN = 20
+"""Message ids shown per kind in the artifact; --json has them all."""
+DIFFERS = "Differs"
+
+
+@dataclass
+class DayAudit:
+    day: str
+    source_valid: int = 0
+    source_rejected: int = 0
+    ledger: dict[str, int] = field(default_factory=dict)  # sent (with confirmed), rejected, pending, failed
+    amocrm: int = 0  # messages of the day amoCRM shows
+    not_sent: list[str] = field(default_factory=list)
+    missing_in_amocrm: list[str] = field(default_factory=list)
+    other_content: list[str] = field(default_factory=list)
+    changed_at_source: list[str] = field(default_factory=list)
+    deleted_at_source: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    repaired: int = 0
+
+    @property
+    def verdict(self) -> str:
+        return "differs" if any(getattr(self, kind) for kind in DIFFERENCES if kind not in REPORTED_ONLY) \
+            else "consistent"
+
+    def row(self) -> dict[str, Any]:
+        return {"day": self.day, "source": self.source_valid + self.source_rejected,
+                "source rejected": self.source_rejected, "ledger sent": self.ledger.get("sent", 0),
+                "ledger rejected": self.ledger.get("rejected", 0), "ledger pending": self.ledger.get("pending", 0),
+                "ledger failed": self.ledger.get("failed", 0), "amoCRM": self.amocrm,
+                **{kind.replace("_", " "): len(getattr(self, kind)) for kind in DIFFERENCES},
+                "repaired": self.repaired, "verdict": self.verdict}
+
+
+@flow(name="audit", flow_run_name="audit-{start}..{end}")
+async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] | State:
+    """Compare source, ledger and amoCRM for each day of [start, end); with repair, send what is missing and edit
+    what differs.
+
+    Args:
+        start: first day audited (inclusive), in AMOJO_ETL_TIMEZONE.
+        end: the day after the last one (exclusive): start 2026-10-01, end 2026-11-01 is October.
+        repair: send what amoCRM lacks and edit what differs, through the same exactly-once path as an import;
+            messages deleted at the source are reported, never deleted in amoCRM.
+    """
+    logger = get_run_logger()
+    try:
+        settings = with_secret_blocks(load_settings())
+        settings.require_api()
+        check_range(start, end, datetime.now(settings.zone).date())
+        days = Interval.days(start, end, settings.zone).daily()
+    except ConfigurationError as exc:
+        logger.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+    ledger = Ledger(settings.state_url)
+    audits: list[DayAudit] = []
+    try:
+        async with open_api(settings, ledger) as api:
+            senders = await resolve_senders_task(api.rest, settings.bot_id)
+            for day in days:
+                found = await _audit_day(settings, ledger, api, senders, day)
+                if repair and found.verdict == "differs":
+                    found = await _repair_day(settings, ledger, api, senders, day, found)
+                audits.append(found)
+    except Exception as exc:
+        if (error := classify(exc)) is None:
+            raise
+        logger.error("%s", error)
+        return Failed(message=str(error), data=error)
+    finally:
+        ledger.close()
+    summary = _summary(audits)
+    await _publish(audits, start, end)
+    headline = (f"{summary['source']} in the source · {summary['amocrm']} in amoCRM · "
+                + " · ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in summary["differences"].items() if n)
+                + (" · " if any(summary["differences"].values()) else "") + summary["verdict"])
+    if summary["verdict"] == "consistent":
+        return Completed(message=headline, data=summary)
+    logger.warning("audit %s..%s: %s", start, end, headline)
+    return Failed(name=DIFFERS, message=headline, data=summary)
+
+
+async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Senders, day: Interval) -> DayAudit:
+    """One day's three views and their differences. Reads the source, the ledger and the day's chat histories."""
+    found = DayAudit(day.label)
+    source: dict[str, int] = {}  # msgid -> content hash, of the day's valid rows
+    stream = open_source(settings.source_url, settings.mapping, day.start, day.end, settings.source_zone,
+                         settings.chunk_size)
+    try:
+        seen = SeenIds(stream.repeated_ids())
+        while (frames := extract_task(stream, label=f"{day.label}#{stream.chunks + 1}")) is not None:
+            batch = own_ids(transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                                           settings.text_limit, label=f"{day.label}#{stream.chunks}"),
+                            ledger, register=False)
+            source.update(zip(batch.messages["msgid"], batch.messages["content_hash"].astype("int64"), strict=True))
+            found.source_rejected += len(batch.rejects)
+    finally:
+        stream.close()
+    found.source_valid = len(source)
+
+    states = ledger.message_states(source)
+    for msgid, content_hash in source.items():
+        state = states.get(msgid)
+        status = state[0] if state else None
+        if status in DONE:
+            found.ledger["sent"] = found.ledger.get("sent", 0) + 1
+            if int(state[1]) != content_hash:
+                found.changed_at_source.append(msgid)
+        elif status == "rejected":
+            found.ledger["rejected"] = found.ledger.get("rejected", 0) + 1
+        else:
+            found.ledger["failed" if status == "failed" else "pending"] = \
+                found.ledger.get("failed" if status == "failed" else "pending", 0) + 1
+            found.not_sent.append(msgid)
+    conversations = [c for c, _ in ledger.conversations_between(day.start_ms, day.end_ms)]
+    found.deleted_at_source = sorted(row.msgid for row in ledger.messages_between(conversations, day.start_ms,
+                                                                                  day.end_ms)
+                                     if row.status in DONE and row.msgid not in source)
+
+    verdict = await reconcile_task(api, ledger, day.start_ms, day.end_ms, label=day.label)
+    found.missing_in_amocrm = sorted(verdict.missing)
+    found.other_content = sorted(set(verdict.mismatched) - set(found.changed_at_source))
+    found.duplicates = sorted(verdict.duplicates)
+    found.amocrm = verdict.expected - len(verdict.missing)
+    return found
+
+
+async def _repair_day(settings: Settings, ledger: Ledger, api: Any, senders: Senders, day: Interval,
+                      found: DayAudit) -> DayAudit:
+    """Send what is missing and edit what differs by importing the day again, after marking what amoCRM lost
+    (`failed`: looked up in the chat first, then sent) and what it holds with other content (edited); then audit
+    the day again."""
+    ledger.mark_messages(found.missing_in_amocrm, "failed")
+    ledger.mark_changed(found.other_content)
+    state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1), return_state=True)
+    if (redone := await summary_of(state)) is None:
+        raise RunError(f"the repair of {day.label} failed: {state.message}")
+    again = await _audit_day(settings, ledger, api, senders, day)
+    again.repaired = redone["messages_sent"] + redone["messages_edited"]
+    return again
+
+
+def _summary(audits: list[DayAudit]) -> dict[str, Any]:
+    differences = {kind: sum(len(getattr(a, kind)) for a in audits) for kind in DIFFERENCES}
+    return {"days": len(audits), "verdict": "consistent" if all(a.verdict == "consistent" for a in audits)
+            else "differs",
+            "source": sum(a.source_valid + a.source_rejected for a in audits),
+            "amocrm": sum(a.amocrm for a in audits), "differences": differences,
+            "repaired": sum(a.repaired for a in audits),
+            "by_day": [{**asdict(a), "verdict": a.verdict} for a in audits]}
+
+
+async def _publish(audits: list[DayAudit], start: date, end: date) -> None:
+    """A table per day (three counts, the differences, the verdict) and the first differences by message id."""
+    await acreate_table_artifact([a.row() for a in audits], key="audit-days",
+                                 description=f"Audit {start}..{end}: source, ledger and amoCRM per day")
+    lines = [f"## Audit {start}..{end}", ""]
+    for a in audits:
+        kinds = [(kind, getattr(a, kind)) for kind in DIFFERENCES if getattr(a, kind)]
+        if not kinds:
+            continue
+        lines.append(f"### {a.day}: {a.verdict}")
+        for kind, ids in kinds:
+            shown = ", ".join(f"`{i}`" for i in ids[:SHOWN]) + (f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN
+                                                                 else "")
+            lines.append(f"- {kind.replace('_', ' ')} ({len(ids)}): {shown}")
+        lines.append("")
+    if len(lines) == 2:
+        lines.append("Every day is consistent: amoCRM holds what the source holds.")
+    await acreate_markdown_artifact("\n".join(lines), key="audit-differences",
+                                    description=f"Audit {start}..{end}: the first differences by message id")

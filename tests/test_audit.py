@@ -1,0 +1,82 @@
+"""The audit: source, ledger and amoCRM compared day by day, every kind of difference named by message id, and
+repaired through the exactly-once path with nothing sent twice."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, timedelta
+
+import pytest
+import sqlalchemy as sa
+from conftest import etl_env
+from load_harness import edit_text, write_source
+
+from flows.audit import audit
+from flows.import_chats import import_chats
+from flows.outcome import summary_of
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
+
+DAYS = (date(2026, 10, 4), date(2026, 10, 5))
+WRITES = ("message",)  # new_message and edit_message alike: the Chats API's one write route
+
+
+def _held(emulator) -> Counter:
+    return Counter(m["msgid"] for m in emulator.emulator.store.messages())
+
+
+def _source(url: str, statement: str, **values) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(statement), values)
+    engine.dispose()
+
+
+async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_must_not_undo(emulator, tmp_path,
+                                                                                           monkeypatch):
+    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    for key, value in etl_env(emulator, source, ledger).items():
+        monkeypatch.setenv(key, value)
+    for day in DAYS:
+        write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
+        assert (await import_chats(start=day, end=day + timedelta(days=1)))["verdict"] == "complete"
+    end = DAYS[1] + timedelta(days=1)
+    clean = await audit(start=DAYS[0], end=end)
+    assert clean["verdict"] == "consistent" and clean["source"] == 12 and clean["amocrm"] == 12
+
+    # What real data and amoCRM do after the fact:
+    _source(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) VALUES "
+                    "('late-1', 'd5-cv1', '2026-10-05 22:00:00', 'in', 'text', 'synced late')")  # a late row
+    edit_text(source, "d4-cv0-1", "corrected at the source")  # an edited row
+    _source(source, "DELETE FROM messages WHERE id = 'd5-cv0-2'")  # a deleted row
+    store = emulator.emulator.store
+    store.drop_message("ae-d4-cv1-0")  # a message amoCRM lost
+    changed = next(m for m in store.messages() if m["msgid"] == "ae-d5-cv1-2")
+    store.edit_message(changed["id"], {"text": "changed in amoCRM"})  # other content in amoCRM
+    emulator.emulator.request_log.clear()
+
+    state = await audit(start=DAYS[0], end=end, return_state=True)
+    found = await summary_of(state)
+    assert state.is_failed() and state.name == "Differs" and found["verdict"] == "differs"
+    by_day = {day["day"]: day for day in found["by_day"]}
+    first, second = by_day["2026-10-04..2026-10-05"], by_day["2026-10-05..2026-10-06"]
+    assert (first["changed_at_source"], first["missing_in_amocrm"]) == (["ae-d4-cv0-1"], ["ae-d4-cv1-0"])
+    assert (second["not_sent"], second["deleted_at_source"], second["other_content"]) == \
+        (["ae-late-1"], ["ae-d5-cv0-2"], ["ae-d5-cv1-2"])
+    assert second["source_valid"] == 6 and second["ledger"]["pending"] == 1
+    assert not any(e[2] in WRITES for e in emulator.emulator.request_log)  # an audit writes nothing to amoCRM
+    assert "1 not sent · 1 missing in amocrm · 1 other content" in state.message
+
+    repaired = await audit(start=DAYS[0], end=end, repair=True)
+    assert repaired["verdict"] == "consistent" and repaired["repaired"] == 4  # late, lost: sent; two: edited
+    assert repaired["differences"] == {"not_sent": 0, "missing_in_amocrm": 0, "other_content": 0,
+                                       "changed_at_source": 0, "deleted_at_source": 1, "duplicates": 0}
+    held = _held(emulator)
+    assert set(held.values()) == {1} and held["ae-late-1"] == 1 and held["ae-d4-cv1-0"] == 1
+    assert held["ae-d5-cv0-2"] == 1  # deleted at the source: reported, never deleted in amoCRM
+    texts = {m["msgid"]: m["message"].get("text") for m in store.messages()}
+    assert texts["ae-d4-cv0-1"] == "corrected at the source" and texts["ae-d5-cv1-2"] != "changed in amoCRM"
+
+    emulator.emulator.request_log.clear()
+    again = await audit(start=DAYS[0], end=end)
+    assert again["verdict"] == "consistent" and not any(e[2] in WRITES for e in emulator.emulator.request_log)
