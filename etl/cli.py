@@ -373,11 +373,14 @@ def audit(start: StartOption, end: EndOption,
     _preflight(days=(start, end))
 
     def render(summary: dict[str, Any]) -> None:
-        from flows.audit import DayAudit
+        from flows.audit import DIFFERENCES
 
-        rows = [DayAudit(**{k: v for k, v in day.items() if k != "verdict"}).row() for day in summary["by_day"]]
-        columns = list(rows[0]) if rows else ["day"]
-        _table(f"audit {start}..{end}: {summary['verdict']}", columns, [list(r.values()) for r in rows])
+        rows = [[day["day"], f"{day['source_valid'] + day['source_rejected']} ({day['source_rejected']} rejected)",
+                 ", ".join(f"{n} {status}" for status, n in sorted(day["ledger"].items())) or "none",
+                 day["amocrm"], sum(len(day[kind]) for kind in DIFFERENCES), day["verdict"]]
+                for day in summary["by_day"]]
+        _table(f"audit {start}..{end}: {summary['verdict']}",
+               ["day", "source", "ledger", "amoCRM", "differences", "verdict"], rows)
         for day in summary["by_day"]:
             for kind, ids in day.items():
                 if isinstance(ids, list) and ids:
