@@ -23,6 +23,8 @@ BATCH_MOST = 250
 undocumented (§5.4, Q13); amoCRM documents 50 for complex leads, so a batch refused as too large (400, 413) is sent
 again in batches of `BATCH_SAFE`, and the client keeps that size."""
 BATCH_SAFE = 50
+TOO_LARGE = (400, 413)
+"""The statuses with which amoCRM (or a proxy before it) may refuse a write batch for its size."""
 LINKS_READ = 50
 """Chat ids per read of links: 50 UUIDs keep the query string under 3 KB, well inside any proxy's URL limit."""
 
@@ -264,8 +266,8 @@ class RestClient:
             try:
                 await send(batch)
             except InvalidRequest as exc:
-                if len(batch) <= BATCH_SAFE or exc.may_have_landed:
-                    raise
+                if len(batch) <= BATCH_SAFE or exc.may_have_landed or exc.status not in TOO_LARGE:
+                    raise  # 414, 415, 422 are about what the batch says: smaller ones would say it again
                 log.warning("amoCRM refused a batch of %d (%s): sending %d a request from now on",
                             len(batch), exc.status, BATCH_SAFE)
                 self.batch_size = BATCH_SAFE

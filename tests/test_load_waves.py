@@ -116,3 +116,20 @@ async def test_a_create_noted_after_the_account_was_read_is_searched_not_looked_
     assert result.verdict.verdict == "complete", result.verdict
     assert len(emulator.emulator.snapshot()["contacts"]) == 4
     assert result.load.contacts_matched == 1 and result.load.contacts_created == 3
+
+
+@pytest.mark.parametrize("status", [414, 415, 422])
+async def test_a_batch_refused_for_what_it_says_is_not_sent_again_in_smaller_batches(status):
+    """Only 400 and 413 may mean "too many"; a 422 (or 414, 415) is about the data: splitting the batch would send
+    the same data again, create the contacts of the sub-batches before the refused one, and keep every later request
+    at the safe size."""
+    sent: list[int] = []
+
+    async def refused(batch: list) -> None:
+        sent.append(len(batch))
+        raise InvalidRequest(f"REST v4: {status} refused", status=status)
+
+    async with RestClient("http://127.0.0.1:9", "token", rate=1000) as rest:
+        with pytest.raises(InvalidRequest):
+            await rest._in_batches(list(range(120)), refused)
+        assert sent == [120] and rest.batch_size == BATCH_MOST
