@@ -223,7 +223,9 @@ class RestClient:
 
     async def contacts_page(self, page: int) -> list[dict[str, Any]]:
         """One page of the account's contacts (id, name, custom_fields_values), 250 a page; empty after the last."""
-        response = await self._transport.request("GET", "/api/v4/contacts", params={"page": page, "limit": USERS_PAGE})
+        # In id order, so that contacts created by others while the pages are read come last, not in between.
+        response = await self._transport.request("GET", "/api/v4/contacts",
+                                                 params={"page": page, "limit": USERS_PAGE, "order[id]": "asc"})
         if response.status_code == 204 or not response.content:
             return []
         return response.json().get("_embedded", {}).get("contacts", [])

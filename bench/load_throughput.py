@@ -177,7 +177,8 @@ async def resolve(url: str, source: str, workdir: str, use_index: bool) -> dict:
 
 def rest_requests(url: str) -> int:
     counts = httpx.get(f"{url}/_emulator/state", timeout=120).json()["request_counts"]
-    return sum(n for key, n in counts.items() if key.split()[1] in ("contacts", "contacts_chats"))  # "api endpoint status"
+    # Keyed "api endpoint status".
+    return sum(n for key, n in counts.items() if key.split()[1] in ("contacts", "contacts_chats"))
 
 
 def bulk(args: argparse.Namespace, workdir: str) -> None:
