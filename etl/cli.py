@@ -183,10 +183,13 @@ def _plain_prefect_logs() -> None:
 def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | None]:
     """Run a flow here, as a deployment would; (summary, None) when it finished, (None, reason) when it failed.
     An expected failure inside the run (its state's data) is raised, for `_reported`."""
+    from prefect import tags
+
     _announce_prefect()
     _plain_prefect_logs()
     try:
-        state = asyncio.run(flow(**parameters, return_state=True))
+        with tags(*run_tags(load_settings())):
+            state = asyncio.run(flow(**parameters, return_state=True))
     except RuntimeError as exc:
         if not str(exc).startswith(EPHEMERAL_TIMEOUT):
             raise
@@ -205,6 +208,17 @@ def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | Non
             return outcome, None  # a run that finished incomplete (its state is Failed, named Incomplete)
         return None, state.message or "the run failed"
     return state.result(), None
+
+
+def run_tags(settings: Settings) -> list[str]:
+    """The tags of a run started here: beside the deployments' `amojo-etl`, where it came from and for which channel
+    and account, so that a server serving several accounts can filter their runs apart."""
+    found = ["amojo-etl", "cli"]
+    if settings.channel_id:
+        found.append(f"channel:{settings.channel_id}")
+    if settings.account_id:
+        found.append(f"account:{settings.account_id}")
+    return found
 
 
 EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"

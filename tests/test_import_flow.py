@@ -139,6 +139,29 @@ def test_cli_import_with_another_secret_exits_2_with_the_signature_message(emula
     assert "f" * 40 not in result.stderr + result.stdout
 
 
+def test_a_cli_run_on_a_server_carries_the_tags_that_tell_it_apart(emulator, pipeline_env):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, **pipeline_env, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    result = subprocess.run([str(Path(sys.executable).parent / "amojo-etl"), "import", "--start", "2026-10-01",
+                             "--end", "2026-10-02"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "running on the Prefect server at" in result.stdout + result.stderr
+    channel = f"channel:{pipeline_env['AMOJO_ETL_CHANNEL_ID']}"
+
+    async def tagged() -> list:
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=["amojo-etl", "cli", channel])))
+    runs = asyncio.run(tagged())
+    assert [run.name for run in runs] == ["import-2026-10-01..2026-10-02"]
+
+
 def test_cli_missing_setting_exits_2_naming_it(pipeline_env, monkeypatch):
     env = {k: v for k, v in pipeline_env.items() if k != "AMOJO_ETL_AMOCRM_TOKEN"}
     monkeypatch.delenv("AMOJO_ETL_AMOCRM_TOKEN")
