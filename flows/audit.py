@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.states import Completed, Failed, State
+from prefect.states import Failed, State
 
 from etl.api import open_api
 from etl.errors import RunError, classify
@@ -23,13 +23,12 @@ from etl.intervals import Interval, check_range
 from etl.ledger import DONE, Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
 from etl.source import open_source
-from tasks.extract import extract_task
 from tasks.load import own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
-from tasks.transform import SeenIds, Senders, transform_task
+from tasks.transform import Senders
 
-from .import_chats import import_chats
-from .outcome import summary_of
+from .import_chats import import_chats, transformed_chunks
+from .outcome import final_state, summary_of
 
 DIFFERENCES = ("not_sent", "missing_in_amocrm", "other_content", "changed_at_source", "deleted_at_source",
                "duplicates")
@@ -112,10 +111,9 @@ async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] 
     headline = (f"{summary['source']} in the source · {summary['amocrm']} in amoCRM · "
                 + " · ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in summary["differences"].items() if n)
                 + (" · " if any(summary["differences"].values()) else "") + summary["verdict"])
-    if summary["verdict"] == "consistent":
-        return Completed(message=headline, data=summary)
-    logger.warning("audit %s..%s: %s", start, end, headline)
-    return Failed(name=DIFFERS, message=headline, data=summary)
+    if summary["verdict"] != "consistent":
+        logger.warning("audit %s..%s: %s", start, end, headline)
+    return final_state(summary, headline, good="consistent", bad=DIFFERS)
 
 
 async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Senders, day: Interval) -> DayAudit:
@@ -125,11 +123,8 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
     stream = open_source(settings.source_url, settings.mapping, day.start, day.end, settings.source_zone,
                          settings.chunk_size)
     try:
-        seen = SeenIds(stream.repeated_ids())
-        while (frames := extract_task(stream, label=f"{day.label}#{stream.chunks + 1}")) is not None:
-            batch = own_ids(transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                                           settings.text_limit, label=f"{day.label}#{stream.chunks}"),
-                            ledger, register=False)
+        for _, batch in transformed_chunks(stream, settings, senders, day.label):
+            batch = own_ids(batch, ledger, register=False)
             source.update(zip(batch.messages["msgid"], batch.messages["content_hash"].astype("int64"), strict=True))
             found.source_rejected += len(batch.rejects)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -19,13 +20,13 @@ from etl.errors import classify
 from etl.intervals import Interval, check_range
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
-from etl.source import SourceStream, open_source
+from etl.source import SourceFrames, SourceStream, open_source
 from etl.summary import RunSummary, import_headline
 from tasks.extract import extract_task
 from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
-from tasks.transform import SeenIds, Senders, transform_task
+from tasks.transform import Batch, SeenIds, Senders, transform_task
 
 from .outcome import emit_import_event, final_state
 
@@ -152,12 +153,7 @@ async def days_to_revisit(settings: Settings, days: list[Interval]) -> dict[str,
     (their status), or whose source rows differ from those recorded (`changed`: late rows, edits, deletes). A day
     recorded complete with the same rows and digest needs nothing: it costs its source query, no API request."""
     ledger = Ledger(settings.state_url)
-    rest = rest_client(settings, ledger)
-    try:
-        senders = await resolve_senders_task(rest, settings.bot_id)
-    finally:
-        if rest is not None:
-            await rest.aclose()
+    senders = await _senders(settings, ledger)
     revisit: dict[str, str] = {}
     try:
         for day in days:
@@ -181,13 +177,31 @@ def _source_digest(settings: Settings, day: Interval, senders: Senders) -> tuple
                          settings.chunk_size)
     try:
         totals = RunTotals(day.label)
-        seen = SeenIds(source.repeated_ids())
-        while (frames := extract_task(source, label=f"{day.label}#{source.chunks + 1}")) is not None:
-            totals.add_source(transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                                             settings.text_limit, label=f"{day.label}#{source.chunks}"))
+        for _, batch in transformed_chunks(source, settings, senders, day.label):
+            totals.add_source(batch)
         return totals.source_rows, totals.source_digest
     finally:
         source.close()
+
+
+def transformed_chunks(source: SourceStream, settings: Settings, senders: Senders,
+                       label: str) -> Iterator[tuple[SourceFrames, Batch]]:
+    """The interval's chunks in time order, each as the source gave it and as transformed: the one loop of the
+    import, the dry run, the look-back and the audit."""
+    seen = SeenIds(source.repeated_ids())
+    while (frames := extract_task(source, label=f"{label}#{source.chunks + 1}")) is not None:
+        yield frames, transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
+                                     settings.text_limit, label=f"{label}#{source.chunks}")
+
+
+async def _senders(settings: Settings, ledger: Ledger) -> Senders:
+    """Managers by email, read with a REST client of its own (runs that send nothing open no Chats API client)."""
+    rest = rest_client(settings, ledger)
+    try:
+        return await resolve_senders_task(rest, settings.bot_id)
+    finally:
+        if rest is not None:
+            await rest.aclose()
 
 
 def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error: BaseException) -> None:
@@ -216,7 +230,6 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
         if dry_run:
             return await _rehearse(settings, interval, source, ledger, began)
         totals = RunTotals(interval.label)
-        seen = SeenIds(source.repeated_ids())
         progress = await ImportProgress.start(interval.label, source.count())
         async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s,
                                                                 request_s=settings.timeout_s) as claims:
@@ -226,10 +239,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             registered = interval.start_ms
             stopped: dict[str, str] = {}  # conversations that failed: their later chunks wait for the next run
-            while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
+            for frames, batch in transformed_chunks(source, settings, senders, interval.label):
                 chunk = f"{interval.label}#{source.chunks}"
-                batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                                       settings.text_limit, label=chunk)
                 totals.add_source(batch)
                 batch = own_ids(batch, ledger)  # registered as pending: what is sent from here on is known
                 totals.add_batch(batch)
@@ -259,17 +270,8 @@ async def _rehearse(settings: Settings, interval: Interval, source: SourceStream
                     began: float) -> RunSummary:
     """A dry run: extract and transform, and say what load would do; no Chats API call, nothing written."""
     totals = RunTotals(interval.label, dry_run=True)
-    seen = SeenIds(source.repeated_ids())
-    rest = rest_client(settings, ledger)
-    try:
-        senders = await resolve_senders_task(rest, settings.bot_id)
-    finally:
-        if rest is not None:
-            await rest.aclose()
     plan = DryRun()
-    while (frames := extract_task(source, label=f"{interval.label}#{source.chunks + 1}")) is not None:
-        batch = transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                               settings.text_limit, label=f"{interval.label}#{source.chunks}")
+    for _, batch in transformed_chunks(source, settings, await _senders(settings, ledger), interval.label):
         batch = own_ids(batch, ledger, register=False)
         totals.add_batch(batch)
         plan.add(batch, ledger)

@@ -17,11 +17,11 @@ EVENT_COUNTS = ("messages_sent", "messages_edited", "messages_failed", "rejected
                 "duplicates", "mismatched")
 
 
-def final_state(summary: dict[str, Any], headline: str) -> State:
-    """Completed for a complete verdict (or a dry run), else Failed named Incomplete; the summary is the data."""
-    if summary.get("dry_run") or summary.get("verdict") == "complete":
+def final_state(summary: dict[str, Any], headline: str, good: str = "complete", bad: str = INCOMPLETE) -> State:
+    """Completed when the verdict is `good` (or on a dry run), else Failed named `bad`; the summary is the data."""
+    if summary.get("dry_run") or summary.get("verdict") == good:
         return Completed(message=headline, data=summary)
-    return Failed(name=INCOMPLETE, message=headline, data=summary)
+    return Failed(name=bad, message=headline, data=summary)
 
 
 async def summary_of(state: State) -> dict[str, Any] | None:
