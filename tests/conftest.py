@@ -63,6 +63,15 @@ def etl_env(running: RunningEmulator, source_url: str, ledger_url: str) -> dict[
 
 
 @pytest.fixture
+def source_env(emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AMOJO_ETL_* pointing at the emulator, a fresh ledger and an empty SQLite source; returns the source's URL."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    for key, value in etl_env(emulator, source, f"sqlite:///{tmp_path / 'ledger.db'}").items():
+        monkeypatch.setenv(key, value)
+    return source
+
+
+@pytest.fixture
 def pipeline_env(emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """AMOJO_ETL_* pointing at the emulator, a fresh sample source and a fresh ledger."""
     from etl.sample import SampleSize, write_sample

@@ -63,12 +63,16 @@ def write_source(url: str, conversations: int = 6, messages: int = 8, day: date 
     return ids
 
 
-def edit_text(url: str, message_id: str, text: str) -> None:
+def execute(url: str, statement: str, **values: object) -> None:
+    """One statement against a source database, as a change made to it after the fact."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE messages SET text = :t, updated_at = created_at WHERE id = :i"),
-                     {"t": text, "i": message_id})
+        conn.execute(sa.text(statement), values)
     engine.dispose()
+
+
+def edit_text(url: str, message_id: str, text: str) -> None:
+    execute(url, "UPDATE messages SET text = :t, updated_at = created_at WHERE id = :i", t=text, i=message_id)
 
 
 @dataclass

@@ -7,9 +7,7 @@ from collections import Counter
 from datetime import date, timedelta
 
 import pytest
-import sqlalchemy as sa
-from conftest import etl_env
-from load_harness import edit_text, write_source
+from load_harness import edit_text, execute, write_source
 
 from flows.audit import audit
 from flows.import_chats import import_chats
@@ -25,18 +23,8 @@ def _held(emulator) -> Counter:
     return Counter(m["msgid"] for m in emulator.emulator.store.messages())
 
 
-def _source(url: str, statement: str, **values) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(statement), values)
-    engine.dispose()
-
-
-async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_must_not_undo(emulator, tmp_path,
-                                                                                           monkeypatch):
-    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
-    for key, value in etl_env(emulator, source, ledger).items():
-        monkeypatch.setenv(key, value)
+async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_must_not_undo(emulator, source_env):
+    source = source_env
     for day in DAYS:
         write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
         assert (await import_chats(start=day, end=day + timedelta(days=1)))["verdict"] == "complete"
@@ -45,10 +33,10 @@ async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_m
     assert clean["verdict"] == "consistent" and clean["source"] == 12 and clean["amocrm"] == 12
 
     # What real data and amoCRM do after the fact:
-    _source(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) VALUES "
+    execute(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) VALUES "
                     "('late-1', 'd5-cv1', '2026-10-05 22:00:00', 'in', 'text', 'synced late')")  # a late row
     edit_text(source, "d4-cv0-1", "corrected at the source")  # an edited row
-    _source(source, "DELETE FROM messages WHERE id = 'd5-cv0-2'")  # a deleted row
+    execute(source, "DELETE FROM messages WHERE id = 'd5-cv0-2'")  # a deleted row
     store = emulator.emulator.store
     store.drop_message("ae-d4-cv1-0")  # a message amoCRM lost
     changed = next(m for m in store.messages() if m["msgid"] == "ae-d5-cv1-2")

@@ -7,9 +7,7 @@ from datetime import date, timedelta
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
-from conftest import etl_env
-from load_harness import write_source
+from load_harness import execute, write_source
 
 from tasks.transform import Batch, source_digest
 
@@ -33,24 +31,18 @@ def test_the_source_digest_does_not_depend_on_chunks_and_sees_every_change():
 
 
 def _add_late_message(url: str, conversation: str, day: date) -> str:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
-                             "VALUES ('late-1', :c, :t, 'in', 'text', 'synced late from a phone')"),
-                     {"c": conversation, "t": f"{day.isoformat()} 23:30:00"})
-    engine.dispose()
+    execute(url, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                 "VALUES ('late-1', :c, :t, 'in', 'text', 'synced late from a phone')",
+            c=conversation, t=f"{day.isoformat()} 23:30:00")
     return "ae-late-1"
 
 
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_harness")
-async def test_a_late_row_reaches_amocrm_with_the_next_run_and_nothing_else_is_sent_again(emulator, tmp_path,
-                                                                                        monkeypatch):
+async def test_a_late_row_reaches_amocrm_with_the_next_run_and_nothing_else_is_sent_again(emulator, source_env):
     from flows.import_chats import import_chats
 
-    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
-    for key, value in etl_env(emulator, source, ledger).items():
-        monkeypatch.setenv(key, value)
+    source = source_env
     for day in DAYS:
         write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
     for day in DAYS[:4]:
@@ -78,13 +70,10 @@ async def test_a_late_row_reaches_amocrm_with_the_next_run_and_nothing_else_is_s
 
 @pytest.mark.prefect
 @pytest.mark.usefixtures("prefect_harness")
-async def test_a_backfill_of_changed_days_takes_the_day_that_gained_a_row_and_no_other(emulator, tmp_path,
-                                                                                     monkeypatch):
+async def test_a_backfill_of_changed_days_takes_the_day_that_gained_a_row_and_no_other(emulator, source_env):
     from flows.backfill import backfill
 
-    source, ledger = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
-    for key, value in etl_env(emulator, source, ledger).items():
-        monkeypatch.setenv(key, value)
+    source = source_env
     for day in DAYS[:4]:
         write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
     first = await backfill(start=DAYS[0], end=DAYS[4], max_parallel=1)
