@@ -73,6 +73,14 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def _importing_a_day(api: str, backfill_run_id: str) -> bool:
+    """Whether this backfill has a day's import (a subflow run) running right now."""
+    found = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {
+        "parent_flow_run_id": {"any_": [backfill_run_id]}, "state": {"type": {"any_": ["RUNNING"]}}}})
+    found.raise_for_status()
+    return bool(found.json())
+
+
 def _kill_worker_of(api: str, flow_run_id: str, workers: list[subprocess.Popen]) -> None:
     """SIGKILL the process running this flow run, and the worker that started it."""
     pid = int(str(httpx.get(f"{api}/flow_runs/{flow_run_id}").json()["infrastructure_pid"]).rsplit(":", 1)[-1])
@@ -111,7 +119,8 @@ def _run(deployed, emulator, source: Path, ledger_url: str, tmp_path: Path, kill
             "type": "SCHEDULED", "state_details": {"scheduled_time": NIGHTLY_SCHEDULED}}))
         if kill_one:
             deadline = time.monotonic() + 300
-            while len(emulator.emulator.store.messages()) < 120:  # mid-run: sending, holding claims
+            # Mid-run: sending, and the run to kill is importing a day (between days it holds no interval).
+            while len(emulator.emulator.store.messages()) < 120 or not _importing_a_day(api, runs[1]):
                 assert time.monotonic() < deadline, "no message arrived"
                 time.sleep(0.2)
             _kill_worker_of(api, runs[1], workers)
