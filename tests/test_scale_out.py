@@ -74,9 +74,11 @@ def _parent(pid: int) -> int:
 
 
 def _importing_a_day(api: str, backfill_run_id: str) -> bool:
-    """Whether this backfill has a day's import (a subflow run) running right now."""
-    found = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {
-        "parent_flow_run_id": {"any_": [backfill_run_id]}, "state": {"type": {"any_": ["RUNNING"]}}}})
+    """Whether a day's import of this backfill is loading right now: its load task runs only while the day's
+    interval is claimed."""
+    found = httpx.post(f"{api}/task_runs/filter", json={
+        "flow_runs": {"parent_flow_run_id": {"any_": [backfill_run_id]}},
+        "task_runs": {"name": {"like_": "load-"}, "state": {"type": {"any_": ["RUNNING"]}}}})
     found.raise_for_status()
     return bool(found.json())
 
