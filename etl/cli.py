@@ -451,7 +451,9 @@ def _unplaced_note(count: int) -> str:
 @command("rejects")
 def rejects_(
     reason: Annotated[str | None, typer.Option(help="only this reason, e.g. empty_text")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many rows (0: all)")] = 50,
+    interval: Annotated[str | None, typer.Option(help="only this interval's, e.g. 2026-10-01..2026-10-02")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many rows (0: all) [default: 50 shown, all in a "
+                                                   "CSV file]", show_default=False)] = None,
     csv: Annotated[Path | None, typer.Option(help="write them to this CSV file instead")] = None,
 ) -> None:
     """Show the source rows that were not sent, with the reason, from the ledger (AMOJO_ETL_STATE_URL)."""
@@ -459,12 +461,15 @@ def rejects_(
 
     from .ledger import Ledger
 
+    if limit is None:
+        limit = 0 if csv else 50
     ledger = Ledger(load_settings().state_url)
-    rows = ledger.reject_rows(reason, limit or None)
+    rows = ledger.reject_rows(reason, limit or None, interval_label=interval)
     ledger.close()
     if csv:
+        columns = ["interval_label", "source_key", "reason", "detail", "row", "updated_at"]
         try:
-            pd.DataFrame(rows, columns=["source_key", "reason", "detail", "row", "updated_at"]).to_csv(csv, index=False)
+            pd.DataFrame(rows, columns=columns).rename(columns={"interval_label": "interval"}).to_csv(csv, index=False)
         except OSError as exc:
             raise ConfigurationError(f"cannot write --csv {csv}: {exc.strerror or exc}; choose a path in a "
                                      "writable directory") from None

@@ -152,6 +152,46 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+REJECT_FIELDS = ("conversation_id", "created_at", "direction", "manager_id", "type", "text")
+"""The source fields a person needs to find a rejected row and see what was wrong with it."""
+TEXT_SHOWN = 60
+
+
+def rejects_markdown(summary: RunSummary) -> str:
+    """The rejects of a run: counts by reason, then the first rows as a table of their source key, reason, detail
+    and the fields that matter (not the raw row), and the command that writes them all to a CSV file."""
+    if not summary.rejected:
+        return f"Nothing rejected in {summary.interval}: every source row was valid.\n"
+    reasons = pd.DataFrame(list(summary.rejects_by_reason.items()), columns=["reason", "rows"])
+    lines = [f"## {summary.rejected} rows not sent, {summary.interval}", "", _markdown_table(reasons), ""]
+    shown = [_reject_row(r) for r in summary.reject_samples]
+    if shown:
+        title = f"All {len(shown)}" if len(shown) == summary.rejected else f"The first {len(shown)} of {summary.rejected}"
+        lines += [f"### {title}", "", _markdown_table(pd.DataFrame(shown)), ""]
+    command = f"`amojo-etl rejects --interval {summary.interval} --csv rejects.csv`"
+    lines.append(f"A dry run keeps no rejects: once the interval is imported, {command} writes every one of them."
+                 if summary.dry_run else
+                 f"Every one of them, with all its source fields: {command} (with this run's `AMOJO_ETL_STATE_URL`).")
+    return "\n".join(lines) + "\n"
+
+
+def _reject_row(reject: dict) -> dict[str, str]:
+    try:
+        row = json.loads(reject.get("row") or "{}")
+    except (TypeError, ValueError):
+        row = {}
+    fields = {name.replace("_", " "): _shown(row.get(name)) for name in REJECT_FIELDS}
+    return {"source key": str(reject.get("source_key", "")), "reason": str(reject.get("reason", "")),
+            "detail": str(reject.get("detail") or ""), **fields}
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return ""
+    text = " ".join(str(value).split())
+    return text if len(text) <= TEXT_SHOWN else text[:TEXT_SHOWN - 1] + "…"
+
+
 @task(name="publish-artifacts", cache_policy=NO_CACHE)
 async def publish_artifacts(summary: RunSummary) -> None:
     """The summary table, the rejects with their reasons, and the verdict, in the flow run's artifacts."""
@@ -159,14 +199,10 @@ async def publish_artifacts(summary: RunSummary) -> None:
             if isinstance(v, int | float) and not isinstance(v, bool)]
     headline = import_headline(summary.as_dict())
     await acreate_table_artifact(rows, key="import-summary", description=f"Import {summary.interval}: {headline}")
-    reasons = "\n".join(f"| {reason} | {count} |" for reason, count in summary.rejects_by_reason.items())
-    samples = pd.DataFrame(summary.reject_samples, columns=["source_key", "reason", "detail", "row"])
-    first = _markdown_table(samples) if len(samples) else "_none_"
     await acreate_markdown_artifact(
-        f"## Rejected rows, {summary.interval}\n\n| reason | rows |\n|---|---|\n{reasons}\n\n"
-        f"### First {REJECT_SAMPLES}\n\n{first}\n\nAll of them are in the ledger's `rejects` table.\n",
-        key="import-rejects",
-        description="Rows that were not sent, with the reason",
+        rejects_markdown(summary), key="import-rejects",
+        description=f"Rows of {summary.interval} not sent: {summary.rejected}"
+                    + "".join(f" · {count} {reason}" for reason, count in summary.rejects_by_reason.items()),
     )
     await acreate_markdown_artifact(
         f"## Reconciliation: **{summary.verdict}**\n\n"

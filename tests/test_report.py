@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from etl.summary import import_headline
-from tasks.report import progress_line
+import csv
+import json
+import re
+import shlex
+
+from typer.testing import CliRunner
+
+from etl import cli
+from etl.ledger import Ledger
+from etl.summary import RunSummary, import_headline
+from tasks.report import REJECT_SAMPLES, progress_line, rejects_markdown
 
 
 def test_the_headline_names_the_counts_and_the_verdict():
@@ -21,3 +30,54 @@ def test_progress_says_rows_of_total_rate_and_time_left():
     assert progress_line(900, 1_000, 3.0) == "900 of 1,000 source rows · 300 rows/s · about 1 s left"
     assert progress_line(1_000, 1_000, 4.0) == "1,000 of 1,000 source rows · 250 rows/s"
     assert progress_line(0, 1_000, 0.0) == "0 of 1,000 source rows"
+
+
+def _summary_with_rejects(count: int, interval: str = "2026-10-01..2026-10-02") -> RunSummary:
+    rows = [{"source_key": f"m{i}", "reason": "empty_text", "detail": "text is empty",
+             "row": json.dumps({"id": f"m{i}", "conversation_id": "c7", "created_at": "2026-10-01 09:00:00",
+                                "direction": "in", "text": "   ", "media_url": "https://example.com/" + "x" * 500})}
+            for i in range(count)]
+    return RunSummary(interval=interval, rejected=count, rejects_by_reason={"empty_text": count},
+                      reject_samples=rows[:REJECT_SAMPLES])
+
+
+def test_rejects_read_as_a_table_of_their_key_reason_and_fields():
+    text = rejects_markdown(_summary_with_rejects(70))
+    assert "| empty_text | 70 |" in text
+    assert "### The first 20 of 70" in text
+    header = next(line for line in text.splitlines() if line.startswith("| source key"))
+    assert header == "| source key | reason | detail | conversation id | created at | direction | manager id | type | text |"
+    assert "| m0 | empty_text | text is empty | c7 | 2026-10-01 09:00:00 | in |" in text
+    assert "{" not in text and "example.com" not in text  # not the raw row
+    assert sum(line.startswith("| m") for line in text.splitlines()) == REJECT_SAMPLES
+
+
+def test_a_long_text_is_cut_with_an_ellipsis_on_one_line():
+    summary = _summary_with_rejects(1)
+    summary.reject_samples[0]["row"] = json.dumps({"text": "line one\nline | two " + "x" * 200})
+    line = next(line for line in rejects_markdown(summary).splitlines() if line.startswith("| m0"))
+    assert line.endswith("line one line \\| two " + "x" * 39 + "… |")
+    assert "### All 1" in rejects_markdown(summary)
+
+
+def test_no_rejects_is_one_line_not_an_empty_table():
+    assert rejects_markdown(RunSummary(interval="2026-10-01..2026-10-02")) == \
+        "Nothing rejected in 2026-10-01..2026-10-02: every source row was valid.\n"
+
+
+def test_the_rejects_pointer_writes_every_reject_of_the_interval(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMOJO_ETL_STATE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    monkeypatch.chdir(tmp_path)
+    ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
+    ledger.save_rejects([{"source_key": f"m{i}", "reason": "empty_text", "detail": "", "row": "{}"}
+                         for i in range(70)], "2026-10-01..2026-10-02")
+    ledger.save_rejects([{"source_key": "other", "reason": "empty_text", "detail": "", "row": "{}"}],
+                        "2026-10-02..2026-10-03")
+    ledger.close()
+    command = re.search(r"`amojo-etl ([^`]+)`", rejects_markdown(_summary_with_rejects(70))).group(1)
+    result = CliRunner().invoke(cli.app, shlex.split(command))
+    assert result.exit_code == 0, (result.output, result.exception)
+    with (tmp_path / "rejects.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["source_key"] for r in rows) == sorted(f"m{i}" for i in range(70))  # all, beyond the 50 shown
+    assert {r["interval"] for r in rows} == {"2026-10-01..2026-10-02"}
