@@ -166,7 +166,8 @@ def rejects_markdown(summary: RunSummary) -> str:
     lines = [f"## {summary.rejected} rows not sent, {summary.interval}", "", _markdown_table(reasons), ""]
     shown = [_reject_row(r) for r in summary.reject_samples]
     if shown:
-        title = f"All {len(shown)}" if len(shown) == summary.rejected else f"The first {len(shown)} of {summary.rejected}"
+        title = f"All {len(shown)}" if len(shown) == summary.rejected else \
+            f"The first {len(shown)} of {summary.rejected}"
         lines += [f"### {title}", "", _markdown_table(pd.DataFrame(shown)), ""]
     command = f"`amojo-etl rejects --interval {summary.interval} --csv rejects.csv`"
     lines.append(f"A dry run keeps no rejects: once the interval is imported, {command} writes every one of them."

@@ -46,7 +46,8 @@ def test_rejects_read_as_a_table_of_their_key_reason_and_fields():
     assert "| empty_text | 70 |" in text
     assert "### The first 20 of 70" in text
     header = next(line for line in text.splitlines() if line.startswith("| source key"))
-    assert header == "| source key | reason | detail | conversation id | created at | direction | manager id | type | text |"
+    assert header == ("| source key | reason | detail | conversation id | created at | direction | manager id | type "
+                      "| text |")
     assert "| m0 | empty_text | text is empty | c7 | 2026-10-01 09:00:00 | in |" in text
     assert "{" not in text and "example.com" not in text  # not the raw row
     assert sum(line.startswith("| m") for line in text.splitlines()) == REJECT_SAMPLES
