@@ -8,11 +8,12 @@ backfills over the same range, on several workers, share its days out through th
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_progress_artifact, aupdate_progress_artifact
 from prefect.states import Failed, State
 from pydantic import Field
 
@@ -22,6 +23,7 @@ from etl.intervals import check_range as validate_range
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings
 from tasks.extract import extract_unplaced_task
+from tasks.report import backfill_days_markdown
 from tasks.transform import unplaced_rejects
 
 from .import_chats import days_to_revisit, import_chats
@@ -84,15 +86,10 @@ async def backfill(
             todo = days_to_run(days, statuses, reprocess)
         logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
                     reprocess)
-        outcomes, by_others = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess, max_parallel,
-                                              dry_run, start, end)
+        outcomes, by_others, runs = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess,
+                                                    max_parallel, dry_run, start, end)
     finally:
         ledger.close()
-    rows = [{"day": d.label,
-             "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
-             if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
-            for d in days]
-    await acreate_table_artifact(rows, key="backfill-days", description=f"Backfill {start}..{end}")
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("complete", "incomplete", "failed")}
     summary = {"days": len(days), "ran": len(todo) - len(by_others), "skipped": len(days) - len(todo),
                "by_other_runs": len(by_others), **counts, "unplaced": unplaced,
@@ -100,6 +97,12 @@ async def backfill(
                "outcomes": outcomes}
     headline = (f"{counts['complete']} complete · {counts['incomplete']} incomplete · {counts['failed']} failed · "
                 f"{summary['skipped']} skipped of {len(days)} days")
+    rows = [{"day": d.label, **runs.get(d.label, {}),
+             "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
+             if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
+            for d in days]
+    await acreate_markdown_artifact(backfill_days_markdown(f"Backfill {start}..{end}: {headline}", rows),
+                                    key="backfill-days", description=f"Backfill {start}..{end}: {headline}")
     if counts["failed"]:
         return Failed(message=headline, data=summary)
     return final_state(summary, headline)
@@ -121,9 +124,10 @@ def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int |
 
 
 async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float, reprocess: Reprocess,
-                    max_parallel: int, dry_run: bool, start: date, end: date) -> tuple[dict[str, str], set[str]]:
-    """Import the days, `max_parallel` at a time, earliest first; day label -> verdict, and the days other runs
-    did meanwhile.
+                    max_parallel: int, dry_run: bool, start: date, end: date
+                    ) -> tuple[dict[str, str], set[str], dict[str, dict[str, Any]]]:
+    """Import the days, `max_parallel` at a time, earliest first; day label -> verdict, the days other runs did
+    meanwhile, and day label -> the counts and flow run id of the days this backfill imported.
 
     Several backfills over one range share it out: each claims the earliest day no live run holds ("dispatch"),
     and waits for the days others hold only when none is left (taking one over if its run died). Its days not
@@ -136,6 +140,7 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
     queue = list(todo)
     outcomes: dict[str, str] = {}
     by_others: set[str] = set()
+    runs: dict[str, dict[str, Any]] = {}
     running: dict[asyncio.Task[None], Interval] = {}
 
     async with RunClaims(ledger, claim_timeout_s) as own:
@@ -149,15 +154,19 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
                 state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
                                            dry_run=dry_run, return_state=True)
                 result = await summary_of(state)
+                runs[day.label] = {"run": state.state_details.flow_run_id}
                 if result is None:
                     outcomes[day.label] = "failed"
                 else:
                     outcomes[day.label] = "dry run" if dry_run else result["verdict"]
+                    runs[day.label].update(sent=result.get("messages_sent", 0), rejected=result.get("rejected", 0),
+                                           missing=result.get("missing", 0))
             finally:
                 own.release("dispatch", [interval_key(day)])
                 if not dry_run:
                     own.unreserve(day)
-                await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)))
+                await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)),
+                                                description=days_done_line(start, end, outcomes, len(todo)))
 
         def next_day() -> Interval | None:
             """The earliest day of the queue no other run holds, now claimed by this backfill; with all slots
@@ -194,5 +203,12 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-    await aupdate_progress_artifact(progress, 100.0)
-    return outcomes, by_others
+    await aupdate_progress_artifact(progress, 100.0, description=days_done_line(start, end, outcomes, len(todo)))
+    return outcomes, by_others, runs
+
+
+def days_done_line(start: date, end: date, outcomes: dict[str, str], todo: int) -> str:
+    """"Days of 2026-10-01..2026-10-08: 3 of 7 done · 2 complete · 1 incomplete": the progress card's line."""
+    tally = Counter(outcomes.values())
+    return f"Days of {start}..{end}: {len(outcomes)} of {todo} done" + "".join(
+        f" · {count} {outcome}" for outcome, count in sorted(tally.items()))

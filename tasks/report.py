@@ -18,6 +18,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.urls import url_for
 
 from etl.summary import RunSummary, import_headline
 
@@ -216,3 +217,21 @@ async def publish_artifacts(summary: RunSummary) -> None:
         description=f"Read-back of {summary.interval}: {summary.confirmed} of {summary.expected} confirmed, "
                     f"{summary.missing} missing · {summary.verdict}",
     )
+
+
+def run_link(flow_run_id: object) -> str:
+    """A flow run as a link to its page in the Prefect UI (PREFECT_UI_URL, else derived from PREFECT_API_URL), or
+    its id where no UI is known (a temporary server's runs have no page that outlives the command)."""
+    if not flow_run_id:
+        return ""
+    url = url_for("flow-run", obj_id=str(flow_run_id))
+    return f"[open]({url})" if url else f"`{flow_run_id}`"
+
+
+def backfill_days_markdown(title: str, days: list[dict]) -> str:
+    """One row per day: its outcome, sent, rejected and missing messages, and a link to its import run."""
+    frame = pd.DataFrame([{"day": d["day"], "outcome": d["outcome"],
+                           **{k: "" if d.get(k) is None else d[k] for k in ("sent", "rejected", "missing")},
+                           "run": run_link(d.get("run"))} for d in days],
+                         columns=["day", "outcome", "sent", "rejected", "missing", "run"])
+    return f"## {title}\n\n{_markdown_table(frame)}\n"

@@ -34,6 +34,29 @@ async def test_backfill_runs_each_day_once_and_resumes(emulator, pipeline_env):
     assert _landed(emulator) == before and set(before.values()) == {1}
 
 
+async def test_backfill_days_show_each_days_counts_and_a_link_to_its_run(emulator, pipeline_env):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
+
+    state = await backfill(start=date(2026, 10, 20), end=date(2026, 10, 22), return_state=True)
+    summary = await summary_of(state)
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id={"any_": [state.state_details.flow_run_id]}))
+    days = next(a for a in artifacts if a.key.startswith("backfill-days"))
+    progress = next(a for a in artifacts if a.key.startswith("backfill-progress"))
+    assert days.description.endswith("0 skipped of 2 days")
+    assert progress.description.endswith("2 of 2 done · 2 complete")
+    sent = {}
+    for child in children:
+        day = next(line for line in days.data.splitlines() if f"/runs/flow-run/{child.id})" in line)
+        sent[day.split(" | ")[0].lstrip("| ")] = int(day.split(" | ")[2])
+    assert summary["complete"] == 2 and set(sent) == {"2026-10-20..2026-10-21", "2026-10-21..2026-10-22"}
+    assert sum(sent.values()) == len(emulator.emulator.store.messages()) > 0  # each day's own count
+
+
 async def test_backfill_refuses_bad_ranges_before_it_starts(emulator, pipeline_env):
     from prefect.exceptions import ParameterTypeError
 

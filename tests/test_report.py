@@ -6,13 +6,15 @@ import csv
 import json
 import re
 import shlex
+from datetime import date
 
 from typer.testing import CliRunner
 
 from etl import cli
 from etl.ledger import Ledger
 from etl.summary import RunSummary, import_headline
-from tasks.report import REJECT_SAMPLES, progress_line, rejects_markdown
+from flows.backfill import days_done_line
+from tasks.report import REJECT_SAMPLES, backfill_days_markdown, progress_line, rejects_markdown
 
 
 def test_the_headline_names_the_counts_and_the_verdict():
@@ -82,3 +84,34 @@ def test_the_rejects_pointer_writes_every_reject_of_the_interval(tmp_path, monke
         rows = list(csv.DictReader(f))
     assert sorted(r["source_key"] for r in rows) == sorted(f"m{i}" for i in range(70))  # all, beyond the 50 shown
     assert {r["interval"] for r in rows} == {"2026-10-01..2026-10-02"}
+
+
+RUN_ID = "0b6c3f3e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"
+DAYS = [{"day": "2026-10-01..2026-10-02", "outcome": "complete", "sent": 120, "rejected": 2, "missing": 0,
+         "run": RUN_ID},
+        {"day": "2026-10-02..2026-10-03", "outcome": "skipped (complete)"}]
+
+
+def test_backfill_days_have_counts_and_a_link_to_each_days_run():
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings({PREFECT_UI_URL: "http://prefect.example:4300"}):
+        text = backfill_days_markdown("Backfill 2026-10-01..2026-10-03", DAYS)
+    assert "| day | outcome | sent | rejected | missing | run |" in text
+    assert f"| 2026-10-01..2026-10-02 | complete | 120 | 2 | 0 | [open](http://prefect.example:4300/runs/flow-run/" \
+           f"{RUN_ID}) |" in text
+    assert "| 2026-10-02..2026-10-03 | skipped (complete) |  |  |  |  |" in text
+
+
+def test_without_a_ui_the_days_run_is_named_by_its_id():
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_UI_URL, PREFECT_API_URL}):
+        text = backfill_days_markdown("Backfill", DAYS)
+    assert f"| 0 | `{RUN_ID}` |" in text
+
+
+def test_backfill_progress_says_days_done_and_their_outcomes():
+    assert days_done_line(date(2026, 10, 1), date(2026, 10, 8),
+                          {"a": "complete", "b": "incomplete", "c": "complete"}, 7) == \
+        "Days of 2026-10-01..2026-10-08: 3 of 7 done · 2 complete · 1 incomplete"
