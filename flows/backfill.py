@@ -23,7 +23,7 @@ from etl.intervals import check_range as validate_range
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, Settings, load_settings
 from tasks.extract import extract_unplaced_task
-from tasks.report import backfill_days_markdown
+from tasks.report import artifact_key, backfill_days_markdown
 from tasks.transform import unplaced_rejects
 
 from .import_chats import days_to_revisit, import_chats
@@ -102,7 +102,8 @@ async def backfill(
              if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
             for d in days]
     await acreate_markdown_artifact(backfill_days_markdown(f"Backfill {start}..{end}: {headline}", rows),
-                                    key="backfill-days", description=f"Backfill {start}..{end}: {headline}")
+                                    key=artifact_key("backfill-days", settings),
+                                    description=f"Backfill {start}..{end}: {headline}")
     if counts["failed"]:
         return Failed(message=headline, data=summary)
     return final_state(summary, headline)
@@ -135,7 +136,7 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
     it runs becomes free (its run died), it starts that one at once, beyond `max_parallel`: later days may be
     waiting for it.
     """
-    progress = await acreate_progress_artifact(0.0, key="backfill-progress",
+    progress = await acreate_progress_artifact(0.0, key=artifact_key("backfill-progress"),
                                                description=f"Days of {start}..{end} done")
     queue = list(todo)
     outcomes: dict[str, str] = {}

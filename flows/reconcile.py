@@ -16,6 +16,7 @@ from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import ConfigurationError, load_settings, with_secret_blocks
 from tasks.reconcile import reconcile_task
+from tasks.report import artifact_key
 
 from .backfill import validate_range
 from .import_chats import import_chats
@@ -69,7 +70,8 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
         return Failed(message=str(error), data=error)
     finally:
         ledger.close()
-    await acreate_table_artifact(rows, key="reconcile-days", description=f"Reconcile {start}..{end}")
+    await acreate_table_artifact(rows, key=artifact_key("reconcile-days", settings),
+                                 description=f"Reconcile {start}..{end}")
     complete = all(r["verdict"] == "complete" for r in rows)
     summary = {"days": len(rows), "verdict": "complete" if complete else "incomplete",
                "missing": sum(r["missing"] for r in rows), "duplicates": sum(r["duplicates"] for r in rows),

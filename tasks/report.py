@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import pandas as pd
@@ -20,6 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.urls import url_for
 
+from etl.settings import Settings, load_settings
 from etl.summary import RunSummary, import_headline
 
 from .load import LoadReport
@@ -27,6 +30,22 @@ from .reconcile import Verdict
 from .transform import Batch, source_digest
 
 REJECT_SAMPLES = 20
+AMOCRM_DOMAINS = (".amocrm.ru", ".amocrm.com", ".kommo.com")
+
+
+def artifact_key(kind: str, settings: Settings | None = None) -> str:
+    """`import-summary-mycompany`: the artifact's kind and the account it is about (the subdomain of
+    AMOJO_ETL_AMOCRM_URL; another host by its name and port), so that one Prefect server serving several accounts
+    keeps one history per account and key. Prefect keys hold lowercase letters, digits and dashes only."""
+    settings = settings or load_settings()
+    account = ""
+    if settings.amocrm_url:
+        url = urlsplit(settings.amocrm_url)
+        host = (url.hostname or "").lower()
+        account = next((host[:-len(d)] for d in AMOCRM_DOMAINS if host.endswith(d)), None) or \
+            (f"{host}-{url.port}" if url.port else host)
+    slug = re.sub(r"[^a-z0-9]+", "-", account.lower()).strip("-")
+    return f"{kind}-{slug}" if slug else kind
 
 
 @dataclass
@@ -114,7 +133,7 @@ class ImportProgress:
 
     @classmethod
     async def start(cls, label: str, total: int) -> ImportProgress:
-        artifact_id = await acreate_progress_artifact(0.0, key="import-progress",
+        artifact_id = await acreate_progress_artifact(0.0, key=artifact_key("import-progress"),
                                                       description=f"Source rows of {label} sent or rejected")
         return cls(artifact_id, total)
 
@@ -200,9 +219,11 @@ async def publish_artifacts(summary: RunSummary) -> None:
     rows = [{"what": k.replace("_", " "), "count": v} for k, v in summary.as_dict().items()
             if isinstance(v, int | float) and not isinstance(v, bool)]
     headline = import_headline(summary.as_dict())
-    await acreate_table_artifact(rows, key="import-summary", description=f"Import {summary.interval}: {headline}")
+    settings = load_settings()
+    await acreate_table_artifact(rows, key=artifact_key("import-summary", settings),
+                                 description=f"Import {summary.interval}: {headline}")
     await acreate_markdown_artifact(
-        rejects_markdown(summary), key="import-rejects",
+        rejects_markdown(summary), key=artifact_key("import-rejects", settings),
         description=f"Rows of {summary.interval} not sent: {summary.rejected}"
                     + "".join(f" · {count} {reason}" for reason, count in summary.rejects_by_reason.items()),
     )
@@ -213,7 +234,7 @@ async def publish_artifacts(summary: RunSummary) -> None:
         f"- content mismatches: {summary.mismatched}\n- quarantined conversations: {len(summary.quarantined)}\n"
         f"- surplus (in amoCRM with an id of ours the ledger does not know): {summary.surplus}\n"
         f"- warnings: {json.dumps(summary.warnings, ensure_ascii=False)}\n",
-        key="import-verdict",
+        key=artifact_key("import-verdict", settings),
         description=f"Read-back of {summary.interval}: {summary.confirmed} of {summary.expected} confirmed, "
                     f"{summary.missing} missing · {summary.verdict}",
     )

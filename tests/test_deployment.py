@@ -12,6 +12,8 @@ from conftest import etl_env
 from prefect_server import create_flow_run, deploy, prefect_server, start_workers, stop_process, wait_for_flow_run
 
 from etl.sample import SampleSize, write_sample
+from etl.settings import Settings
+from tasks.report import artifact_key
 
 pytestmark = [pytest.mark.prefect, pytest.mark.postgres]
 
@@ -45,7 +47,10 @@ def test_backfill_through_server_deployment_and_worker(emulator, tmp_path):
             imports = [r for r in runs if r["name"].startswith("import-")]
             assert len(imports) == 4 and {r["state"]["type"] for r in imports} == {"COMPLETED"}, children
             keys = {a["key"] for a in httpx.post(f"{api}/artifacts/filter", json={}).json()}
-            assert {"backfill-days", "backfill-progress", "import-summary", "import-rejects", "import-verdict"} <= keys
+            account = Settings(amocrm_url=worker_env["AMOJO_ETL_AMOCRM_URL"])
+            assert {artifact_key(kind, account) for kind in ("backfill-days", "backfill-progress", "import-summary",
+                                                             "import-rejects", "import-verdict")} <= keys
+            assert all(key.endswith(f"-127-0-0-1-{httpx.URL(emulator.url).port}") for key in keys)
 
             landed = Counter(m["msgid"] for m in emulator.emulator.store.messages())
             ledger = sa.create_engine(worker_env["AMOJO_ETL_STATE_URL"])

@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from etl import cli
 from etl.ledger import Ledger
+from etl.settings import Settings
 from etl.summary import RunSummary, import_headline
 from flows.backfill import days_done_line
-from tasks.report import REJECT_SAMPLES, backfill_days_markdown, progress_line, rejects_markdown
+from tasks.report import REJECT_SAMPLES, artifact_key, backfill_days_markdown, progress_line, rejects_markdown
 
 
 def test_the_headline_names_the_counts_and_the_verdict():
@@ -115,3 +116,14 @@ def test_backfill_progress_says_days_done_and_their_outcomes():
     assert days_done_line(date(2026, 10, 1), date(2026, 10, 8),
                           {"a": "complete", "b": "incomplete", "c": "complete"}, 7) == \
         "Days of 2026-10-01..2026-10-08: 3 of 7 done · 2 complete · 1 incomplete"
+
+
+def test_artifact_keys_tell_accounts_apart():
+    def key(url: str | None) -> str:
+        return artifact_key("import-summary", Settings(amocrm_url=url))
+
+    assert key("https://MyCompany.amocrm.ru") == "import-summary-mycompany"
+    assert key("https://shop_2.kommo.com/") == "import-summary-shop-2"
+    assert key("http://127.0.0.1:8123") == "import-summary-127-0-0-1-8123"
+    assert key(None) == "import-summary"
+    assert all(re.fullmatch(r"[a-z0-9-]+", key(u)) for u in ("https://Ünï.amocrm.com", "http://[::1]:80"))
