@@ -407,12 +407,12 @@ def audit(start: StartOption, end: EndOption,
 
 @command()
 def status(as_json: JsonOption = False) -> None:
-    """The ledger's view of each interval: done or not, messages sent, rejects, verdict."""
+    """The ledger's view of each interval: done or not, messages sent, rejects, verdict, and its last audit."""
     from .claims import interval_label
     from .ledger import Ledger
 
     ledger = Ledger(load_settings().state_url)
-    intervals = ledger.interval_rows()
+    intervals = _with_last_audits(ledger.interval_rows(), ledger.last_audits())
     counts = ledger.status_counts()
     unplaced = sum(ledger.reject_counts("unplaced").values())
     now = ledger.clock()  # claims expire by the ledger's clock, not this machine's
@@ -428,11 +428,14 @@ def status(as_json: JsonOption = False) -> None:
     for row in intervals:
         summary = row["summary"]
         updated = datetime.fromtimestamp(row["updated_at"]).strftime("%Y-%m-%d %H:%M") if row["updated_at"] else ""
-        rows.append([summary.get("interval", f"{row['start']}..{row['end']}"), row["status"],
+        audit = row["last_audit"] or {}
+        audited = datetime.fromtimestamp(audit["audited_at"]).strftime("%Y-%m-%d %H:%M") if audit else ""
+        rows.append([summary.get("interval", f"{row['start'][:10]}..{row['end'][:10]}"), row["status"] or "",
                      summary.get("messages_sent", ""), summary.get("messages_skipped", ""),
-                     summary.get("rejected", ""), summary.get("missing", ""), updated])
-    _table("intervals in the ledger", ["interval", "status", "sent", "skipped", "rejected", "missing", "updated"],
-           rows)
+                     summary.get("rejected", ""), summary.get("missing", ""), updated,
+                     audit.get("verdict", "") + (" (repaired)" if audit.get("repaired") else ""), audited])
+    _table("intervals in the ledger", ["interval", "status", "sent", "skipped", "rejected", "missing", "updated",
+                                       "last audit", "audited"], rows)
     Console().print(_plain("messages by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                            limit=None))
     if unplaced:
@@ -441,6 +444,17 @@ def status(as_json: JsonOption = False) -> None:
         _table("intervals being imported now (a dead run's is taken over once its claim expires)",
                ["interval", "run", "messages registered through"],
                [[r["interval"], "alive" if r["alive"] else "dead", r["registered_through"]] for r in running])
+
+
+def _with_last_audits(intervals: list[dict[str, Any]],
+                      audits: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each interval with its last audit (`last_audit`, None if never audited); a day audited but never imported is
+    listed too, with no status, in time order."""
+    rows = [{**row, "last_audit": audits.get((row["start"], row["end"]))} for row in intervals]
+    imported = {(row["start"], row["end"]) for row in intervals}
+    rows += [{"start": start, "end": end, "status": None, "summary": {}, "updated_at": None, "last_audit": audit}
+             for (start, end), audit in audits.items() if (start, end) not in imported]
+    return sorted(rows, key=lambda row: (row["start"], row["end"]))
 
 
 def _unplaced_note(count: int) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from .settings import ConfigurationError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 KEY_LENGTH = 512
 """Longest id the ledger keeps (msgid, conversation and client ids, reject keys): what real sources hold, and
 within what MySQL can index (3072 bytes of utf8mb4). Longer source ids are rejected before they get here."""
@@ -118,6 +118,23 @@ uncertain = sa.Table(
     sa.Column("since", sa.Double, nullable=False),  # not Float: single precision on MySQL
 )
 
+# The last audit of each interval (flows/audit.py): when, its verdict, the three counts and the differences by kind,
+# so that `status` shows it beside the import's. Added in version 6.
+audits = sa.Table(
+    "audits", metadata,
+    sa.Column("start", sa.String(40), primary_key=True),
+    sa.Column("end", sa.String(40), primary_key=True),
+    sa.Column("audited_at", sa.Double, nullable=False),  # the ledger's clock; not Float: single precision on MySQL
+    sa.Column("verdict", sa.String(16), nullable=False),  # consistent | differs
+    sa.Column("source", sa.Integer, nullable=False),  # rows, valid and rejected
+    sa.Column("source_rejected", sa.Integer, nullable=False),
+    sa.Column("ledger", sa.Text, nullable=False),  # JSON: status -> messages (sent, rejected, pending, failed)
+    sa.Column("amocrm", sa.Integer, nullable=False),  # messages amoCRM showed
+    sa.Column("differences", sa.Text, nullable=False),  # JSON: kind -> messages
+    sa.Column("repair", sa.Boolean, nullable=False),  # an audit --repair
+    sa.Column("repaired", sa.Integer, nullable=False),  # messages it sent or edited
+)
+
 DONE = ("sent", "confirmed")
 UNKNOWN_CONTENT = 0
 """The content hash of a sent message whose content in amoCRM is not the source's: the next run edits it."""
@@ -165,6 +182,7 @@ UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
     3: lambda conn: claims.create(conn, checkfirst=True),
     4: _widen_keys,
     5: lambda conn: uncertain.create(conn, checkfirst=True),
+    6: lambda conn: audits.create(conn, checkfirst=True),
 }
 """Schema version -> the step that brings a ledger of the version before up to it."""
 
@@ -418,6 +436,21 @@ class Ledger:
         """(start, end) -> status of every interval the ledger has seen."""
         with self.engine.connect() as conn:
             return {(r.start, r.end): r.status for r in conn.execute(sa.select(intervals))}
+
+    def save_audit(self, start: str, end: str, found: dict[str, Any]) -> None:
+        """Keep an interval's audit as its last: `found` has verdict, source, source_rejected, ledger, amocrm,
+        differences (kind -> count), repair and repaired."""
+        with self.engine.begin() as conn:
+            row = {**found, "start": start, "end": end, "audited_at": self._now(conn),
+                   "ledger": json.dumps(found["ledger"]), "differences": json.dumps(found["differences"])}
+            self._upsert(conn, audits, [row], ["start", "end"])
+
+    def last_audits(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(start, end) -> the last audit of every interval audited."""
+        with self.engine.connect() as conn:
+            return {(r.start, r.end): {**r._asdict(), "ledger": json.loads(r.ledger),
+                                       "differences": json.loads(r.differences)}
+                    for r in conn.execute(sa.select(audits))}
 
     def mark_messages(self, msgids: list[str], status: str) -> None:
         """Set these messages' status (reconcile's repair marks the missing ones `failed`, to be sent again)."""

@@ -68,6 +68,13 @@ class DayAudit:
                 **{kind.replace("_", " "): len(getattr(self, kind)) for kind in DIFFERENCES},
                 "repaired": self.repaired, "verdict": self.verdict}
 
+    def record(self, repair: bool) -> dict[str, Any]:
+        """What the ledger keeps of the day's audit, for `status`: the verdict, the counts, the differences by kind."""
+        return {"verdict": self.verdict, "source": self.source_valid + self.source_rejected,
+                "source_rejected": self.source_rejected, "ledger": self.ledger, "amocrm": self.amocrm,
+                "differences": {kind: len(getattr(self, kind)) for kind in DIFFERENCES}, "repair": repair,
+                "repaired": self.repaired}
+
 
 @flow(name="audit", flow_run_name="audit-{start}..{end}")
 async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] | State:
@@ -98,6 +105,7 @@ async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] 
                 found = await _audit_day(settings, ledger, api, senders, day)
                 if repair and found.verdict == "differs":
                     found = await _repair_day(settings, ledger, api, senders, day, found)
+                ledger.save_audit(day.start.isoformat(), day.end.isoformat(), found.record(repair))
                 audits.append(found)
     except Exception as exc:
         if (error := classify(exc)) is None:

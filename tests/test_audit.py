@@ -3,12 +3,15 @@ repaired through the exactly-once path with nothing sent twice."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import date, timedelta
 
 import pytest
 from load_harness import edit_text, execute, write_source
+from typer.testing import CliRunner
 
+from etl import cli
 from flows.audit import audit
 from flows.import_chats import import_chats
 from flows.outcome import summary_of
@@ -17,6 +20,14 @@ pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
 DAYS = (date(2026, 10, 4), date(2026, 10, 5))
 WRITES = ("message",)  # new_message and edit_message alike: the Chats API's one write route
+
+
+def _last_audits() -> dict[str, dict]:
+    """Day -> the last audit `status --json` shows beside the day's import."""
+    result = CliRunner().invoke(cli.app, ["status", "--json"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return {f"{row['start'][:10]}..{row['end'][:10]}": row["last_audit"]
+            for row in json.loads(result.output)["intervals"]}
 
 
 def _held(emulator) -> Counter:
@@ -54,6 +65,10 @@ async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_m
     assert second["source_valid"] == 6 and second["ledger"]["pending"] == 1
     assert not any(e[2] in WRITES for e in emulator.emulator.request_log)  # an audit writes nothing to amoCRM
     assert "1 not sent · 1 missing in amocrm · 1 other content" in state.message
+    shown = _last_audits()
+    assert [a["verdict"] for a in shown.values()] == ["differs", "differs"]
+    assert shown["2026-10-05..2026-10-06"]["differences"]["not_sent"] == 1
+    assert shown["2026-10-05..2026-10-06"]["source"] == 6 and not shown["2026-10-05..2026-10-06"]["repair"]
 
     repaired = await audit(start=DAYS[0], end=end, repair=True)
     assert repaired["verdict"] == "consistent" and repaired["repaired"] == 4  # late, lost: sent; two: edited
@@ -64,6 +79,11 @@ async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_m
     assert held["ae-d5-cv0-2"] == 1  # deleted at the source: reported, never deleted in amoCRM
     texts = {m["msgid"]: m["message"].get("text") for m in store.messages()}
     assert texts["ae-d4-cv0-1"] == "corrected at the source" and texts["ae-d5-cv1-2"] != "changed in amoCRM"
+    shown = _last_audits()
+    assert [(a["verdict"], a["repair"], a["repaired"]) for a in shown.values()] == [
+        ("consistent", True, 2), ("consistent", True, 2)]
+    table = CliRunner().invoke(cli.app, ["status"], env={"COLUMNS": "200"}).output
+    assert table.count("consistent (repaired)") == 2
 
     emulator.emulator.request_log.clear()
     again = await audit(start=DAYS[0], end=end)

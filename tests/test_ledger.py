@@ -24,6 +24,7 @@ def _set_version(url: str, version: int, drop_index: bool = False) -> None:
             conn.execute(sa.text("DROP INDEX messages_conversation_msec"))
             conn.execute(sa.text("DROP TABLE claims"))
             conn.execute(sa.text("DROP TABLE uncertain"))  # and that of version 5
+            conn.execute(sa.text("DROP TABLE audits"))  # and that of version 6
     engine.dispose()
 
 
@@ -36,13 +37,35 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     _set_version(url, 1, drop_index=True)  # as version 1 left it
     assert "messages_conversation_msec" not in _indexes(url)
     upgraded = Ledger(url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 5
+    assert upgraded.schema_version() == SCHEMA_VERSION == 6
     assert "messages_conversation_msec" in _indexes(url)
     assert upgraded.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
     upgraded.expect_effects("contact", ["client-1"])
     assert set(upgraded.uncertain_keys("contact", ["client-1", "client-2"])) == {"client-1"}
     assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7, "c1", 1)}  # the data stays
+    upgraded.save_audit("2026-10-01", "2026-10-02", AUDIT)
+    assert upgraded.last_audits()[("2026-10-01", "2026-10-02")]["verdict"] == "differs"
     upgraded.close()
+
+
+AUDIT = {"verdict": "differs", "source": 7, "source_rejected": 1, "ledger": {"sent": 5, "rejected": 1},
+         "amocrm": 4, "differences": {"missing_in_amocrm": 1, "not_sent": 0}, "repair": False, "repaired": 0}
+
+
+def test_each_interval_keeps_its_last_audit(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.save_audit("2026-10-01", "2026-10-02", AUDIT)
+    first = ledger.last_audits()[("2026-10-01", "2026-10-02")]
+    ledger.save_audit("2026-10-01", "2026-10-02", {**AUDIT, "verdict": "consistent", "repair": True,
+                                                   "repaired": 1, "differences": {"missing_in_amocrm": 0}})
+    last = ledger.last_audits()
+    ledger.close()
+    assert list(last) == [("2026-10-01", "2026-10-02")]
+    assert last[("2026-10-01", "2026-10-02")]["audited_at"] >= first["audited_at"]
+    assert {k: v for k, v in last[("2026-10-01", "2026-10-02")].items() if k not in ("audited_at",)} == {
+        "start": "2026-10-01", "end": "2026-10-02", "verdict": "consistent", "source": 7, "source_rejected": 1,
+        "ledger": {"sent": 5, "rejected": 1}, "amocrm": 4, "differences": {"missing_in_amocrm": 0}, "repair": True,
+        "repaired": 1}
 
 
 def test_a_ledger_from_a_newer_version_is_refused(tmp_path):
