@@ -687,13 +687,15 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
             pending = pending[~pending["msgid"].isin(landed)]
         # Those whose content changed since an earlier attempt that may have landed: amoCRM may hold that one. The
         # ledger keeps saying so (UNKNOWN_CONTENT) until an edit has gone out.
-        stale = {m.msgid for m in pending.itertuples(index=False)
+        # One pass of itertuples: each call builds a namedtuple class, a cost paid per conversation and chunk.
+        messages = list(pending.itertuples(index=False))
+        stale = {m.msgid for m in messages
                  if m.msgid in unresolved and (pd.isna(m.recorded_hash) or int(m.recorded_hash) != int(m.content_hash))}
-        if len(pending):
+        if messages:
             claims.check()
-            ledger.record_messages([row(m, status="sending") for m in pending.itertuples(index=False)])
+            ledger.record_messages([row(m, status="sending") for m in messages])
         resent: list[Any] = []
-        for message in pending.itertuples(index=False):
+        for message in messages:
             claims.check()
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
