@@ -13,6 +13,8 @@ from .transport import Limiter, RetryPolicy, TokenBucket, Transport, connection_
 
 BASE_PATH = "/v2/origin/custom"
 HISTORY_PAGE = 50
+HISTORY_RESTARTS = 3
+"""Times a history read starts again from the newest because the history moved under it (ChatsClient.history)."""
 
 
 @dataclass(frozen=True)
@@ -112,28 +114,50 @@ class ChatsClient:
             return []
         return response.json().get("messages", [])
 
-    async def history(self, chat_id: str, *, older_than_ms: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Every message of a chat, newest first, page by page; stops early once past `older_than_ms`.
+    async def history(self, chat_id: str, *, older_than_ms: int | None = None,
+                      restarts: int = HISTORY_RESTARTS) -> AsyncIterator[dict[str, Any]]:
+        """Every message of a chat, newest first, each once (by its amojo id); stops early once past `older_than_ms`.
 
-        Pages are counted from the newest message, so one that arrives while the history is read pushes the
-        next page's first item back onto it: each amojo message is yielded once, by its amojo id.
+        Pages are counted from the newest message, so what other runs send while the history is read moves it: a
+        new message pushes the rest back (the next page repeats one already read), and one imported with an older
+        time lands among the pages already read, where this read would never see it. So pages overlap by one
+        message: a page that does not begin with the last message of the page before shows that the history moved,
+        and the read starts again from the newest, yielding only what it had not yet. After `restarts` such starts,
+        the last read goes on as the pages come.
         """
-        offset = 0
         seen: set[str] = set()
+        for attempt in range(restarts + 1):
+            moved = False
+            async for page, moved_before in self._pages(chat_id, older_than_ms):
+                moved = moved or moved_before
+                if moved_before and attempt < restarts:
+                    break  # from the newest again
+                for item in page:
+                    amojo_id = _amojo_id(item)
+                    if amojo_id:
+                        if amojo_id in seen:
+                            continue
+                        seen.add(amojo_id)
+                    yield item
+            if not moved:
+                return
+
+    async def _pages(self, chat_id: str, older_than_ms: int | None
+                     ) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+        """One read of the history, page by page, each after the first meant to begin with the last message of the
+        one before; with each page, whether it did not (the history moved under the read)."""
+        offset, anchor = 0, None
         while True:
             page = await self.history_page(chat_id, offset)
-            for item in page:
-                amojo_id = item.get("message", {}).get("id")
-                if amojo_id:
-                    if amojo_id in seen:
-                        continue
-                    seen.add(amojo_id)
-                yield item
-            if len(page) < HISTORY_PAGE:
+            yield page, anchor is not None and (not page or _amojo_id(page[0]) != anchor)
+            if len(page) < HISTORY_PAGE or (older_than_ms is not None and _msec(page[-1]) < older_than_ms):
                 return
-            if older_than_ms is not None and _msec(page[-1]) < older_than_ms:
-                return
-            offset += len(page)
+            anchor = _amojo_id(page[-1])
+            offset += len(page) - 1
+
+
+def _amojo_id(item: dict[str, Any]) -> str | None:
+    return item.get("message", {}).get("id")
 
 
 def _msec(item: dict[str, Any]) -> int:
