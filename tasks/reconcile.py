@@ -3,7 +3,8 @@
 The ledger holds every valid message of the interval (from `pending` on), so the comparison needs no second
 read of the source. History is newest first, 50 a page; reading stops once a page is
 older than the interval. A message not there yet is read again with backoff before it is called missing: amojo
-processes asynchronously.
+processes asynchronously. One with other text or twice is read again, with the ledger, until two reads agree:
+another run may be editing it. Each read is stable while other runs write into the chat (ChatsClient.history).
 """
 
 from __future__ import annotations
@@ -50,6 +51,22 @@ async def _history(api: Api, chat_id: str, since_ms: int) -> list[dict]:
     return [item async for item in api.chats.history(chat_id, older_than_ms=since_ms)]
 
 
+def _expected(rows: list) -> tuple[list, set[str]]:
+    """A conversation's ledger rows that its chat must hold, and the msgids the ledger knows. Every valid message
+    is expected, except those amoCRM refused for their data (rejects with the API's reason); one it would not take
+    for its own reasons is `failed`, and expected."""
+    return [row for row in rows if row.status != "rejected"], {row.msgid for row in rows}
+
+
+def _differing(history: list[dict], expected: list) -> set[str]:
+    """The expected messages the chat holds other than once, or with other text than the ledger's."""
+    ids = [item.get("message", {}).get("client_id") for item in history]
+    texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
+    hashes, seen = dict(zip(ids, text_hash(texts), strict=True)), Counter(ids)
+    return {row.msgid for row in expected if seen[row.msgid] > 1
+            or (seen[row.msgid] and row.text_hash is not None and hashes.get(row.msgid) != row.text_hash)}
+
+
 async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rereads: int = 3,
                     reread_delay: float = 0.5, concurrency: int = 16) -> Verdict:
     """Compare every message the ledger expects in [start_ms, end_ms) with its chat; confirm what is there."""
@@ -57,25 +74,35 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
     semaphore = asyncio.Semaphore(concurrency)
     conversations = ledger.conversations_between(start_ms, end_ms)
 
-    async def check(chat_id: str | None, expected: list, known: set[str]) -> list[dict]:
+    async def check(conversation_id: str, chat_id: str | None, expected: list, known: set[str]) -> list[dict]:
         if not chat_id:
+            verdict.expected += len(expected)
             verdict.missing.extend(row.msgid for row in expected)
             return []
         async with semaphore:
             try:
+                differing: set[str] | None = None
                 for attempt in range(rereads + 1):
                     history = await _history(api, chat_id, start_ms)
                     seen = Counter(item.get("message", {}).get("client_id") for item in history)
-                    if all(seen[row.msgid] for row in expected) or attempt == rereads:
+                    # Read again while a message is missing (amojo stores them asynchronously), and while what
+                    # differs is not what differed in the read before: another run may be editing these messages.
+                    missing, before, differing = (any(not seen[row.msgid] for row in expected), differing,
+                                                  _differing(history, expected))
+                    if not missing and (not differing or differing == before) or attempt == rereads:
                         break
                     await asyncio.sleep(reread_delay * 2**attempt)
+                    # What that run sent or edited meanwhile, it recorded: the ledger is read again too.
+                    expected, known = _expected(ledger.messages_between([conversation_id], start_ms, end_ms))
             except AmojoError as exc:
                 if isinstance(exc, FATAL):
                     raise
                 # Unread is unconfirmed: the chat's messages count as missing, and the next read tells.
                 verdict.unread[chat_id] = str(exc)
+                verdict.expected += len(expected)
                 verdict.missing.extend(row.msgid for row in expected)
                 return []
+        verdict.expected += len(expected)
         ids = [item.get("message", {}).get("client_id") for item in history]
         verdict.surplus.extend(
             client_id for client_id, item in zip(ids, history, strict=True)
@@ -100,15 +127,9 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
         part = conversations[first:first + CONVERSATIONS_PER_BATCH]
         rows = ledger.messages_between([c for c, _ in part], start_ms, end_ms)
         by_conversation: dict[str, list] = {}
-        known: dict[str, set[str]] = {}
         for row in rows:
-            known.setdefault(row.conversation_id, set()).add(row.msgid)
-            # Every valid message is expected, except those amoCRM refused for their data (rejects with the API's
-            # reason); one it would not take for its own reasons is `failed`, and expected.
-            if row.status != "rejected":
-                by_conversation.setdefault(row.conversation_id, []).append(row)
-        verdict.expected += sum(len(v) for v in by_conversation.values())
-        results = await asyncio.gather(*(check(chat_id, by_conversation.get(c, []), known.get(c, set()))
+            by_conversation.setdefault(row.conversation_id, []).append(row)
+        results = await asyncio.gather(*(check(c, chat_id, *_expected(by_conversation.get(c, [])))
                                          for c, chat_id in part))
         confirmed = [row for result in results for row in result]
         ledger.record_messages(confirmed)

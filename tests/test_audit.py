@@ -88,3 +88,47 @@ async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_m
     emulator.emulator.request_log.clear()
     again = await audit(start=DAYS[0], end=end)
     assert again["verdict"] == "consistent" and not any(e[2] in WRITES for e in emulator.emulator.request_log)
+
+
+async def test_an_audit_read_while_another_run_writes_into_the_chats_finds_only_what_differs(
+        emulator, source_env, monkeypatch):
+    """Another run imports the day while the audit reads its history back: between two pages it edits a message
+    the source corrected (which does not move the pages) and sends a late row (which does). The audit reports what
+    really differs, a message amoCRM lost, and not the edit it saw half-way; the repair sends the lost one only."""
+    from amojo.chats import ChatsClient
+
+    source, day, end = source_env, DAYS[0], DAYS[0] + timedelta(days=1)
+    write_source(source, conversations=2, messages=120, day=day)  # cv0: three history pages
+    assert (await import_chats(start=day, end=end))["verdict"] == "complete"
+    store = emulator.emulator.store
+    store.drop_message("ae-cv0-5")  # a message amoCRM lost: a true difference
+    read_page = ChatsClient.history_page
+    meanwhile = []
+
+    async def another_run_writes(self, chat_id, offset=0, limit=50):
+        page = await read_page(self, chat_id, offset, limit)
+        if not meanwhile and page and page[0]["message"]["client_id"].startswith("ae-cv0-"):
+            meanwhile.append(offset)
+            edit_text(source, "ae-cv0-30"[3:], "corrected at the source meanwhile")
+            execute(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) VALUES "
+                            "('late-1', 'cv0', :t, 'in', 'text', 'synced late')", t=f"{day} 23:30:00")
+            other = await summary_of(await import_chats(start=day, end=end, return_state=True))
+            assert (other["messages_sent"], other["messages_edited"]) == (1, 1)  # the late row; the correction
+        return page
+
+    monkeypatch.setattr(ChatsClient, "history_page", another_run_writes)
+    found = await summary_of(await audit(start=day, end=end, return_state=True))
+    monkeypatch.setattr(ChatsClient, "history_page", read_page)
+    assert meanwhile == [0]
+    (audited,) = found["by_day"]
+    assert audited["missing_in_amocrm"] == ["ae-cv0-5"]
+    assert audited["other_content"] == audited["duplicates"] == audited["changed_at_source"] == []
+
+    emulator.emulator.request_log.clear()
+    repaired = await audit(start=day, end=end, repair=True)
+    assert repaired["verdict"] == "consistent" and repaired["repaired"] == 1
+    assert sum(e[2] in WRITES for e in emulator.emulator.request_log) == 1  # the lost message, sent once
+    held = _held(emulator)
+    assert set(held.values()) == {1} and len(held) == 241
+    texts = {m["msgid"]: m["message"].get("text") for m in store.messages()}
+    assert texts["ae-cv0-30"] == "corrected at the source meanwhile" and texts["ae-late-1"] == "synced late"
