@@ -72,6 +72,7 @@ async def test_the_audit_names_every_difference_and_repair_leaves_only_what_it_m
 
     repaired = await audit(start=DAYS[0], end=end, repair=True)
     assert repaired["verdict"] == "consistent" and repaired["repaired"] == 4  # late, lost: sent; two: edited
+    assert sum(e[2] in WRITES for e in emulator.emulator.request_log) == 4  # each once, nothing else
     assert repaired["differences"] == {"not_sent": 0, "missing_in_amocrm": 0, "other_content": 0,
                                        "changed_at_source": 0, "deleted_at_source": 1, "duplicates": 0}
     held = _held(emulator)
