@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,17 +129,18 @@ class ChatsClient:
         seen: set[str] = set()
         for attempt in range(restarts + 1):
             moved = False
-            async for page, moved_before in self._pages(chat_id, older_than_ms):
-                moved = moved or moved_before
-                if moved_before and attempt < restarts:
-                    break  # from the newest again
-                for item in page:
-                    amojo_id = _amojo_id(item)
-                    if amojo_id:
-                        if amojo_id in seen:
-                            continue
-                        seen.add(amojo_id)
-                    yield item
+            async with aclosing(self._pages(chat_id, older_than_ms)) as pages:
+                async for page, moved_before in pages:
+                    moved = moved or moved_before
+                    if moved_before and attempt < restarts:
+                        break  # from the newest again
+                    for item in page:
+                        amojo_id = _amojo_id(item)
+                        if amojo_id:
+                            if amojo_id in seen:
+                                continue
+                            seen.add(amojo_id)
+                        yield item
             if not moved:
                 return
 

@@ -58,13 +58,28 @@ def _expected(rows: list) -> tuple[list, set[str]]:
     return [row for row in rows if row.status != "rejected"], {row.msgid for row in rows}
 
 
-def _differing(history: list[dict], expected: list) -> set[str]:
-    """The expected messages the chat holds other than once, or with other text than the ledger's."""
-    ids = [item.get("message", {}).get("client_id") for item in history]
-    texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
-    hashes, seen = dict(zip(ids, text_hash(texts), strict=True)), Counter(ids)
-    return {row.msgid for row in expected if seen[row.msgid] > 1
-            or (seen[row.msgid] and row.text_hash is not None and hashes.get(row.msgid) != row.text_hash)}
+@dataclass
+class _Reading:
+    """One read of a chat's history, by our msgid (`client_id`): how often each is there, and its text's hash."""
+
+    history: list[dict]
+    ids: list[str | None]
+    seen: Counter
+    hashes: dict
+
+    @classmethod
+    def of(cls, history: list[dict]) -> _Reading:
+        ids = [item.get("message", {}).get("client_id") for item in history]
+        texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
+        return cls(history, ids, Counter(ids), dict(zip(ids, text_hash(texts), strict=True)))
+
+    def other_text(self, row) -> bool:
+        return row.text_hash is not None and self.hashes.get(row.msgid) != row.text_hash
+
+    def differing(self, expected: list) -> set[str]:
+        """The expected messages the chat holds other than once, or with other text than the ledger's."""
+        return {row.msgid for row in expected
+                if self.seen[row.msgid] > 1 or (self.seen[row.msgid] and self.other_text(row))}
 
 
 async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rereads: int = 3,
@@ -83,12 +98,11 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
             try:
                 differing: set[str] | None = None
                 for attempt in range(rereads + 1):
-                    history = await _history(api, chat_id, start_ms)
-                    seen = Counter(item.get("message", {}).get("client_id") for item in history)
+                    read = _Reading.of(await _history(api, chat_id, start_ms))
                     # Read again while a message is missing (amojo stores them asynchronously), and while what
                     # differs is not what differed in the read before: another run may be editing these messages.
-                    missing, before, differing = (any(not seen[row.msgid] for row in expected), differing,
-                                                  _differing(history, expected))
+                    missing, before, differing = (any(not read.seen[row.msgid] for row in expected), differing,
+                                                  read.differing(expected))
                     if not missing and (not differing or differing == before) or attempt == rereads:
                         break
                     await asyncio.sleep(reread_delay * 2**attempt)
@@ -103,22 +117,19 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
                 verdict.missing.extend(row.msgid for row in expected)
                 return []
         verdict.expected += len(expected)
-        ids = [item.get("message", {}).get("client_id") for item in history]
         verdict.surplus.extend(
-            client_id for client_id, item in zip(ids, history, strict=True)
+            client_id for client_id, item in zip(read.ids, read.history, strict=True)
             if client_id and client_id not in known and start_ms <= _msec(item) < end_ms)
-        texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
-        hashes = dict(zip(ids, text_hash(texts), strict=True))
         confirmed = []
         for row in expected:
-            if not seen[row.msgid]:
+            if not read.seen[row.msgid]:
                 verdict.missing.append(row.msgid)
                 continue
-            if seen[row.msgid] > 1:
+            if read.seen[row.msgid] > 1:
                 verdict.duplicates.append(row.msgid)
-            if row.text_hash is not None and hashes.get(row.msgid) != row.text_hash:
+            if read.other_text(row):
                 verdict.mismatched.append(row.msgid)
-            elif seen[row.msgid] == 1:
+            elif read.seen[row.msgid] == 1:
                 confirmed.append({"msgid": row.msgid, "conversation_id": row.conversation_id, "msec": row.msec,
                                   "content_hash": row.content_hash, "status": "confirmed"})
         return confirmed

@@ -31,7 +31,8 @@ class ChatsWrittenMeanwhile(ChatsClient):
 
 def _message(index: int, msec: int) -> dict[str, Any]:
     return {"timestamp": msec // 1000, "msec_timestamp": msec, "msgid": f"ae-m{index}", "conversation_id": "ae-cv",
-            "silent": True, "sender": {"id": "ae-client", "name": "Olga"}, "message": {"type": "text", "text": f"message {index}"}}
+            "silent": True, "sender": {"id": "ae-client", "name": "Olga"},
+            "message": {"type": "text", "text": f"message {index}"}}
 
 
 @pytest.fixture
