@@ -24,6 +24,8 @@ __all__ = ["ConfigurationError", "Settings", "load_settings", "with_secret_block
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SAMPLE_DB = PROJECT_DIR / "data" / "sample.db"
 CONFIG_VARIABLE = "AMOJO_ETL_CONFIG"
+AMOCRM_DOMAINS = (".amocrm.ru", ".amocrm.com", ".kommo.com")
+"""Hosts whose subdomain names the account."""
 
 
 def config_file_values(path: str) -> dict[str, Any]:
@@ -182,6 +184,17 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Moscow") from exc
         return value
+
+    @property
+    def account(self) -> str | None:
+        """The amoCRM account by name: the subdomain of `amocrm_url` (mycompany of mycompany.amocrm.ru), another
+        host by its name and port (a stand-in); None without a URL."""
+        if not self.amocrm_url:
+            return None
+        url = urlsplit(self.amocrm_url)
+        host = (url.hostname or "").lower()
+        subdomain = next((host[:-len(d)] for d in AMOCRM_DOMAINS if host.endswith(d)), None)
+        return subdomain or (f"{host}:{url.port}" if url.port else host)
 
     @property
     def zone(self) -> ZoneInfo:

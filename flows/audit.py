@@ -25,6 +25,7 @@ from etl.settings import ConfigurationError, Settings, load_settings, with_secre
 from etl.source import open_source
 from tasks.load import own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
+from tasks.report import artifact_key
 from tasks.transform import Senders
 
 from .import_chats import import_chats, transformed_chunks
@@ -115,7 +116,7 @@ async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] 
     finally:
         ledger.close()
     summary = _summary(audits)
-    await _publish(audits, start, end)
+    await _publish(audits, start, end, settings)
     headline = (f"{summary['source']} in the source · {summary['amocrm']} in amoCRM · "
                 + " · ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in summary["differences"].items() if n)
                 + (" · " if any(summary["differences"].values()) else "") + summary["verdict"])
@@ -191,9 +192,9 @@ def _summary(audits: list[DayAudit]) -> dict[str, Any]:
             "by_day": [{**asdict(a), "verdict": a.verdict} for a in audits]}
 
 
-async def _publish(audits: list[DayAudit], start: date, end: date) -> None:
+async def _publish(audits: list[DayAudit], start: date, end: date, settings: Settings) -> None:
     """A table per day (three counts, the differences, the verdict) and the first differences by message id."""
-    await acreate_table_artifact([a.row() for a in audits], key="audit-days",
+    await acreate_table_artifact([a.row() for a in audits], key=artifact_key("audit-days", settings),
                                  description=f"Audit {start}..{end}: source, ledger and amoCRM per day")
     lines = [f"## Audit {start}..{end}", ""]
     for a in audits:
@@ -208,5 +209,5 @@ async def _publish(audits: list[DayAudit], start: date, end: date) -> None:
         lines.append("")
     if len(lines) == 2:
         lines.append("Every day is consistent: amoCRM holds what the source holds.")
-    await acreate_markdown_artifact("\n".join(lines), key="audit-differences",
+    await acreate_markdown_artifact("\n".join(lines), key=artifact_key("audit-differences", settings),
                                     description=f"Audit {start}..{end}: the first differences by message id")

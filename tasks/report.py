@@ -8,7 +8,6 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import pandas as pd
@@ -30,20 +29,13 @@ from .reconcile import Verdict
 from .transform import Batch, source_digest
 
 REJECT_SAMPLES = 20
-AMOCRM_DOMAINS = (".amocrm.ru", ".amocrm.com", ".kommo.com")
 
 
 def artifact_key(kind: str, settings: Settings | None = None) -> str:
-    """`import-summary-mycompany`: the artifact's kind and the account it is about (the subdomain of
-    AMOJO_ETL_AMOCRM_URL; another host by its name and port), so that one Prefect server serving several accounts
-    keeps one history per account and key. Prefect keys hold lowercase letters, digits and dashes only."""
-    settings = settings or load_settings()
-    account = ""
-    if settings.amocrm_url:
-        url = urlsplit(settings.amocrm_url)
-        host = (url.hostname or "").lower()
-        account = next((host[:-len(d)] for d in AMOCRM_DOMAINS if host.endswith(d)), None) or \
-            (f"{host}-{url.port}" if url.port else host)
+    """`import-summary-mycompany`: the artifact's kind and the account it is about (`Settings.account`), so that one
+    Prefect server serving several accounts keeps one history per account and key. Prefect keys hold lowercase
+    letters, digits and dashes only."""
+    account = (settings or load_settings()).account or ""
     slug = re.sub(r"[^a-z0-9]+", "-", account.lower()).strip("-")
     return f"{kind}-{slug}" if slug else kind
 
