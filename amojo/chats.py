@@ -117,7 +117,7 @@ class ChatsClient:
 
     async def history(self, chat_id: str, *, older_than_ms: int | None = None,
                       restarts: int = HISTORY_RESTARTS) -> AsyncIterator[dict[str, Any]]:
-        """Every message of a chat, newest first, each once (by its amojo id); stops early once past `older_than_ms`.
+        """Every message of a chat, newest first, each once (`_identity`); stops early once past `older_than_ms`.
 
         Pages are counted from the newest message, so what other runs send while the history is read moves it: a
         new message pushes the rest back (the next page repeats one already read), and one imported with an older
@@ -126,7 +126,7 @@ class ChatsClient:
         and the read starts again from the newest, yielding only what it had not yet. After `restarts` such starts,
         the last read goes on as the pages come.
         """
-        seen: set[str] = set()
+        seen: set[tuple] = set()
         for attempt in range(restarts + 1):
             moved = False
             async with aclosing(self._pages(chat_id, older_than_ms)) as pages:
@@ -135,12 +135,9 @@ class ChatsClient:
                     if moved_before and attempt < restarts:
                         break  # from the newest again
                     for item in page:
-                        amojo_id = _amojo_id(item)
-                        if amojo_id:
-                            if amojo_id in seen:
-                                continue
-                            seen.add(amojo_id)
-                        yield item
+                        if (identity := _identity(item)) not in seen:
+                            seen.add(identity)
+                            yield item
             if not moved:
                 return
 
@@ -151,15 +148,20 @@ class ChatsClient:
         offset, anchor = 0, None
         while True:
             page = await self.history_page(chat_id, offset)
-            yield page, anchor is not None and (not page or _amojo_id(page[0]) != anchor)
+            yield page, anchor is not None and (not page or _identity(page[0]) != anchor)
             if len(page) < HISTORY_PAGE or (older_than_ms is not None and _msec(page[-1]) < older_than_ms):
                 return
-            anchor = _amojo_id(page[-1])
+            anchor = _identity(page[-1])
             offset += len(page) - 1
 
 
-def _amojo_id(item: dict[str, Any]) -> str | None:
-    return item.get("message", {}).get("id")
+def _identity(item: dict[str, Any]) -> tuple:
+    """What tells one history item from another: its amojo id; for an item without one, what it says, who said it
+    and when, with our msgid (the overlap and the restarts must not yield such an item twice)."""
+    message = item.get("message", {})
+    if message.get("id"):
+        return ("id", message["id"])
+    return ("item", message.get("client_id"), _msec(item), (item.get("sender") or {}).get("id"), message.get("text"))
 
 
 def _msec(item: dict[str, Any]) -> int:

@@ -83,3 +83,34 @@ async def test_a_new_message_pushing_the_pages_back_is_read_once(emulator, chat)
     chats.meanwhile = lambda: chats.new_message(_message(901, T0 + 500 * 60_000))
     read = Counter([item["message"]["client_id"] async for item in chats.history(chat_id)])
     assert set(read.values()) == {1} and set(read) == _held(emulator)
+
+
+class ChatsFromAList(ChatsClient):
+    """A Chats client over a history held in a list, whose items carry no amojo id (as another integration's may)."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        super().__init__("http://127.0.0.1:9", "channel", "secret")
+        self.items = items
+        self.meanwhile: Callable[[], None] | None = None
+
+    async def history_page(self, chat_id: str, offset: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        page = sorted(self.items, key=lambda item: -item["msec_timestamp"])[offset:offset + limit]
+        if self.meanwhile is not None:
+            write, self.meanwhile = self.meanwhile, None
+            write()
+        return page
+
+
+def _without_id(index: int, msec: int) -> dict[str, Any]:
+    return {"msec_timestamp": msec, "sender": {"id": "ae-client"},
+            "message": {"client_id": f"ae-m{index}", "type": "text", "text": f"message {index}"}}
+
+
+async def test_messages_without_an_amojo_id_are_read_once_across_the_overlap_and_a_restart():
+    """The pages overlap by one, and a read that moved starts again: an item without an amojo id is still told
+    apart by what it is, and read once. Before, the overlap and each restart yielded it again (a false duplicate)."""
+    chats = ChatsFromAList([_without_id(i, T0 + i * 60_000) for i in range(MESSAGES)])
+    chats.meanwhile = lambda: chats.items.append(_without_id(900, T0 + 100 * 60_000 + 30_000))
+    read = Counter([item["message"]["client_id"] async for item in chats.history("chat")])
+    assert set(read.values()) == {1}
+    assert set(read) == {item["message"]["client_id"] for item in chats.items}
