@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from pathlib import Path
@@ -192,7 +193,9 @@ class Settings(BaseSettings):
         if not self.amocrm_url:
             return None
         url = urlsplit(self.amocrm_url)
-        host = (url.hostname or "").lower()
+        host = (url.hostname or "").lower().rstrip(".")  # mycompany.amocrm.ru. is mycompany.amocrm.ru
+        with contextlib.suppress(UnicodeError):  # a name in another script keeps a name in the key
+            host = host.encode("idna").decode("ascii")
         subdomain = next((host[:-len(d)] for d in AMOCRM_DOMAINS if host.endswith(d)), None)
         return subdomain or (f"{host}:{url.port}" if url.port else host)
 

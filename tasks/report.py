@@ -157,7 +157,8 @@ def progress_line(done: int, total: int, seconds: float) -> str:
 
 def _markdown_table(frame: pd.DataFrame) -> str:
     def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        # A backslash first, so that one before a pipe cannot undo the pipe's escape and split the row.
+        return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -194,15 +195,26 @@ def _reject_row(reject: dict) -> dict[str, str]:
     except (TypeError, ValueError):
         row = {}
     fields = {name.replace("_", " "): _shown(row.get(name)) for name in REJECT_FIELDS}
-    return {"source key": str(reject.get("source_key", "")), "reason": str(reject.get("reason", "")),
-            "detail": str(reject.get("detail") or ""), **fields}
+    return {"source key": _plain(str(reject.get("source_key", ""))), "reason": str(reject.get("reason", "")),
+            "detail": _plain(str(reject.get("detail") or "")), **fields}
+
+
+MARKDOWN = frozenset("\\`*_[]<>!#~&")
+"""Characters that markdown (or the HTML inside it) would read as markup; a pipe is the table cell's to escape."""
+
+
+def _plain(text: str) -> str:
+    """Text from the source shown as itself: a client's message must not render as markdown in the operator's UI
+    (an image loaded from elsewhere, a link, a backslash that undoes the escape of a pipe). Entities, not
+    backslashes: a cell's own escaping doubles backslashes."""
+    return "".join(f"&#{ord(c)};" if c in MARKDOWN else c for c in text)
 
 
 def _shown(value: object) -> str:
     if value is None:
         return ""
     text = " ".join(str(value).split())
-    return text if len(text) <= TEXT_SHOWN else text[:TEXT_SHOWN - 1] + "…"
+    return _plain(text if len(text) <= TEXT_SHOWN else text[:TEXT_SHOWN - 1] + "…")
 
 
 @task(name="publish-artifacts", cache_policy=NO_CACHE)

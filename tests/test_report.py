@@ -64,6 +64,19 @@ def test_a_long_text_is_cut_with_an_ellipsis_on_one_line():
     assert "### All 1" in rejects_markdown(summary)
 
 
+def test_a_rejected_text_shows_as_itself_not_as_markdown():
+    """A client's text in the rejects table: a backslash before a pipe must not split the row, and markdown in it
+    (an image that would load from elsewhere) must not render in the operator's UI."""
+    summary = _summary_with_rejects(1)
+    summary.reject_samples[0]["row"] = json.dumps({"text": "C:\\dir\\| ![x](https://evil.example/p.png) *b*"})
+    text = rejects_markdown(summary)
+    header = next(line for line in text.splitlines() if line.startswith("| source key"))
+    line = next(line for line in text.splitlines() if line.startswith("| m0"))
+    unescaped_pipes = len(re.findall(r"(?<!\\)(?:\\\\)*\|", line))  # a pipe after an even run of backslashes
+    assert unescaped_pipes == header.count("|")
+    assert "![x](" not in text and "*b*" not in text
+
+
 def test_no_rejects_is_one_line_not_an_empty_table():
     assert rejects_markdown(RunSummary(interval="2026-10-01..2026-10-02")) == \
         "Nothing rejected in 2026-10-01..2026-10-02: every source row was valid.\n"
@@ -126,4 +139,6 @@ def test_artifact_keys_tell_accounts_apart():
     assert key("https://shop_2.kommo.com/") == "import-summary-shop-2"
     assert key("http://127.0.0.1:8123") == "import-summary-127-0-0-1-8123"
     assert key(None) == "import-summary"
+    assert key("https://mycompany.amocrm.ru.") == "import-summary-mycompany"  # the same account, with a root dot
+    assert key("https://компания.amocrm.ru") == "import-summary-xn-80aqeigdi5k"  # a name, not no account
     assert all(re.fullmatch(r"[a-z0-9-]+", key(u)) for u in ("https://Ünï.amocrm.com", "http://[::1]:80"))
