@@ -70,12 +70,12 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
         return Failed(message=str(error), data=error)
     finally:
         ledger.close()
-    await acreate_table_artifact(rows, key=artifact_key("reconcile-days", settings),
-                                 description=f"Reconcile {start}..{end}")
     complete = all(r["verdict"] == "complete" for r in rows)
     summary = {"days": len(rows), "verdict": "complete" if complete else "incomplete",
                "missing": sum(r["missing"] for r in rows), "duplicates": sum(r["duplicates"] for r in rows),
                "repaired": sum(r["repaired"] for r in rows), "by_day": rows}
     headline = (f"{sum(r['confirmed'] for r in rows)} confirmed · {summary['missing']} missing · "
                 f"{sum(r['mismatched'] for r in rows)} changed · {summary['repaired']} repaired · {summary['verdict']}")
+    await acreate_table_artifact(rows, key=artifact_key("reconcile-days", settings),
+                                 description=f"Reconcile {start}..{end}: {headline}")
     return final_state(summary, headline)

@@ -57,6 +57,24 @@ async def test_backfill_days_show_each_days_counts_and_a_link_to_its_run(emulato
     assert sum(sent.values()) == len(emulator.emulator.store.messages()) > 0  # each day's own count
 
 
+async def test_reconcile_days_description_carries_the_headline(emulator, pipeline_env):
+    """The description of `reconcile-days` is what the artifact's history by key shows: a run history, counts
+    and verdict."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    day = (date(2026, 10, 13), date(2026, 10, 14))
+    await import_chats(start=day[0], end=day[1])
+    emulator.emulator.store.drop_message(sorted(_landed(emulator))[0])
+    state = await reconcile(start=day[0], end=day[1], return_state=True)
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    days = next(a for a in artifacts if a.key.startswith("reconcile-days"))
+    assert days.description == f"Reconcile 2026-10-13..2026-10-14: {state.message}"
+    assert " 1 missing · " in days.description and days.description.endswith("incomplete")
+
+
 async def test_backfill_refuses_bad_ranges_before_it_starts(emulator, pipeline_env):
     from prefect.exceptions import ParameterTypeError
 
