@@ -213,12 +213,7 @@ def _run(flow: Any, **parameters: Any) -> tuple[dict[str, Any] | None, str | Non
 def run_tags(settings: Settings) -> list[str]:
     """The tags of a run started here: beside the deployments' `amojo-etl`, where it came from and for which channel
     and account, so that a server serving several accounts can filter their runs apart."""
-    found = ["amojo-etl", "cli"]
-    if settings.channel_id:
-        found.append(f"channel:{settings.channel_id}")
-    if settings.account_id:
-        found.append(f"account:{settings.account_id}")
-    return found
+    return ["amojo-etl", "cli", *settings.account_tags]
 
 
 EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"

@@ -187,6 +187,13 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def account_tags(self) -> list[str]:
+        """The tags that tell this channel's and account's runs apart on a server serving several:
+        `channel:<channel_id>` and, when set, `account:<account_id>`."""
+        return [f"{kind}:{value}" for kind, value in (("channel", self.channel_id), ("account", self.account_id))
+                if value]
+
+    @property
     def account(self) -> str | None:
         """The amoCRM account by name: the subdomain of `amocrm_url` (mycompany of mycompany.amocrm.ru), another
         host by its name and port (a stand-in); None without a URL."""

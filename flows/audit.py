@@ -29,7 +29,7 @@ from tasks.report import artifact_key
 from tasks.transform import Senders
 
 from .import_chats import import_chats, transformed_chunks
-from .outcome import final_state, summary_of
+from .outcome import child_run_tags, final_state, summary_of
 
 DIFFERENCES = ("not_sent", "missing_in_amocrm", "other_content", "changed_at_source", "deleted_at_source",
                "duplicates")
@@ -174,7 +174,9 @@ async def _repair_day(settings: Settings, ledger: Ledger, api: Any, senders: Sen
     the day again."""
     ledger.mark_messages(found.missing_in_amocrm, "failed")
     ledger.mark_changed(found.other_content)
-    state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1), return_state=True)
+    with child_run_tags(settings):
+        state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
+                                   return_state=True)
     if (redone := await summary_of(state)) is None:
         raise RunError(f"the repair of {day.label} failed: {state.message}")
     again = await _audit_day(settings, ledger, api, senders, day)

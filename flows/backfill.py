@@ -27,7 +27,7 @@ from tasks.report import artifact_key, backfill_days_markdown
 from tasks.transform import unplaced_rejects
 
 from .import_chats import days_to_revisit, import_chats
-from .outcome import final_state, summary_of
+from .outcome import child_run_tags, final_state, summary_of
 
 Reprocess = Literal["missing", "failed", "changed", "all"]
 UNPLACED_LABEL = "unplaced"
@@ -86,8 +86,9 @@ async def backfill(
             todo = days_to_run(days, statuses, reprocess)
         logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
                     reprocess)
-        outcomes, by_others, runs = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess,
-                                                    max_parallel, dry_run, start, end)
+        with child_run_tags(settings):  # the day runs, tasks of their own, copy the context with these tags
+            outcomes, by_others, runs = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess,
+                                                        max_parallel, dry_run, start, end)
     finally:
         ledger.close()
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("complete", "incomplete", "failed")}

@@ -4,9 +4,13 @@ the headline and its data the summary, either way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from prefect import tags
 from prefect.events import emit_event
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from etl.settings import Settings
@@ -42,3 +46,12 @@ def emit_import_event(settings: Settings, summary: dict[str, Any]) -> None:
                  "headline": import_headline(summary), "rejects_by_reason": summary.get("rejects_by_reason", {}),
                  **{key: summary.get(key, 0) for key in EVENT_COUNTS}},
     )
+
+
+@contextmanager
+def child_run_tags(settings: Settings) -> Iterator[None]:
+    """The day runs a run starts inside this block carry its tags (a deployment's `amojo-etl`, a command line's
+    `cli`, …) and the channel's and account's, so that they are filtered as it is. Prefect gives a nested flow run
+    only the tags of the `tags` context, which holds a command line's tags but not a deployment's."""
+    with tags(*flow_run.tags, *settings.account_tags):
+        yield

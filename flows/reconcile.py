@@ -20,7 +20,7 @@ from tasks.report import artifact_key
 
 from .backfill import validate_range
 from .import_chats import import_chats
-from .outcome import final_state, summary_of
+from .outcome import child_run_tags, final_state, summary_of
 
 
 @flow(name="reconcile", flow_run_name="reconcile-{start}..{end}")
@@ -56,8 +56,9 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                     # whose text there is not the source's is edited.
                     ledger.mark_messages(verdict.missing, "failed")
                     ledger.mark_changed(verdict.mismatched)
-                    state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
-                                               return_state=True)
+                    with child_run_tags(settings):
+                        state = await import_chats(start=day.start.date(),
+                                                   end=day.start.date() + timedelta(days=1), return_state=True)
                     if (redone := await summary_of(state)) is None:
                         raise RunError(f"the repair of {day.label} failed: {state.message}")
                     row.update(repaired=redone["messages_sent"] + redone["messages_edited"], verdict=redone["verdict"])

@@ -57,6 +57,26 @@ async def test_backfill_days_show_each_days_counts_and_a_link_to_its_run(emulato
     assert sum(sent.values()) == len(emulator.emulator.store.messages()) > 0  # each day's own count
 
 
+async def test_backfill_day_runs_carry_the_tags_of_the_run_that_started_them(emulator, pipeline_env):
+    """A deployment's run has its tags on the server, not in the `tags` context the engine gives nested runs: run
+    as a worker runs it (a flow run made first, with the deployment's tags), its day runs still carry them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+    from prefect.flow_engine import run_flow_async
+
+    parameters = {"start": date(2026, 10, 24), "end": date(2026, 10, 26)}
+    async with get_client() as client:
+        parent = await client.create_flow_run(backfill, parameters=backfill.serialize_parameters(parameters),
+                                              tags=["amojo-etl", "night-shift"])
+        state = await run_flow_async(backfill, flow_run=parent, parameters=parameters, return_type="state")
+        assert state.is_completed(), state.message
+        children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [parent.id]}))
+    assert len(children) == 2
+    channel = f"channel:{pipeline_env['AMOJO_ETL_CHANNEL_ID']}"
+    assert all({"amojo-etl", "night-shift", channel} <= set(child.tags) for child in children), \
+        [child.tags for child in children]
+
+
 async def test_reconcile_days_description_carries_the_headline(emulator, pipeline_env):
     """The description of `reconcile-days` is what the artifact's history by key shows: a run history, counts
     and verdict."""
