@@ -141,3 +141,24 @@ def test_a_version_3_ledger_takes_ids_of_any_length_the_source_may_hold(database
                             "row": "{}"}], "2026-10-05..2026-10-06")
     assert [r["source_key"] for r in upgraded.reject_rows()] == ["message:old@2026-10-05T10:00:00Z"]
     upgraded.close()
+
+
+def test_a_reader_of_a_sqlite_ledger_does_not_hold_up_the_run_that_writes(tmp_path):
+    """`amojo-etl status` (or any reader) in a read transaction while an import records its messages: the import's
+    commit goes through at once instead of waiting for the reader and failing with "database is locked"."""
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    row = {"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sending"}
+    ledger.record_messages([row])
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT status FROM messages").fetchall() == [("sending",)]
+    try:
+        ledger.record_messages([{**row, "status": "sent"}])
+        assert reader.execute("SELECT status FROM messages").fetchall() == [("sending",)]  # its snapshot
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert ledger.message_states(["m1"])["m1"][0] == "sent"
