@@ -272,9 +272,7 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
     active = sorted(set(to_send["conversation_id"]) | set(to_edit["conversation_id"]))
     if not active:
         return
-    sends = dict(tuple(to_send.groupby("conversation_id", sort=False)))
-    edits = dict(tuple(to_edit.groupby("conversation_id", sort=False)))
-    empty = to_send.iloc[0:0]
+    sends, edits = _by_conversation(to_send), _by_conversation(to_edit)
     ready: asyncio.Queue[tuple[Any, str] | None] = asyncio.Queue()
 
     async def prepare() -> None:
@@ -291,7 +289,7 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
         while (item := await ready.get()) is not None:
             conversation, chat_id = item
             await _send_conversation(conversation.Index, chat_id, client_participant(conversation),
-                                     sends.get(conversation.Index, empty), edits.get(conversation.Index, empty),
+                                     sends.get(conversation.Index, []), edits.get(conversation.Index, []),
                                      api, ledger, claims, report)
             if progress is not None:
                 try:
@@ -300,6 +298,16 @@ async def _load_conversations(batch: Batch, api: Api, ledger: Ledger, claims: Ru
                     log.warning("could not update the progress artifact (%s)", type(exc).__name__)
 
     await _bounded(concurrency + 1, [prepare(), *(send() for _ in range(concurrency))])
+
+
+def _by_conversation(messages: pd.DataFrame) -> dict[str, list[Any]]:
+    """Each conversation's messages as rows, in the frame's order. One pass over the frame a chunk: a pass a
+    conversation (or a frame a conversation, from a groupby) costs a row type and a slice of every column each time,
+    and a long import has many conversations with a few messages in each chunk."""
+    rows: dict[str, list[Any]] = {}
+    for message in messages.itertuples(index=False):
+        rows.setdefault(message.conversation_id, []).append(message)
+    return rows
 
 
 async def _prepared(conversations: pd.DataFrame, api: Api, ledger: Ledger, claims: RunClaims, concurrency: int,
@@ -656,8 +664,8 @@ def _arrived(message: Any, landed: dict[str, Any]) -> dict[str, Any]:
                        content_hash=int(message.content_hash) if same else UNKNOWN_CONTENT)
 
 
-async def _send_conversation(conversation_id: str, chat_id: str, client: dict[str, Any], pending: pd.DataFrame,
-                             edits: pd.DataFrame, api: Api, ledger: Ledger, claims: RunClaims,
+async def _send_conversation(conversation_id: str, chat_id: str, client: dict[str, Any], pending: list[Any],
+                             edits: list[Any], api: Api, ledger: Ledger, claims: RunClaims,
                              report: LoadReport) -> None:
     """Send one conversation's messages in time order; stop it at the first message that cannot be sent.
 
@@ -674,28 +682,26 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
         return _ledger_row(message, **({"content_hash": UNKNOWN_CONTENT} if stays_stale else {}), **values)
 
     try:
-        uncertain = pending[pending["status"].isin(["sending", "failed"])]
+        uncertain = [m for m in pending if m.status in ("sending", "failed")]
         unresolved: set[str] = set()
-        if len(uncertain):
-            landed = await _landed(api, chat_id, set(uncertain["msgid"]), int(uncertain["msec"].min()))
-            arrived = [_arrived(m, landed[m.msgid]) for m in uncertain.itertuples(index=False) if m.msgid in landed]
+        if uncertain:
+            landed = await _landed(api, chat_id, {m.msgid for m in uncertain}, min(int(m.msec) for m in uncertain))
+            arrived = [_arrived(m, landed[m.msgid]) for m in uncertain if m.msgid in landed]
             outcomes += arrived
             report.messages_skipped += len(arrived)
             changed = {row["msgid"] for row in arrived if row["content_hash"] == UNKNOWN_CONTENT}
-            edits = pd.concat([edits, pending[pending["msgid"].isin(changed)]], ignore_index=True)
-            unresolved = set(uncertain["msgid"]) - set(landed)
-            pending = pending[~pending["msgid"].isin(landed)]
+            edits = edits + [m for m in pending if m.msgid in changed]
+            unresolved = {m.msgid for m in uncertain} - set(landed)
+            pending = [m for m in pending if m.msgid not in landed]
         # Those whose content changed since an earlier attempt that may have landed: amoCRM may hold that one. The
         # ledger keeps saying so (UNKNOWN_CONTENT) until an edit has gone out.
-        # One pass of itertuples: each call builds a namedtuple class, a cost paid per conversation and chunk.
-        messages = list(pending.itertuples(index=False))
-        stale = {m.msgid for m in messages
+        stale = {m.msgid for m in pending
                  if m.msgid in unresolved and (pd.isna(m.recorded_hash) or int(m.recorded_hash) != int(m.content_hash))}
-        if messages:
+        if pending:
             claims.check()
-            ledger.record_messages([row(m, status="sending") for m in messages])
+            ledger.record_messages([row(m, status="sending") for m in pending])
         resent: list[Any] = []
-        for message in messages:
+        for message in pending:
             claims.check()
             try:
                 sent = await api.chats.new_message(message_payload(message, client))
@@ -719,9 +725,7 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
             if message.msgid in stale:
                 resent.append(message)  # an API that takes a repeated msgid keeps the content that landed first
             report.messages_sent += 1
-        if resent:
-            edits = pd.concat([edits, pd.DataFrame(resent)], ignore_index=True)
-        for message in edits.itertuples(index=False):
+        for message in edits + resent:
             claims.check()
             try:
                 await api.chats.edit_message(edit_payload(message))
@@ -739,12 +743,13 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
     except AmojoError as exc:
         if isinstance(exc, FATAL):
             raise
-        unsent = pending[~pending["msgid"].isin({row["msgid"] for row in outcomes})]
-        if len(unsent):
+        recorded = {row["msgid"] for row in outcomes}
+        unsent = next((m for m in pending if m.msgid not in recorded), None)
+        if unsent is not None:
             # The first unsent message failed (it may have landed: it is asked for first next time); later ones
             # would land out of order, so they wait for the next run. A refusal for amoCRM's own reasons (a
             # conflict, a lock) is such a failure too: the next run tries it again, still in order.
-            outcomes.append(row(next(unsent.itertuples(index=False)), status="failed", last_error=str(exc)))
+            outcomes.append(row(unsent, status="failed", last_error=str(exc)))
             report.failed += 1
         _stop(report, conversation_id, exc)
     finally:
