@@ -77,6 +77,8 @@ class SampleSize:
     messages: int = 3_000
     conversations: int | None = None
     clients: int | None = None
+    even: bool = False
+    """Every conversation the same size (a benchmark's fixed shape), instead of sizes that vary as real ones do."""
 
     @property
     def conversation_count(self) -> int:
@@ -109,11 +111,14 @@ def _clients(rng: np.random.Generator, count: int) -> pd.DataFrame:
     })
 
 
-def _conversation_sizes(rng: np.random.Generator, messages: int, conversations: int) -> np.ndarray:
-    """Message counts per conversation, varied, adding up to exactly `messages`."""
+def _conversation_sizes(rng: np.random.Generator, messages: int, conversations: int, even: bool = False
+                        ) -> np.ndarray:
+    """Message counts per conversation, varied (or as even as the total allows), adding up to exactly `messages`."""
     conversations = min(conversations, messages)
     sizes = np.full(conversations, messages // conversations)
     sizes[: messages % conversations] += 1
+    if even:
+        return sizes
     half, spread = conversations // 2, int(sizes.min()) // 2
     shift = rng.integers(-spread, spread + 1, size=half)
     sizes[:half] += shift  # what one conversation gains its partner loses: the total stays exact
@@ -179,7 +184,7 @@ def generate(seed: int = 7, size: SampleSize | None = None) -> Iterator[tuple[st
     rng = np.random.default_rng(seed)
     yield "managers", MANAGERS
     yield "clients", _clients(rng, size.client_count)
-    sizes = _conversation_sizes(rng, size.messages, size.conversation_count)
+    sizes = _conversation_sizes(rng, size.messages, size.conversation_count, size.even)
     for first in range(0, len(sizes), BATCH_CONVERSATIONS):
         conversations, messages = _messages(rng, first, sizes[first:first + BATCH_CONVERSATIONS], size.client_count)
         if first == 0:  # rows that break the rules, as real databases do: the demo shows them as rejects

@@ -119,3 +119,14 @@ def test_chunks_stream_in_time_order_with_their_lookups(dialect, tmp_path, reque
             seen += list(frames.messages["id"])
         assert stream.chunks == -(-len(seen) // 37)
     assert len(seen) == len(set(seen)) == len(_sample_messages())
+
+
+def test_an_even_sample_gives_every_conversation_the_same_size():
+    """The benchmarks' fixed shape (40 x 250), beside the default's sizes that vary."""
+    def sizes(size: SampleSize) -> list[int]:
+        messages = pd.concat([rows for table, rows in generate(size=size) if table == "messages"])
+        return sorted(messages.groupby("conversation_id").size())
+
+    assert sizes(SampleSize(messages=1000, conversations=4, clients=4, even=True)) == [250] * 4
+    varied = sizes(SampleSize(messages=1000, conversations=4, clients=4))
+    assert sum(varied) == 1000 and len(set(varied)) > 1
