@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,9 +228,16 @@ def _unusable(url: str, exc: Exception) -> ConfigurationError:
 def _write_ahead(connection: Any, _record: Any) -> None:
     """A SQLite ledger in write-ahead mode, still synced at each commit: a commit costs one sync of the log instead
     of the rollback journal's several (a commit a conversation and chunk is most of what a long import writes), and
-    readers in other processes no longer block the run that writes. The mode stays with the file."""
-    connection.execute("PRAGMA journal_mode=WAL")
+    readers in other processes no longer block the run that writes. The mode stays with the file.
+
+    Switching needs the file to itself, and SQLite refuses it at once (no busy wait) while another process writes,
+    as an older worker may on a ledger it made: that connection goes on in rollback mode, and a later one switches.
+    """
     connection.execute("PRAGMA synchronous=FULL")
+    if connection.execute("PRAGMA journal_mode").fetchone()[0] in ("wal", "memory"):
+        return
+    with suppress(sqlite3.OperationalError):
+        connection.execute("PRAGMA journal_mode=WAL")
 
 
 class Ledger:

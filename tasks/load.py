@@ -682,7 +682,7 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
         return _ledger_row(message, **({"content_hash": UNKNOWN_CONTENT} if stays_stale else {}), **values)
 
     try:
-        uncertain = [m for m in pending if m.status in ("sending", "failed")]
+        uncertain = [m for m in pending if isinstance(m.status, str) and m.status in ("sending", "failed")]
         unresolved: set[str] = set()
         if uncertain:
             landed = await _landed(api, chat_id, {m.msgid for m in uncertain}, min(int(m.msec) for m in uncertain))

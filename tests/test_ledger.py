@@ -162,3 +162,33 @@ def test_a_reader_of_a_sqlite_ledger_does_not_hold_up_the_run_that_writes(tmp_pa
         reader.execute("COMMIT")
         reader.close()
     assert ledger.message_states(["m1"])["m1"][0] == "sent"
+
+
+def test_a_rollback_mode_ledger_opens_while_another_process_writes_to_it(tmp_path):
+    """A ledger an older amojo-etl made (rollback journal), opened while one of its workers commits: the switch to
+    write-ahead mode, which SQLite refuses at once then, waits for a later connection instead of failing the run."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    path = tmp_path / "ledger.db"
+    Ledger(f"sqlite:///{path}").close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)  # as the older one left it
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE'); c.execute(\"UPDATE meta SET value=value WHERE key='schema_version'\")\n"
+        "print('writing', flush=True); time.sleep(1); c.execute('COMMIT')\n"), str(path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "writing"
+        ledger = Ledger(f"sqlite:///{path}")  # waits for the writer's commit, as before write-ahead mode
+    finally:
+        holder.wait(10)
+    ledger.record_messages([{"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sent"}])
+    ledger.close()
+    reopened = Ledger(f"sqlite:///{path}")
+    with reopened.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert reopened.message_states(["m1"])["m1"][0] == "sent"
