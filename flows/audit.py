@@ -10,7 +10,7 @@ exactly-once path as an import (an import of the day). An audit writes nothing t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -18,7 +18,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.states import Failed, State
 
 from etl.api import open_api
-from etl.errors import RunError, classify
+from etl.errors import classify
 from etl.intervals import Interval, check_range
 from etl.ledger import DONE, Ledger
 from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
@@ -28,8 +28,9 @@ from tasks.reconcile import reconcile_task
 from tasks.report import artifact_key
 from tasks.transform import Senders
 
-from .import_chats import import_chats, transformed_chunks
-from .outcome import child_run_tags, final_state, summary_of
+from .import_chats import transformed_chunks
+from .outcome import final_state
+from .reconcile import repair_day
 
 DIFFERENCES = ("not_sent", "missing_in_amocrm", "other_content", "changed_at_source", "deleted_at_source",
                "duplicates")
@@ -169,16 +170,8 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
 
 async def _repair_day(settings: Settings, ledger: Ledger, api: Any, senders: Senders, day: Interval,
                       found: DayAudit) -> DayAudit:
-    """Send what is missing and edit what differs by importing the day again, after marking what amoCRM lost
-    (`failed`: looked up in the chat first, then sent) and what it holds with other content (edited); then audit
-    the day again."""
-    ledger.mark_messages(found.missing_in_amocrm, "failed")
-    ledger.mark_changed(found.other_content)
-    with child_run_tags(settings):
-        state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
-                                   return_state=True)
-    if (redone := await summary_of(state)) is None:
-        raise RunError(f"the repair of {day.label} failed: {state.message}")
+    """Send what is missing and edit what differs (`repair_day`, as reconcile does), then audit the day again."""
+    redone = await repair_day(settings, ledger, day, found.missing_in_amocrm, found.other_content)
     again = await _audit_day(settings, ledger, api, senders, day)
     again.repaired = redone["messages_sent"] + redone["messages_edited"]
     return again

@@ -3,6 +3,7 @@ edit what differs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -14,13 +15,28 @@ from etl.api import open_api
 from etl.errors import RunError, classify
 from etl.intervals import Interval
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, load_settings, with_secret_blocks
+from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
 from tasks.reconcile import reconcile_task
 from tasks.report import artifact_key
 
 from .backfill import validate_range
 from .import_chats import import_chats
 from .outcome import child_run_tags, final_state, summary_of
+
+
+async def repair_day(settings: Settings, ledger: Ledger, day: Interval, missing: Iterable[str],
+                     changed: Iterable[str]) -> dict[str, Any]:
+    """Send what amoCRM lost and edit what it holds with other content, by importing the day again (a run of its
+    own, with this run's tags); the day's new import summary. Marked failed, a message is first looked up in the
+    chat, then sent if it is not there; one marked changed is edited."""
+    ledger.mark_messages(missing, "failed")
+    ledger.mark_changed(changed)
+    with child_run_tags(settings):
+        state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
+                                   return_state=True)
+    if (redone := await summary_of(state)) is None:
+        raise RunError(f"the repair of {day.label} failed: {state.message}")
+    return redone
 
 
 @flow(name="reconcile", flow_run_name="reconcile-{start}..{end}")
@@ -52,15 +68,7 @@ async def reconcile(start: date, end: date, repair: bool = False) -> dict[str, A
                        "mismatched": len(verdict.mismatched), "surplus": len(verdict.surplus),
                        "verdict": verdict.verdict, "repaired": 0}
                 if repair and (verdict.missing or verdict.mismatched):
-                    # Marked failed, a message is first looked up in the chat, then sent if it is not there; one
-                    # whose text there is not the source's is edited.
-                    ledger.mark_messages(verdict.missing, "failed")
-                    ledger.mark_changed(verdict.mismatched)
-                    with child_run_tags(settings):
-                        state = await import_chats(start=day.start.date(),
-                                                   end=day.start.date() + timedelta(days=1), return_state=True)
-                    if (redone := await summary_of(state)) is None:
-                        raise RunError(f"the repair of {day.label} failed: {state.message}")
+                    redone = await repair_day(settings, ledger, day, verdict.missing, verdict.mismatched)
                     row.update(repaired=redone["messages_sent"] + redone["messages_edited"], verdict=redone["verdict"])
                 rows.append(row)
     except Exception as exc:
