@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
+
 import pytest
 import sqlalchemy as sa
 
@@ -146,8 +150,6 @@ def test_a_version_3_ledger_takes_ids_of_any_length_the_source_may_hold(database
 def test_a_reader_of_a_sqlite_ledger_does_not_hold_up_the_run_that_writes(tmp_path):
     """`amojo-etl status` (or any reader) in a read transaction while an import records its messages: the import's
     commit goes through at once instead of waiting for the reader and failing with "database is locked"."""
-    import sqlite3
-
     path = tmp_path / "ledger.db"
     ledger = Ledger(f"sqlite:///{path}")
     row = {"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sending"}
@@ -167,10 +169,6 @@ def test_a_reader_of_a_sqlite_ledger_does_not_hold_up_the_run_that_writes(tmp_pa
 def test_a_rollback_mode_ledger_opens_while_another_process_writes_to_it(tmp_path):
     """A ledger an older amojo-etl made (rollback journal), opened while one of its workers commits: the switch to
     write-ahead mode, which SQLite refuses at once then, waits for a later connection instead of failing the run."""
-    import sqlite3
-    import subprocess
-    import sys
-
     path = tmp_path / "ledger.db"
     Ledger(f"sqlite:///{path}").close()
     with sqlite3.connect(path) as conn:
