@@ -1,0 +1,89 @@
+"""The queries that read the source: the canonical schema's, or a mapping file's (TOML, one SQL query per entity)
+for any other schema, as long as its queries return the canonical column names."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..settings import ConfigurationError
+from .schema import CLIENT_COLUMNS, CONVERSATION_COLUMNS, MANAGER_COLUMNS, MESSAGE_COLUMNS
+
+
+@dataclass(frozen=True)
+class SourceQueries:
+    """One SQL query per entity, each returning the canonical column names.
+
+    `messages` binds `:start` and `:end`: wall times in the source's zone, a day or more wider than the interval
+    on each side (the pipeline keeps the rows whose created_at, read, lies in the interval); `edits`, if given,
+    the same bounds on the edit time (`updated_at`): the pipeline keeps the rows edited in the interval and
+    created before it; `unplaced`,
+    if given, binds nothing and returns the messages no interval can select (created_at NULL or not a time).
+    Conversations and clients are looked up by id for each chunk, so their queries need no filter (they may
+    bind `:start`/`:end` too).
+    """
+
+    messages: str
+    conversations: str
+    clients: str
+    managers: str
+    edits: str | None = None
+    unplaced: str | None = None
+
+
+CANONICAL = SourceQueries(
+    messages=f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at >= :start AND created_at < :end",
+    conversations=f"SELECT {', '.join(CONVERSATION_COLUMNS)} FROM conversations",
+    clients=f"SELECT {', '.join(CLIENT_COLUMNS)} FROM clients",
+    managers=f"SELECT {', '.join(MANAGER_COLUMNS)} FROM managers",
+    edits=f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE updated_at >= :start AND updated_at < :end",
+)
+ENTITIES = {"messages": MESSAGE_COLUMNS, "conversations": CONVERSATION_COLUMNS, "clients": CLIENT_COLUMNS,
+            "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS, "unplaced": MESSAGE_COLUMNS}
+UNPLACED = {  # dialect -> the canonical messages no interval can send: no time, or one amojo cannot take
+    "sqlite": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
+              "OR typeof(created_at) <> 'text' OR created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' "
+              "OR created_at < '1970-01-01'",
+    "other": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
+             "OR created_at < '1970-01-01'",
+}
+REQUIRED = ("messages", "conversations", "clients", "managers")
+
+
+def load_queries(mapping: Path | None) -> SourceQueries:
+    """The canonical queries, or those of a mapping file: TOML with one SQL query per entity under [queries]."""
+    if mapping is None:
+        return CANONICAL
+    try:
+        data = tomllib.loads(Path(mapping).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read the mapping file {mapping}: {exc}") from None
+    queries = data.get("queries", data)
+    if not isinstance(queries, dict):
+        raise ConfigurationError(f"the mapping file {mapping} (AMOJO_ETL_MAPPING): queries must be a table of SQL "
+                                 f"queries ([queries] then messages = \"SELECT ...\"), not {_toml_type(queries)}")
+    wrong = [f"{k} is {_toml_type(v)}" for k, v in queries.items() if k in ENTITIES and not isinstance(v, str)]
+    if wrong:
+        raise ConfigurationError(f"the mapping file {mapping} (AMOJO_ETL_MAPPING): each query is SQL text in quotes "
+                                 f"(messages = \"SELECT ...\"), but {', '.join(wrong)}")
+    missing = [k for k in REQUIRED if not queries.get(k)]
+    if missing:
+        raise ConfigurationError(f"the mapping file {mapping} has no query for {', '.join(missing)}")
+    unknown = sorted(set(queries) - set(ENTITIES))
+    if unknown:
+        raise ConfigurationError(f"the mapping file {mapping} has unknown entries {', '.join(unknown)}; "
+                                 f"expected some of {', '.join(ENTITIES)}")
+    return SourceQueries(**{k: queries[k] for k in ENTITIES if queries.get(k)})
+
+
+def _toml_type(value: Any) -> str:
+    """What a TOML value is, in the file's words (never the value: it is shown in error messages)."""
+    names = {str: "text", bool: "a boolean", int: "a number", float: "a number", dict: "a table", list: "an array"}
+    return names.get(type(value), "a date")
+
+
+def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters among `params` that a query names: a query binds `:start` and `:end`, or either, or none."""
+    return {k: v for k, v in params.items() if f":{k}" in sql}
