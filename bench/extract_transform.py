@@ -27,10 +27,11 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from amojo.payloads import MEDIA_TYPES, MESSAGE_TYPES  # noqa: E402
 from etl.intervals import Interval  # noqa: E402
 from etl.sample import SampleSize, write_sample  # noqa: E402
 from etl.source import CANONICAL, SourceStream  # noqa: E402
-from tasks.transform import MEDIA_TYPES, MESSAGE_TYPES, SeenIds, Senders, transform  # noqa: E402
+from tasks.transform import SeenIds, Senders, transform  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 POSTGRES = os.environ.get("AMOJO_ETL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -42,25 +42,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError, InvalidRequest
+from amojo.payloads import chat_payload, client_participant, contact_body, contact_key, edit_payload, message_payload
 from amojo.rest import BATCH_MOST, BATCH_SAFE, USERS_PAGE, ChatLink, RestClient
 from amojo.transport import RetryPolicy
 from etl.api import Api
 from etl.claims import RunClaims
 from etl.ledger import DONE, UNKNOWN_CONTENT, ChatState, Ledger
 
-from .transform import (
-    Batch,
-    Senders,
-    chat_payload,
-    client_participant,
-    contact_body,
-    contact_key,
-    edit_payload,
-    json_lines,
-    message_payload,
-    source_keys,
-    text_hash,
-)
+from .transform import Batch, Senders, json_lines, source_keys, text_hash
 
 log = logging.getLogger(__name__)
 

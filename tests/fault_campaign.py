@@ -49,9 +49,9 @@ from load_harness import DAY, RunResult, edit_text, run_interval, settings_for
 from amojo.emulator.app import Emulator
 from amojo.emulator.config import DEMO_USERS, EmulatorConfig, Faults
 from amojo.emulator.server import start
+from amojo.payloads import contact_key
 from etl.ledger import Ledger
 from etl.source import create_schema
-from tasks.transform import contact_key
 
 PREFIX = "ae-"
 DAYS = 2

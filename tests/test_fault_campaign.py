@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from fault_campaign import check, read_expected, run_schedule, write_campaign_source
 
-from tasks.transform import contact_key
+from amojo.payloads import contact_key
 
 # Chosen from `bench/fault_campaign.py --seeds 50` for their mix, at about 10-18 s each: crashes and cancels (1, 3,
 # 12, 18, 28, 43), 409 answers (3, 18, 28), duplicate msgids refused (18, 28), dropped connections (12, 18, 43),

@@ -203,8 +203,8 @@ async def test_a_location_edited_after_a_lost_answer_is_edited_in_amocrm(emulato
 async def test_a_run_taking_over_waits_for_a_create_still_on_its_way(emulator, tmp_path, ledger_url):
     """A run whose lease lapsed sent a contact create just before it, slow to land; the run that takes the client
     over finds the create noted in the ledger, and waits for it to land or time out before it searches the key."""
+    from amojo.payloads import contact_key
     from amojo.rest import RestClient
-    from tasks.transform import contact_key
 
     source = f"sqlite:///{tmp_path / 'small.db'}"
     write_source(source, conversations=1, messages=2)  # client cl0: no phone, no email

@@ -87,9 +87,9 @@ async def test_a_create_noted_after_the_account_was_read_is_searched_not_looked_
     """The account's contacts are read once, before the first wave and before this run's turn for any client. A
     create another run notes after that read (it died waiting for the answer, and its contact landed) is not in the
     read, however long ago it was noted when this run's turn comes: its key is searched, no second contact made."""
+    from amojo.payloads import contact_key
     from etl.ledger import Ledger
     from tasks.load import ContactIndex
-    from tasks.transform import contact_key
 
     source, ledger_url = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
     write_source(source, conversations=4, messages=1)  # cl0 has neither phone nor email: only its key finds it

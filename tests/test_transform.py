@@ -11,18 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from amojo.emulator import app as emulator_rules
+from amojo.payloads import client_participant, message_payload
 from etl.intervals import Interval
-from etl.source import CANONICAL, SourceFrames, SourceStream
-from tasks.transform import (
-    SeenIds,
-    Senders,
-    client_participant,
-    message_payload,
-    normalise_phones,
-    to_utc_ms,
-    transform,
-    unplaced_rejects,
-)
+from etl.source import CANONICAL, SourceFrames, SourceStream, to_utc_ms
+from tasks.transform import SeenIds, Senders, normalise_phones, transform, unplaced_rejects
 
 UTC = ZoneInfo("UTC")
 WIDE = Interval.days(date(1960, 1, 1), date(2100, 1, 1), UTC)

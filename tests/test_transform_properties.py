@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from amojo.payloads import MESSAGE_TYPES, client_participant, message_payload
 from etl.source import (
     CLIENT_COLUMNS,
     CONVERSATION_COLUMNS,
@@ -30,7 +31,7 @@ from etl.source import (
     as_text,
     to_utc_ms,
 )
-from tasks.transform import MESSAGE_TYPES, Batch, SeenIds, Senders, client_participant, message_payload, transform
+from tasks.transform import Batch, SeenIds, Senders, transform
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
