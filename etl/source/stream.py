@@ -107,6 +107,7 @@ class SourceStream:
         return repeated
 
     def _select(self, sql: str, wanted: tuple[str, ...], entity: str, ids: list[str] | None = None) -> pd.DataFrame:
+        """The rows of one entity's query, all of them or those with these ids, on the lookup connection."""
         statement = sa.text(f"SELECT * FROM ({sql}) q" + (" WHERE q.id IN :ids" if ids is not None else ""))
         params = bind(sql, self.params)
         if ids is not None:
@@ -133,6 +134,7 @@ class SourceStream:
         return found
 
     def _next_rows(self) -> list[tuple]:
+        """The next rows of the current pass, opening the next pass when one is exhausted; none after the last."""
         while True:
             if self._cursor is None:
                 if not self._passes:
@@ -156,15 +158,7 @@ class SourceStream:
         if not rows:
             return None
         try:
-            messages = frame_of(rows, self._cursor.columns, MESSAGE_COLUMNS)
-            created_ms = to_utc_ms(messages["created_at"], self.zone)
-            if self._edits_pass:  # edited in the interval, created before it: the first pass has the others
-                edited_ms = to_utc_ms(messages["updated_at"], self.zone)
-                mine = self.window.holds(edited_ms) & (created_ms < self.window.start_ms).fillna(False).astype(bool)
-            else:
-                mine = self.window.keeps(created_ms, messages["created_at"])
-            messages, created_ms = messages[mine].reset_index(drop=True), created_ms[mine].reset_index(drop=True)
-            messages["created_ms"] = created_ms
+            messages = self._of_interval(frame_of(rows, self._cursor.columns, MESSAGE_COLUMNS))
             conversation_ids = [str(v) for v in messages["conversation_id"].dropna().unique()]
             conversations = self._by_ids(self.queries.conversations, conversation_ids, CONVERSATION_COLUMNS,
                                          "conversations")
@@ -174,6 +168,19 @@ class SourceStream:
             raise unreadable(self.engine.url, exc, "conversations or clients") from None
         self.chunks += 1
         return SourceFrames(messages, conversations, clients, self.managers, len(rows))
+
+    def _of_interval(self, messages: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the pass that belong to the interval, with `created_ms`: new messages by their creation time,
+        edits by their edit time."""
+        created_ms = to_utc_ms(messages["created_at"], self.zone)
+        if self._edits_pass:  # edited in the interval, created before it: the first pass has the others
+            edited_ms = to_utc_ms(messages["updated_at"], self.zone)
+            mine = self.window.holds(edited_ms) & (created_ms < self.window.start_ms).fillna(False).astype(bool)
+        else:
+            mine = self.window.keeps(created_ms, messages["created_at"])
+        messages, created_ms = messages[mine].reset_index(drop=True), created_ms[mine].reset_index(drop=True)
+        messages["created_ms"] = created_ms
+        return messages
 
     def close(self) -> None:
         """Close the cursor, the lookup connection and the engine."""
