@@ -46,7 +46,7 @@ from amojo.rest import BATCH_MOST, BATCH_SAFE, USERS_PAGE, ChatLink, RestClient
 from amojo.transport import RetryPolicy
 from etl.api import Api
 from etl.claims import RunClaims
-from etl.ledger import DONE, UNKNOWN_CONTENT, ChatState, Ledger
+from etl.ledger import DONE, NEEDS_EDIT_HASH as UNKNOWN_CONTENT, ChatState, Ledger
 
 from .transform import (
     Batch,
@@ -138,7 +138,7 @@ def _ledger_row(message: Any, **values: Any) -> dict[str, Any]:
 
 def _known(messages: pd.DataFrame, ledger: Ledger) -> pd.DataFrame:
     """The ledger's status, content hash, conversation and time for each message it knows, as columns."""
-    states = ledger.message_states(messages["msgid"])
+    states = ledger.messages.states(messages["msgid"])
     known = pd.DataFrame.from_dict(states, orient="index",
                                    columns=["status", "content_hash", "conversation_id", "msec"])
     return known.astype({"content_hash": "Int64", "msec": "Int64"}) if len(known) else known
@@ -166,7 +166,7 @@ def own_ids(batch: Batch, ledger: Ledger, *, register: bool = True) -> Batch:
     known = _known(messages, ledger)
     fresh = messages[~messages["msgid"].isin(known.index)]
     if register and len(fresh):
-        ledger.add_pending([_ledger_row(m) for m in fresh.itertuples(index=False)])
+        ledger.messages.register([_ledger_row(m) for m in fresh.itertuples(index=False)])
         known = pd.concat([known, _known(fresh, ledger)])
     foreign = _foreign(messages, known)
     if not foreign.any():
@@ -242,7 +242,7 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
     report = LoadReport()
     if stopped:
         report.stopped.update(stopped)
-    ledger.save_rejects(batch.rejects.to_dict("records"), interval_label)
+    ledger.rejects.save(batch.rejects.to_dict("records"), interval_label)
     to_send, to_edit, _ = plan(batch, ledger)
     claims.advance(registered_through)
     active = (set(to_send["conversation_id"]) | set(to_edit["conversation_id"])) - set(report.stopped)
@@ -318,7 +318,7 @@ async def _prepared(conversations: pd.DataFrame, api: Api, ledger: Ledger, claim
     the sending concurrency, so that sending starts within seconds, then waves of a full REST batch, so that each
     costs a create and a link request. Quarantined conversations are reported, never yielded.
     """
-    states = ledger.chat_states(conversations.index)
+    states = ledger.chats.states(conversations.index)
     linked = [c for c in conversations.index
               if c in states and states[c].linked and states[c].chat_id and not states[c].quarantine]
     if linked:
@@ -340,7 +340,7 @@ async def _prepared(conversations: pd.DataFrame, api: Api, ledger: Ledger, claim
 def _ready(conversations: pd.DataFrame, ledger: Ledger, report: LoadReport) -> tuple[pd.DataFrame, dict[str, str]]:
     """The conversations of a prepared wave that can send (linked, not stopped), and their chat ids; the
     quarantined ones go into the report."""
-    states = ledger.chat_states(conversations.index)
+    states = ledger.chats.states(conversations.index)
     ready: list[str] = []
     for conversation_id in conversations.index:
         state = states.get(conversation_id)
@@ -359,7 +359,7 @@ async def _contact_index(conversations: pd.DataFrame, states: dict[str, ChatStat
     needing = conversations[[c not in states or states[c].contact_id is None or bool(states[c].quarantine)
                              for c in conversations.index]]
     keys = needing["client_key"].drop_duplicates()
-    unknown = len(keys) - len(ledger.contact_ids(keys))
+    unknown = len(keys) - len(ledger.contacts.ids(keys))
     if unknown < 2:
         return None
     started = ledger.clock()
@@ -380,7 +380,7 @@ async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, c
     """create_chat is idempotent on conversation_id: a lost answer is retried, and a crash before the chat id is
     saved gets the same chat next time. Returns the conversations whose chat id the ledger did not hold before:
     no run of ours can have linked those chats."""
-    states = ledger.chat_states(conversations.index)
+    states = ledger.chats.states(conversations.index)
     missing = [c for c in conversations.itertuples() if not (states.get(c.Index) and states[c.Index].chat_id)]
 
     async def create(conversation: Any) -> dict[str, Any] | None:
@@ -392,7 +392,7 @@ async def _create_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, c
         return {"conversation_id": conversation.Index, "chat_id": chat_id, "client_key": conversation.client_key}
 
     rows = [row for row in await _bounded(concurrency, [create(c) for c in missing]) if row]
-    ledger.save_chats(rows)
+    ledger.chats.save(rows)
     report.chats_created += len(rows)
     return {row["conversation_id"] for row in rows}
 
@@ -401,7 +401,7 @@ async def _resolve_contacts(conversations: pd.DataFrame, api: Api, ledger: Ledge
                             concurrency: int, report: LoadReport, index: ContactIndex | None) -> None:
     """Find each client's contact; a client another run is finding or creating right now waits for it, so that
     no client gets two contacts."""
-    states = ledger.chat_states(conversations.index)
+    states = ledger.chats.states(conversations.index)
     needing = conversations[[c in states and (states[c].contact_id is None or bool(states[c].quarantine))
                              and c not in report.stopped for c in conversations.index]]
     async for mine in claims.turns("client", needing["client_key"]):
@@ -419,11 +419,11 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
     run, or in one that died waiting for it) is resolved by searching the key every contact we create carries.
     """
     clients = needing.drop_duplicates("client_key")
-    known = ledger.contact_ids(clients["client_key"])
+    known = ledger.contacts.ids(clients["client_key"])
     ambiguous: dict[str, str] = {}
     failed: dict[str, AmojoError] = {}
     unknown = [c for c in clients.itertuples() if c.client_key not in known]
-    uncertain = ledger.uncertain_keys("contact", [c.client_key for c in unknown])
+    uncertain = ledger.effects.uncertain("contact", [c.client_key for c in unknown])
 
     async def search(client: Any) -> tuple[Any, list[int]]:
         try:
@@ -463,14 +463,14 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
             continue
         if len(found) == 1:
             known[client.client_key] = found[0]
-            ledger.save_contacts([{"client_key": client.client_key, "contact_id": found[0], "created": False}])
+            ledger.contacts.save([{"client_key": client.client_key, "contact_id": found[0], "created": False}])
             report.contacts_matched += 1
         elif len(found) > 1:
             ambiguous[client.client_key] = (f"ambiguous contact: {len(found)} contacts match "
                                             f"({', '.join(map(str, found))})")
         else:
             to_create.append(client)
-    ledger.settle_effects("contact", [c.client_key for c in unknown if c.client_key in known])
+    ledger.effects.settle("contact", [c.client_key for c in unknown if c.client_key in known])
     first = 0
     while first < len(to_create):
         size = api.rest.batch_size  # smaller once amoCRM has refused a larger batch
@@ -479,7 +479,7 @@ async def _find_or_create_contacts(needing: pd.DataFrame, api: Api, ledger: Ledg
     for conversation in needing.itertuples():
         if conversation.client_key in failed:
             _stop(report, conversation.Index, failed[conversation.client_key])
-    ledger.save_chats([
+    ledger.chats.save([
         {"conversation_id": c.Index, "contact_id": known.get(c.client_key), "quarantine": ambiguous.get(c.client_key)}
         for c in needing.itertuples() if c.client_key not in failed
     ])
@@ -544,13 +544,13 @@ async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: 
     """Create one batch of contacts. The ledger says the creates are under way before they are sent; when the
     answer is lost, each client's key is searched, and only those not found are created again."""
     keys = [c.client_key for c in clients]
-    ledger.expect_effects("contact", keys)
+    ledger.effects.expect("contact", keys)
     remaining = clients
     for attempt in range(1, RESOLVE_ATTEMPTS + 1):
         try:
             ids = await api.rest.create_contacts([contact_body(c) for c in remaining])
             _save_created(ledger, {c.client_key: i for c, i in zip(remaining, ids, strict=True)}, known, report)
-            ledger.settle_effects("contact", keys)
+            ledger.effects.settle("contact", keys)
             return
         except AmojoError as exc:
             error = exc
@@ -566,7 +566,7 @@ async def _create_contacts(clients: list[Any], api: Api, ledger: Ledger, known: 
                       known, report)
         remaining = [c for c in remaining if c.client_key not in known]
         if not remaining:
-            ledger.settle_effects("contact", keys)
+            ledger.effects.settle("contact", keys)
             return
     # Still uncertain where a create may have landed: the next run searches these clients' keys first.
     failed.update((c.client_key, error) for c in remaining)
@@ -589,7 +589,7 @@ async def _search_key(api: Api, client: Any) -> int | None:
 
 
 def _save_created(ledger: Ledger, ids: dict[str, int], known: dict[str, int], report: LoadReport) -> None:
-    ledger.save_contacts([{"client_key": k, "contact_id": i, "created": True} for k, i in ids.items()])
+    ledger.contacts.save([{"client_key": k, "contact_id": i, "created": True} for k, i in ids.items()])
     known.update(ids)
     report.contacts_created += len(ids)
 
@@ -599,7 +599,7 @@ async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, rep
     """Link before the first message, so amoCRM makes no unsorted lead. What is linked is read first and kept
     (but for `fresh` chats, whose ids no run had saved, so none of ours can have linked them); after a lost answer
     it is read again, and only what is still unlinked is linked."""
-    states = ledger.chat_states(conversations.index)
+    states = ledger.chats.states(conversations.index)
     unlinked: list[ChatState] = [s for s in states.values() if not s.linked and not s.quarantine and s.contact_id
                                  and s.conversation_id not in report.stopped]
     if not unlinked:
@@ -625,7 +625,7 @@ async def _link_chats(conversations: pd.DataFrame, api: Api, ledger: Ledger, rep
         links.update((link.chat_id, link) for link in made)
         error = None
         break
-    ledger.save_chats([
+    ledger.chats.save([
         {"conversation_id": s.conversation_id, "contact_id": links[s.chat_id].contact_id, "linked": True}
         for s in unlinked if s.chat_id in links
     ])
@@ -699,7 +699,7 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
                  if m.msgid in unresolved and (pd.isna(m.recorded_hash) or int(m.recorded_hash) != int(m.content_hash))}
         if pending:
             claims.check()
-            ledger.record_messages([row(m, status="sending") for m in pending])
+            ledger.messages.record([row(m, status="sending") for m in pending])
         resent: list[Any] = []
         for message in pending:
             claims.check()
@@ -757,7 +757,7 @@ async def _send_conversation(conversation_id: str, chat_id: str, client: dict[st
         merged: dict[str, dict[str, Any]] = {}
         for row in outcomes:
             merged[row["msgid"]] = {**merged.get(row["msgid"], {}), **row}
-        ledger.record_messages(list(merged.values()))
+        ledger.messages.record(list(merged.values()))
 
 
 @dataclass
@@ -772,7 +772,7 @@ class DryRun:
 
     def add(self, batch: Batch, ledger: Ledger, samples: int = 3) -> None:
         to_send, to_edit, settled = plan(batch, ledger)
-        states = ledger.chat_states(batch.conversations.index)
+        states = ledger.chats.states(batch.conversations.index)
         self.chats_to_create += sum(1 for c in batch.conversations.index if not (c in states and states[c].chat_id))
         self.messages_to_send += len(to_send)
         self.messages_to_edit += len(to_edit)

@@ -113,12 +113,12 @@ async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run
     state = await import_chats(start=day[0], end=day[1], return_state=True)
     assert state.is_failed() and "claims" in state.message
     ledger = Ledger(ledger_url)
-    assert set(ledger.interval_statuses().values()) == {"complete"}  # not overwritten with `failed`
-    ledger.release_claims("another-run")
+    assert set(ledger.intervals.statuses().values()) == {"complete"}  # not overwritten with `failed`
+    ledger.leases.release("another-run")
 
     taken_over = False  # nobody took it over: the lease lapsed (the ledger did not answer), the day failed
     state = await import_chats(start=day[0], end=day[1], return_state=True)
-    assert state.is_failed() and set(ledger.interval_statuses().values()) == {"failed"}
+    assert state.is_failed() and set(ledger.intervals.statuses().values()) == {"failed"}
     ledger.close()
 
 
@@ -330,7 +330,7 @@ async def test_oauth_pairs_rotate_through_the_ledger(emulator_config, tmp_path, 
         assert counts.get("rest oauth 200", 0) >= 2  # the first pair, then at least one refresh on expiry
         assert "rest oauth 400" not in counts  # never a spent token
         ledger = Ledger(env["AMOJO_ETL_STATE_URL"])
-        _, refresh, _ = ledger.oauth_pair(running.url)
+        _, refresh, _ = ledger.account.oauth_pair(running.url)
         ledger.close()
         assert refresh != config.oauth_refresh_token
         assert running.emulator.store.token_state(config.oauth_refresh_token) == ("refresh", False)  # spent
