@@ -73,17 +73,20 @@ def test_an_id_two_runs_register_at_once_has_one_owner_and_the_other_row_is_reje
     first = _one(_day(url, date(2026, 10, 5)))
     second = _one(_day(url, date(2026, 10, 6)))
 
-    class LateReader:  # the other run registers between this run's read and its insert
+    class LateMessages:  # the other run registers between this run's read and its insert
         def __init__(self) -> None:
             self.reads = 0
 
-        def message_states(self, msgids):
+        def states(self, msgids):
             self.reads += 1
             return {} if self.reads == 1 else ledger.messages.states(msgids)
 
-        def add_pending(self, rows):
+        def register(self, rows):
             own_ids(second, ledger)
             ledger.messages.register(rows)
+
+    class LateReader:
+        messages = LateMessages()
 
     first = own_ids(first, LateReader())  # type: ignore[arg-type]
     assert first.messages.empty

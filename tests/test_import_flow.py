@@ -91,7 +91,7 @@ async def test_wrong_channel_secret_fails_fast_without_retries(emulator, pipelin
 
 async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run_that_took_over(
         emulator, pipeline_env, monkeypatch):
-    import tasks.load
+    import tasks.load.loader
     from etl.claims import ClaimLost
     from etl.ledger import Ledger
 
@@ -109,7 +109,7 @@ async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run
             engine.dispose()
         raise ClaimLost("this run's claims expired")
 
-    monkeypatch.setattr(tasks.load, "load", stalled)
+    monkeypatch.setattr(tasks.load.loader, "load", stalled)
     state = await import_chats(start=day[0], end=day[1], return_state=True)
     assert state.is_failed() and "claims" in state.message
     ledger = Ledger(ledger_url)

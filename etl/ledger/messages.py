@@ -55,6 +55,8 @@ class Messages:
         now = time.time()
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in rows:
+            if "status" in row:
+                row = {**row, "status": str(row["status"])}  # a MessageStatus is stored as its plain value
             by_shape.setdefault(tuple(sorted(row)), []).append({**row, "updated_at": now})
         with self.db.engine.begin() as conn:
             for batch in by_shape.values():
