@@ -49,7 +49,8 @@ from load_harness import DAY, RunResult, edit_text, run_interval, settings_for
 from amojo.emulator.app import Emulator
 from amojo.emulator.config import DEMO_USERS, EmulatorConfig, Faults
 from amojo.emulator.server import start
-from etl.ledger import Ledger
+from etl.ledger.leases import Leases
+from etl.ledger.messages import Messages
 from etl.source import create_schema
 from tasks.transform import contact_key
 
@@ -292,18 +293,18 @@ class FaultTally:
 @contextmanager
 def refusals_seen(refused: set[str]) -> Iterator[None]:
     """Collect the msgids any run records as `rejected` (amoCRM refused their data, e.g. a duplicate msgid)."""
-    original = Ledger.record_messages
+    original = Messages.record
 
-    def record_messages(self, rows, *args, **kwargs):
+    def record(self, rows, *args, **kwargs):
         rows = list(rows)
         refused.update(row["msgid"] for row in rows if row.get("status") == "rejected")
         return original(self, rows, *args, **kwargs)
 
-    Ledger.record_messages = record_messages  # type: ignore[method-assign]
+    Messages.record = record  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Ledger.record_messages = original  # type: ignore[method-assign]
+        Messages.record = original  # type: ignore[method-assign]
 
 
 @dataclass
@@ -342,19 +343,19 @@ _process: contextvars.ContextVar[dict | None] = contextvars.ContextVar("process"
 @contextmanager
 def crashes_keep_their_claims() -> Iterator[None]:
     """A run killed as a crash gives up no claim on its way out (the process is gone): they expire."""
-    original = Ledger.release_claims
+    original = Leases.release
 
-    def release_claims(self, holder, kind=None, keys=None):
+    def release(self, holder, kind=None, keys=None):
         process = _process.get()
         if process is not None and process["crashed"]:
             return None
         return original(self, holder, kind, keys)
 
-    Ledger.release_claims = release_claims  # type: ignore[method-assign]
+    Leases.release = release  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Ledger.release_claims = original  # type: ignore[method-assign]
+        Leases.release = original  # type: ignore[method-assign]
 
 
 async def _run(settings, span: tuple[date, int], start_after: float, kill: tuple[float, str] | None) -> RunOutcome:
