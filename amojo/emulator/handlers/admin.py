@@ -6,23 +6,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..config import Faults
 from ..inputs import ApiError, obj
-
-if TYPE_CHECKING:
-    from ..app import Emulator
+from . import Handlers
 
 
-class AdminHandlers:
+class AdminHandlers(Handlers):
     """What tests do to the emulator over HTTP; the same as its Python API."""
-
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
 
     async def state(self, request: Request, body: Any) -> Response:
         return JSONResponse(self.emulator.snapshot())

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..inputs import ApiError, boolean, external_id, integer, obj, participant, string
-
-if TYPE_CHECKING:
-    from ..app import Emulator
+from . import Handlers
 
 
-class ChatsHandlers:
+class ChatsHandlers(Handlers):
     """Connecting the channel to the account, and the chats of its scope."""
-
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
-        self.config = emulator.config
-        self.store = emulator.store
-        self.participants = emulator.participants
 
     def _channel(self, request: Request) -> None:
         if request.path_params["channel_id"] != self.config.channel_id:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,19 +23,11 @@ from ..inputs import (
     string,
 )
 from ..store import derived_id
-
-if TYPE_CHECKING:
-    from ..app import Emulator
+from . import Handlers
 
 
-class MessagesHandlers:
+class MessagesHandlers(Handlers):
     """The messages of the scope's chats, and what amoCRM does when one arrives (leads, notifications)."""
-
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
-        self.config = emulator.config
-        self.store = emulator.store
-        self.participants = emulator.participants
 
     async def message_event(self, request: Request, body: Any) -> Response:
         scope_id = self.emulator.connected_scope(request.path_params["scope_id"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -13,9 +13,7 @@ from starlette.responses import JSONResponse, Response
 from ..contacts import contact_fields, contact_matches, contact_problems, request_id
 from ..envelopes import hal
 from ..inputs import ApiError, is_int, query_int
-
-if TYPE_CHECKING:
-    from ..app import Emulator
+from . import Handlers
 
 
 def _page(request: Request) -> tuple[int, int]:
@@ -30,12 +28,8 @@ def _with_amojo_id(request: Request) -> bool:
     return "amojo_id" in request.query_params.get("with", "").split(",")
 
 
-class RestHandlers:
+class RestHandlers(Handlers):
     """amoCRM's own API, as far as a chat integration uses it."""
-
-    def __init__(self, emulator: Emulator) -> None:
-        self.config = emulator.config
-        self.store = emulator.store
 
     async def account(self, request: Request, body: Any) -> Response:
         answer: dict[str, Any] = {"id": 30000001, "name": "amojo-etl emulator", "subdomain": "emulator"}
