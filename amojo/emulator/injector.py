@@ -10,15 +10,14 @@ import math
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import NamedTuple
 
 from .config import Faults
 
 
-@dataclass(frozen=True)
-class Injection:
+class Injection(NamedTuple):
     """What the random faults do to one request before any effect: wait, then hang (answer 504) or answer an error."""
 
     delay_s: float

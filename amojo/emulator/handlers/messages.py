@@ -106,8 +106,9 @@ class MessagesHandlers(Handlers):
                                              self.participants.chat_user(receiver_given or sender_given, client))
         elif conversation_id is not None and conversation_ref_id is not None:
             self.store.bind_conversation(scope_id, conversation_id, chat["id"])  # §4.4: now it names this chat
-        for record in (sender, client):
-            self.participants.remember(scope_id, record)
+        self.participants.remember(scope_id, sender)
+        if client is not sender:  # an incoming message's sender is its client: one record, kept once
+            self.participants.remember(scope_id, client)
         stored = self._store_message(scope_id, chat["id"], payload, sender["amojo_id"],
                                      client["amojo_id"] if outgoing else None)
         return self._sent_answer(scope_id, stored)

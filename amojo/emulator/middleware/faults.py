@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..injector import Injector
 from . import Handler
+from .script import SCRIPT_ENTRY
 
 
 class InjectedFaults:
@@ -19,17 +20,17 @@ class InjectedFaults:
         self.app, self.injector = app, injector
 
     async def __call__(self, request: Request) -> Response:
-        injection = self.injector.before_effect(random_faults=request.state.script_entry is None)
+        injection = self.injector.before_effect(random_faults=request.scope[SCRIPT_ENTRY] is None)
         if injection.delay_s:
             await asyncio.sleep(injection.delay_s)
         if injection.hang_s is not None:
             await asyncio.sleep(injection.hang_s)
             return Response(status_code=504)
         status = injection.error_status
+        if not status:
+            return await self.app(request)
         headers = self.injector.retry_after(status)
         if status == 429:
             return Response(status_code=429, headers=headers, content=b"")
-        if status:
-            body = {"status": 0, "error_code": status, "error_type": "INTERNAL", "error_description": "fault"}
-            return JSONResponse(body, status_code=status, headers=headers)
-        return await self.app(request)
+        body = {"status": 0, "error_code": status, "error_type": "INTERNAL", "error_description": "fault"}
+        return JSONResponse(body, status_code=status, headers=headers)

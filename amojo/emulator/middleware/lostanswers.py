@@ -9,6 +9,7 @@ from starlette.types import Receive, Scope, Send
 from ..envelopes import amojo_error, rest_problem
 from ..injector import Injector
 from . import Handler
+from .script import SCRIPT_ENTRY
 
 
 class LostAnswers:
@@ -22,7 +23,7 @@ class LostAnswers:
         response = await self.app(request)
         if not 200 <= response.status_code < 300:
             return response
-        entry = request.state.script_entry
+        entry = request.scope[SCRIPT_ENTRY]
         mode = entry["lose"] if entry is not None else self.injector.lost_answer(self.endpoint)
         return response if mode is None else self._lost(mode)
 
