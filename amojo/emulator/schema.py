@@ -36,12 +36,8 @@ TABLES = ("scopes", "chats", "messages", "contacts", "links", "leads", "notifica
 def chat_row(row: sqlite3.Row | None) -> dict | None:
     if row is None:
         return None
-    return {
-        "id": row["id"],
-        "scope_id": row["scope_id"],
-        "conversation_id": row["conversation_id"],
-        "user": json.loads(row["user_json"]),
-    }
+    return {"id": row["id"], "scope_id": row["scope_id"], "conversation_id": row["conversation_id"],
+            "user": json.loads(row["user_json"])}
 
 
 def message_row(row: sqlite3.Row | None) -> dict | None:
