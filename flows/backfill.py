@@ -78,7 +78,7 @@ async def backfill(
         return Failed(message=str(exc), data=exc)
     try:
         unplaced = _report_unplaced(settings, ledger, dry_run)
-        statuses = ledger.interval_statuses()
+        statuses = ledger.intervals.statuses()
         if reprocess == "changed":
             revisit = await days_to_revisit(settings, days)
             todo = [d for d in days if d.label in revisit]
@@ -117,8 +117,8 @@ def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int |
     if frame is None:
         return None
     if not dry_run:
-        ledger.clear_rejects(UNPLACED_LABEL)
-        ledger.save_rejects(unplaced_rejects(frame, settings.source_zone).to_dict("records"), UNPLACED_LABEL)
+        ledger.rejects.clear(UNPLACED_LABEL)
+        ledger.rejects.save(unplaced_rejects(frame, settings.source_zone).to_dict("records"), UNPLACED_LABEL)
     if len(frame):
         get_run_logger().warning("%d source messages have no readable created_at, or one before 1970, so no day "
                                  "can import them; `amojo-etl rejects` lists them", len(frame))
@@ -148,7 +148,7 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
     async with RunClaims(ledger, claim_timeout_s) as own:
         async def run(day: Interval) -> None:
             try:
-                statuses = ledger.interval_statuses()
+                statuses = ledger.intervals.statuses()
                 if not dry_run and reprocess in ("missing", "failed") and not days_to_run([day], statuses, reprocess):
                     outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
                     by_others.add(day.label)  # done meanwhile by another run
@@ -176,7 +176,7 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
             if len(running) > max_parallel:
                 return None
             before = min(d.start for d in running.values()) if len(running) == max_parallel else None
-            held = {r.key for kind in ("interval", "dispatch") for r in ledger.live_claims(kind, own.holder)}
+            held = {r.key for kind in ("interval", "dispatch") for r in ledger.leases.live(kind, own.holder)}
             for day in queue:
                 if before is not None and day.start >= before:
                     return None

@@ -46,11 +46,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from load_harness import DAY, RunResult, edit_text, run_interval, settings_for
 
-from amojo.emulator.app import Emulator
 from amojo.emulator.config import DEMO_USERS, EmulatorConfig, Faults
+from amojo.emulator.injector import Injector
 from amojo.emulator.server import start
 from amojo.payloads import contact_key
-from etl.ledger import Ledger
+from etl.ledger.leases import Leases
+from etl.ledger.messages import Messages
 from etl.source import create_schema
 
 PREFIX = "ae-"
@@ -265,45 +266,47 @@ class FaultTally:
     """Counts, on one emulator, the faults it injected: (kind, endpoint, detail) -> count, kind "lost" (detail "500"
     or "drop") or "status" (detail the status)."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, injector: Injector) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
         endpoint: contextvars.ContextVar[str] = contextvars.ContextVar("endpoint", default="?")
-        take, inject, maybe_lose = emulator._take_script, emulator._inject, emulator._maybe_lose
+        take, before_effect, lost_answer = injector.take_script, injector.before_effect, injector.lost_answer
 
         def _take_script(name: str, method: str):  # every request that passed the API's own checks comes here
             endpoint.set(name)
             return take(name, method)
 
-        async def _inject(random_faults: bool = True):
-            response = await inject(random_faults)
-            if response is not None:
-                self.counts["status", endpoint.get(), str(response.status_code)] += 1
-            return response
+        def _before_effect(random_faults: bool = True):
+            injection = before_effect(random_faults)
+            status = 504 if injection.hang_s is not None else injection.error_status
+            if status:
+                self.counts["status", endpoint.get(), str(status)] += 1
+            return injection
 
-        def _maybe_lose(api: str, response):
-            answer = maybe_lose(api, response)
-            if answer is not response:
-                self.counts["lost", endpoint.get(), "drop" if answer.status_code == 0 else "500"] += 1
-            return answer
+        def _lost_answer(name: str):
+            mode = lost_answer(name)
+            if mode is not None:
+                self.counts["lost", name, mode] += 1
+            return mode
 
-        emulator._take_script, emulator._inject, emulator._maybe_lose = _take_script, _inject, _maybe_lose
+        injector.take_script, injector.before_effect, injector.lost_answer = \
+            _take_script, _before_effect, _lost_answer  # type: ignore[method-assign]
 
 
 @contextmanager
 def refusals_seen(refused: set[str]) -> Iterator[None]:
     """Collect the msgids any run records as `rejected` (amoCRM refused their data, e.g. a duplicate msgid)."""
-    original = Ledger.record_messages
+    original = Messages.record
 
-    def record_messages(self, rows, *args, **kwargs):
+    def record(self, rows, *args, **kwargs):
         rows = list(rows)
         refused.update(row["msgid"] for row in rows if row.get("status") == "rejected")
         return original(self, rows, *args, **kwargs)
 
-    Ledger.record_messages = record_messages  # type: ignore[method-assign]
+    Messages.record = record  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Ledger.record_messages = original  # type: ignore[method-assign]
+        Messages.record = original  # type: ignore[method-assign]
 
 
 @dataclass
@@ -342,19 +345,19 @@ _process: contextvars.ContextVar[dict | None] = contextvars.ContextVar("process"
 @contextmanager
 def crashes_keep_their_claims() -> Iterator[None]:
     """A run killed as a crash gives up no claim on its way out (the process is gone): they expire."""
-    original = Ledger.release_claims
+    original = Leases.release
 
-    def release_claims(self, holder, kind=None, keys=None):
+    def release(self, holder, kind=None, keys=None):
         process = _process.get()
         if process is not None and process["crashed"]:
             return None
         return original(self, holder, kind, keys)
 
-    Ledger.release_claims = release_claims  # type: ignore[method-assign]
+    Leases.release = release  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Ledger.release_claims = original  # type: ignore[method-assign]
+        Leases.release = original  # type: ignore[method-assign]
 
 
 async def _run(settings, span: tuple[date, int], start_after: float, kill: tuple[float, str] | None) -> RunOutcome:
@@ -436,7 +439,7 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
     refused: set[str] = set()
     config = EmulatorConfig(duplicate_msgid=plan.duplicate_msgid, rest_rate=None)  # type: ignore[arg-type]
     with start(config) as running, refusals_seen(refused), crashes_keep_their_claims():
-        tally = FaultTally(running.emulator)
+        tally = FaultTally(running.emulator.injector)
         settings = settings_for(running, source, postgres_url, claim_timeout_s=3, timeout_s=5,
                                 concurrency=plan.concurrency, chunk_size=plan.chunk_size)
         for number, round_plan in enumerate(plan.rounds):

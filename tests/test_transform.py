@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from amojo.emulator import app as emulator_rules
+from amojo.emulator import inputs as emulator_rules
 from amojo.payloads import client_participant, message_payload
 from etl.intervals import Interval
 from etl.source import CANONICAL, SourceFrames, SourceStream, to_utc_ms
@@ -138,8 +138,8 @@ def _check_hostile(url: str) -> None:
     for message in messages.itertuples(index=False):
         payload = message_payload(message, client)
         # Every payload passes the emulator's reading of amojo-api.md §3.4.
-        emulator_rules._message_body(payload["message"], None, edit=False)
-        emulator_rules._participant(payload["sender"], "sender")
+        emulator_rules.message_body(payload["message"], None, edit=False)
+        emulator_rules.participant(payload["sender"], "sender")
         assert payload["silent"] is True and payload["msgid"] == f"ae-{message.source_id}"
         if message.source_id == "ok-text-out":
             assert payload["sender"]["ref_id"] == "amojo-anna" and payload["receiver"] == client

@@ -14,34 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-_NS = uuid.UUID("0b6a3f7e-5c1d-4e8a-9f2b-7d4c1e0a9b35")
+from .schema import SCHEMA, TABLES, chat_row, contact_row, message_row
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS scopes (scope_id TEXT PRIMARY KEY, account_id TEXT, title TEXT, hook_api_version TEXT,
-    connected INTEGER);
-CREATE TABLE IF NOT EXISTS chats (id TEXT PRIMARY KEY, scope_id TEXT, conversation_id TEXT, user_id TEXT,
-    user_json TEXT, created_at REAL, UNIQUE (scope_id, conversation_id));
-CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, scope_id TEXT,
-    chat_id TEXT, msgid TEXT, timestamp INTEGER, msec_timestamp INTEGER, sender_json TEXT, receiver_json TEXT,
-    message_json TEXT, silent INTEGER, unlinked INTEGER, stored_at REAL, edited_at REAL, sender_amojo_id TEXT,
-    receiver_amojo_id TEXT, UNIQUE (scope_id, msgid));
-CREATE INDEX IF NOT EXISTS messages_chat ON messages (chat_id, msec_timestamp);
-CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, name TEXT, phones TEXT, emails TEXT, body_json TEXT,
-    created_at REAL, field_values TEXT NOT NULL DEFAULT '[]');
-CREATE TABLE IF NOT EXISTS links (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT UNIQUE, contact_id INTEGER);
-CREATE TABLE IF NOT EXISTS leads (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
-    status TEXT, created_at REAL);
-CREATE TABLE IF NOT EXISTS notifications (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT, message_id TEXT,
-    kind TEXT, created_at REAL);
-CREATE TABLE IF NOT EXISTS tokens (token TEXT PRIMARY KEY, kind TEXT, valid INTEGER, expires_at REAL);
-CREATE TABLE IF NOT EXISTS participants (scope_id TEXT, amojo_id TEXT, record_json TEXT,
-    PRIMARY KEY (scope_id, amojo_id));
-CREATE TABLE IF NOT EXISTS conversation_aliases (scope_id TEXT, conversation_id TEXT, chat_id TEXT,
-    PRIMARY KEY (scope_id, conversation_id));
-CREATE TABLE IF NOT EXISTS reactions (message_id TEXT, user_id TEXT, emoji TEXT, PRIMARY KEY (message_id, user_id));
-"""
-TABLES = ("scopes", "chats", "messages", "contacts", "links", "leads", "notifications", "tokens", "participants",
-          "conversation_aliases", "reactions")
+_NS = uuid.UUID("0b6a3f7e-5c1d-4e8a-9f2b-7d4c1e0a9b35")
 
 CONTACT_ID_START = 3_100_000
 
@@ -149,7 +124,7 @@ class Store:
         if row is None:
             row = self._one("SELECT chats.* FROM conversation_aliases a JOIN chats ON chats.id = a.chat_id "
                             "WHERE a.scope_id = ? AND a.conversation_id = ?", scope_id, conversation_id)
-        return _chat(row)
+        return chat_row(row)
 
     def bind_conversation(self, scope_id: str, conversation_id: str, chat_id: str) -> None:
         """Make `conversation_id` another name of the chat `chat_id` (a reply to a chat amoCRM started, §4.4)."""
@@ -161,7 +136,7 @@ class Store:
         return [dict(row) for row in self._all("SELECT * FROM conversation_aliases ORDER BY rowid")]
 
     def chat(self, chat_id: str) -> dict | None:
-        return _chat(self._one("SELECT * FROM chats WHERE id = ?", chat_id))
+        return chat_row(self._one("SELECT * FROM chats WHERE id = ?", chat_id))
 
     def create_chat(self, scope_id: str, conversation_id: str, user: dict) -> tuple[dict, bool]:
         """The chat for `conversation_id`, created if new; True when it was created now."""
@@ -173,7 +148,7 @@ class Store:
                 "WHERE a.scope_id = ? AND a.conversation_id = ?", (scope_id, conversation_id)
             ).fetchone()
             if existing:
-                return _chat(existing), False  # type: ignore[return-value]
+                return chat_row(existing), False  # type: ignore[return-value]
             chat_id = derived_id("chat", scope_id, conversation_id)
             db.execute(
                 "INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?)",
@@ -182,14 +157,14 @@ class Store:
         return self.chat(chat_id), True  # type: ignore[return-value]
 
     def chats(self) -> list[dict]:
-        return [_chat(row) for row in self._all("SELECT * FROM chats ORDER BY rowid")]  # type: ignore[misc]
+        return [chat_row(row) for row in self._all("SELECT * FROM chats ORDER BY rowid")]  # type: ignore[misc]
 
     # -- messages
     def message_by_msgid(self, scope_id: str, msgid: str) -> dict | None:
-        return _message(self._one("SELECT * FROM messages WHERE scope_id = ? AND msgid = ?", scope_id, msgid))
+        return message_row(self._one("SELECT * FROM messages WHERE scope_id = ? AND msgid = ?", scope_id, msgid))
 
     def message(self, message_id: str) -> dict | None:
-        return _message(self._one("SELECT * FROM messages WHERE id = ?", message_id))
+        return message_row(self._one("SELECT * FROM messages WHERE id = ?", message_id))
 
     def add_message(self, scope_id: str, chat_id: str, payload: dict, *, unlinked: bool,
                     sender_amojo_id: str | None = None, receiver_amojo_id: str | None = None) -> dict:
@@ -245,10 +220,10 @@ class Store:
         if visible_before is not None:
             sql += " AND stored_at <= ?"
             args.append(visible_before)
-        return [_message(row) for row in self._all(sql + " ORDER BY seq", *args)]  # type: ignore[misc]
+        return [message_row(row) for row in self._all(sql + " ORDER BY seq", *args)]  # type: ignore[misc]
 
     def messages(self) -> list[dict]:
-        return [_message(row) for row in self._all("SELECT * FROM messages ORDER BY seq")]  # type: ignore[misc]
+        return [message_row(row) for row in self._all("SELECT * FROM messages ORDER BY seq")]  # type: ignore[misc]
 
     # -- participants: one record per amojo user, what history shows for every message of that user
     def participant(self, scope_id: str, amojo_id: str) -> dict | None:
@@ -288,11 +263,11 @@ class Store:
         return contact_id
 
     def contacts(self) -> list[dict]:
-        return [_contact(row) for row in self._all("SELECT * FROM contacts ORDER BY id")]
+        return [contact_row(row) for row in self._all("SELECT * FROM contacts ORDER BY id")]
 
     def contact(self, contact_id: int) -> dict | None:
         row = self._one("SELECT * FROM contacts WHERE id = ?", contact_id)
-        return _contact(row) if row else None
+        return contact_row(row) if row else None
 
     def drop_contact(self, contact_id: int) -> None:
         """Delete a contact, as a person tidying duplicates in amoCRM would."""
@@ -363,46 +338,3 @@ class Store:
                 "UPDATE tokens SET valid = 0 WHERE token = ? AND kind = 'refresh' AND valid = 1", (token,)
             )
             return cursor.rowcount == 1
-
-
-def _chat(row: sqlite3.Row | None) -> dict | None:
-    if row is None:
-        return None
-    return {
-        "id": row["id"],
-        "scope_id": row["scope_id"],
-        "conversation_id": row["conversation_id"],
-        "user": json.loads(row["user_json"]),
-    }
-
-
-def _message(row: sqlite3.Row | None) -> dict | None:
-    if row is None:
-        return None
-    return {
-        "id": row["id"],
-        "chat_id": row["chat_id"],
-        "msgid": row["msgid"],
-        "timestamp": row["timestamp"],
-        "msec_timestamp": row["msec_timestamp"],
-        "sender": json.loads(row["sender_json"]),
-        "receiver": json.loads(row["receiver_json"]) if row["receiver_json"] else None,
-        "message": json.loads(row["message_json"]),
-        "silent": bool(row["silent"]),
-        "unlinked": bool(row["unlinked"]),
-        "stored_at": row["stored_at"],
-        "edited_at": row["edited_at"],
-        "sender_amojo_id": row["sender_amojo_id"],
-        "receiver_amojo_id": row["receiver_amojo_id"],
-    }
-
-
-def _contact(row: sqlite3.Row) -> dict:
-    return {
-        "id": row["id"],
-        "name": row["name"],
-        "phones": json.loads(row["phones"]),
-        "emails": json.loads(row["emails"]),
-        "values": json.loads(row["field_values"]),  # every custom field value, for search
-        "body": json.loads(row["body_json"]),
-    }
