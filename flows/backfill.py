@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -19,15 +19,16 @@ from pydantic import Field
 
 from etl.claims import RunClaims, interval_key
 from etl.intervals import Interval
-from etl.intervals import check_range as validate_range
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, Settings, load_settings
+from etl.settings import Settings
+from etl.summary import BackfillSummary
 from tasks.extract import extract_unplaced_task
+from tasks.interval import days_to_revisit
 from tasks.report import artifact_key, backfill_days_markdown
 from tasks.transform import unplaced_rejects
 
-from .import_chats import days_to_revisit, import_chats
-from .outcome import child_run_tags, final_state, summary_of
+from .day_runs import import_day
+from .outcome import FlowRun, child_run_tags, days_of, final_state, run_flow
 
 Reprocess = Literal["missing", "failed", "changed", "all"]
 UNPLACED_LABEL = "unplaced"
@@ -56,7 +57,7 @@ async def backfill(
     reprocess: Reprocess = "missing",
     max_parallel: Annotated[int, Field(ge=1, le=32)] = 2,
     dry_run: bool = False,
-) -> dict[str, Any] | State:
+) -> BackfillSummary | State:
     """Import each day of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive) that `reprocess` selects.
 
     Args:
@@ -67,16 +68,8 @@ async def backfill(
         max_parallel: days imported at once, 1-32 (they share the account's rate limits).
         dry_run: extract and transform each day, and say what would be sent; nothing is sent or written.
     """
-    logger = get_run_logger()
-    try:
-        settings = load_settings()
-        validate_range(start, end, datetime.now(settings.zone).date())
-        days = Interval.days(start, end, settings.zone).daily()
-        ledger = Ledger(settings.state_url)
-    except ConfigurationError as exc:
-        logger.error("%s", exc)
-        return Failed(message=str(exc), data=exc)
-    try:
+    async def body(run: FlowRun) -> BackfillSummary | State:
+        settings, ledger, days = run.settings, run.ledger, run.days
         unplaced = _report_unplaced(settings, ledger, dry_run)
         statuses = ledger.interval_statuses()
         if reprocess == "changed":
@@ -84,30 +77,33 @@ async def backfill(
             todo = [d for d in days if d.label in revisit]
         else:
             todo = days_to_run(days, statuses, reprocess)
-        logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
-                    reprocess)
+        get_run_logger().info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo),
+                              len(days), reprocess)
         with child_run_tags(settings):  # the day runs, tasks of their own, copy the context with these tags
             outcomes, by_others, runs = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess,
                                                         max_parallel, dry_run, start, end)
-    finally:
-        ledger.close()
+        summary = _summary(days, todo, outcomes, by_others, unplaced)
+        rows = [{"day": d.label, **runs.get(d.label, {}),
+                 "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
+                 if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
+                for d in days]
+        title = f"Backfill {start}..{end}: {summary.headline}"
+        await acreate_markdown_artifact(backfill_days_markdown(title, rows),
+                                        key=artifact_key("backfill-days", settings), description=title)
+        if summary.failed:
+            return Failed(message=summary.headline, data=summary)
+        return final_state(summary, summary.headline)
+
+    return await run_flow(body, days_of(start, end), api=False, secret_blocks=False)
+
+
+def _summary(days: list[Interval], todo: list[Interval], outcomes: dict[str, str], by_others: set[str],
+             unplaced: int | None) -> BackfillSummary:
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("complete", "incomplete", "failed")}
-    summary = {"days": len(days), "ran": len(todo) - len(by_others), "skipped": len(days) - len(todo),
-               "by_other_runs": len(by_others), **counts, "unplaced": unplaced,
-               "verdict": "complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
-               "outcomes": outcomes}
-    headline = (f"{counts['complete']} complete · {counts['incomplete']} incomplete · {counts['failed']} failed · "
-                f"{summary['skipped']} skipped of {len(days)} days")
-    rows = [{"day": d.label, **runs.get(d.label, {}),
-             "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
-             if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
-            for d in days]
-    await acreate_markdown_artifact(backfill_days_markdown(f"Backfill {start}..{end}: {headline}", rows),
-                                    key=artifact_key("backfill-days", settings),
-                                    description=f"Backfill {start}..{end}: {headline}")
-    if counts["failed"]:
-        return Failed(message=headline, data=summary)
-    return final_state(summary, headline)
+    return BackfillSummary(days=len(days), ran=len(todo) - len(by_others), skipped=len(days) - len(todo),
+                           by_other_runs=len(by_others), **counts, unplaced=unplaced,
+                           verdict="complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
+                           outcomes=outcomes)
 
 
 def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int | None:
@@ -153,16 +149,14 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
                     outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
                     by_others.add(day.label)  # done meanwhile by another run
                     return
-                state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
-                                           dry_run=dry_run, return_state=True)
-                result = await summary_of(state)
+                state, result = await import_day(day, dry_run)
                 runs[day.label] = {"run": state.state_details.flow_run_id}
                 if result is None:
                     outcomes[day.label] = "failed"
                 else:
-                    outcomes[day.label] = "dry run" if dry_run else result["verdict"]
-                    runs[day.label].update(sent=result.get("messages_sent", 0), rejected=result.get("rejected", 0),
-                                           missing=result.get("missing", 0))
+                    outcomes[day.label] = "dry run" if dry_run else result.verdict
+                    runs[day.label].update(sent=result.messages_sent, rejected=result.rejected,
+                                           missing=result.missing)
             finally:
                 own.release("dispatch", [interval_key(day)])
                 if not dry_run:
