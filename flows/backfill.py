@@ -79,9 +79,12 @@ async def backfill(
             todo = days_to_run(days, statuses, reprocess)
         get_run_logger().info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo),
                               len(days), reprocess)
-        with child_run_tags(settings):  # the day runs, tasks of their own, copy the context with these tags
-            outcomes, by_others, runs = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess,
-                                                        max_parallel, dry_run, start, end)
+        # The day runs, tasks of their own, copy the context with these tags.
+        with child_run_tags(settings):
+            async with RunClaims(ledger, settings.claim_timeout_s) as own:
+                dispatch = _Dispatch(todo, ledger, own, reprocess, max_parallel, dry_run, (start, end))
+                await dispatch.run_all()
+        outcomes, by_others, runs = dispatch.outcomes, dispatch.by_others, dispatch.runs
         summary = _summary(days, todo, outcomes, by_others, unplaced)
         rows = [{"day": d.label, **runs.get(d.label, {}),
                  "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
@@ -121,11 +124,10 @@ def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int |
     return len(frame)
 
 
-async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float, reprocess: Reprocess,
-                    max_parallel: int, dry_run: bool, start: date, end: date
-                    ) -> tuple[dict[str, str], set[str], dict[str, dict[str, Any]]]:
-    """Import the days, `max_parallel` at a time, earliest first; day label -> verdict, the days other runs did
-    meanwhile, and day label -> the counts and flow run id of the days this backfill imported.
+class _Dispatch:
+    """A backfill's days, imported `max_parallel` at a time, earliest first, with what came of each: `outcomes` (day
+    label -> verdict), `by_others` (the days other runs did meanwhile) and `runs` (day label -> the counts and flow
+    run id of the days this backfill imported).
 
     Several backfills over one range share it out: each claims the earliest day no live run holds ("dispatch"),
     and waits for the days others hold only when none is left (taking one over if its run died). Its days not
@@ -133,74 +135,85 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
     it runs becomes free (its run died), it starts that one at once, beyond `max_parallel`: later days may be
     waiting for it.
     """
-    progress = await acreate_progress_artifact(0.0, key=artifact_key("backfill-progress"),
-                                               description=f"Days of {start}..{end} done")
-    queue = list(todo)
-    outcomes: dict[str, str] = {}
-    by_others: set[str] = set()
-    runs: dict[str, dict[str, Any]] = {}
-    running: dict[asyncio.Task[None], Interval] = {}
 
-    async with RunClaims(ledger, claim_timeout_s) as own:
-        async def run(day: Interval) -> None:
-            try:
-                statuses = ledger.interval_statuses()
-                if not dry_run and reprocess in ("missing", "failed") and not days_to_run([day], statuses, reprocess):
-                    outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
-                    by_others.add(day.label)  # done meanwhile by another run
-                    return
-                state, result = await import_day(day, dry_run)
-                runs[day.label] = {"run": state.state_details.flow_run_id}
-                if result is None:
-                    outcomes[day.label] = "failed"
-                else:
-                    outcomes[day.label] = "dry run" if dry_run else result.verdict
-                    runs[day.label].update(sent=result.messages_sent, rejected=result.rejected,
-                                           missing=result.missing)
-            finally:
-                own.release("dispatch", [interval_key(day)])
-                if not dry_run:
-                    own.unreserve(day)
-                await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)),
-                                                description=days_done_line(start, end, outcomes, len(todo)))
+    def __init__(self, todo: list[Interval], ledger: Ledger, own: RunClaims, reprocess: Reprocess,
+                 max_parallel: int, dry_run: bool, span: tuple[date, date]) -> None:
+        self.todo, self.ledger, self.own, self.reprocess = todo, ledger, own, reprocess
+        self.max_parallel, self.dry_run, self.span = max_parallel, dry_run, span
+        self.queue = list(todo)
+        self.running: dict[asyncio.Task[None], Interval] = {}
+        self.outcomes: dict[str, str] = {}
+        self.by_others: set[str] = set()
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.progress: Any = None
 
-        def next_day() -> Interval | None:
-            """The earliest day of the queue no other run holds, now claimed by this backfill; with all slots
-            taken, only a day earlier than every day running (a catch-up)."""
-            if len(running) > max_parallel:
-                return None
-            before = min(d.start for d in running.values()) if len(running) == max_parallel else None
-            held = {r.key for kind in ("interval", "dispatch") for r in ledger.live_claims(kind, own.holder)}
-            for day in queue:
-                if before is not None and day.start >= before:
-                    return None
-                if interval_key(day) not in held and own.take("dispatch", [interval_key(day)]):
-                    return day
-            return None
-
-        if not dry_run:
-            own.reserve(todo)
+    async def run_all(self) -> None:
+        start, end = self.span
+        self.progress = await acreate_progress_artifact(0.0, key=artifact_key("backfill-progress"),
+                                                        description=f"Days of {start}..{end} done")
+        if not self.dry_run:
+            self.own.reserve(self.todo)
         try:
-            while queue or running:
-                day = next_day() if queue else None
+            while self.queue or self.running:
+                day = self.next_day() if self.queue else None
                 if day is not None:
-                    queue.remove(day)
-                    running[asyncio.create_task(run(day))] = day
+                    self.queue.remove(day)
+                    self.running[asyncio.create_task(self.run(day))] = day
                     continue
-                if running:
-                    finished, _ = await asyncio.wait(running, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+                if self.running:
+                    finished, _ = await asyncio.wait(self.running, timeout=WAIT_S,
+                                                     return_when=asyncio.FIRST_COMPLETED)
                     for task in finished:
-                        running.pop(task)
+                        self.running.pop(task)
                         task.result()
                 else:
                     await asyncio.sleep(WAIT_S)  # the rest is held by other runs: wait for their outcome
         finally:
             # A backfill that stops (its claims lost, a bug) stops its days before it gives up their claims.
-            for task in running:
+            for task in self.running:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-    await aupdate_progress_artifact(progress, 100.0, description=days_done_line(start, end, outcomes, len(todo)))
-    return outcomes, by_others, runs
+            await asyncio.gather(*self.running, return_exceptions=True)
+        await aupdate_progress_artifact(self.progress, 100.0, description=self.done_line())
+
+    async def run(self, day: Interval) -> None:
+        try:
+            statuses = self.ledger.interval_statuses()
+            if not self.dry_run and self.reprocess in ("missing", "failed") \
+                    and not days_to_run([day], statuses, self.reprocess):
+                self.outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
+                self.by_others.add(day.label)  # done meanwhile by another run
+                return
+            state, result = await import_day(day, self.dry_run)
+            self.runs[day.label] = {"run": state.state_details.flow_run_id}
+            if result is None:
+                self.outcomes[day.label] = "failed"
+            else:
+                self.outcomes[day.label] = "dry run" if self.dry_run else result.verdict
+                self.runs[day.label].update(sent=result.messages_sent, rejected=result.rejected,
+                                            missing=result.missing)
+        finally:
+            self.own.release("dispatch", [interval_key(day)])
+            if not self.dry_run:
+                self.own.unreserve(day)
+            await aupdate_progress_artifact(self.progress, 100.0 * len(self.outcomes) / max(1, len(self.todo)),
+                                            description=self.done_line())
+
+    def next_day(self) -> Interval | None:
+        """The earliest day of the queue no other run holds, now claimed by this backfill; with all slots
+        taken, only a day earlier than every day running (a catch-up)."""
+        if len(self.running) > self.max_parallel:
+            return None
+        before = min(d.start for d in self.running.values()) if len(self.running) == self.max_parallel else None
+        held = {r.key for kind in ("interval", "dispatch") for r in self.ledger.live_claims(kind, self.own.holder)}
+        for day in self.queue:
+            if before is not None and day.start >= before:
+                return None
+            if interval_key(day) not in held and self.own.take("dispatch", [interval_key(day)]):
+                return day
+        return None
+
+    def done_line(self) -> str:
+        return days_done_line(*self.span, self.outcomes, len(self.todo))
 
 
 def days_done_line(start: date, end: date, outcomes: dict[str, str], todo: int) -> str:

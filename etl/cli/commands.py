@@ -21,7 +21,7 @@ import typer
 from ..settings import SAMPLE_DB, ConfigurationError, load_settings
 from ..summary import RunSummary
 from .app import DryRunOption, EndOption, JsonOption, StartOption, _reported, app
-from .emulator import emulator
+from .emulator import emulator, importer_env
 from .render import (
     _fail,
     _finish,
@@ -248,16 +248,9 @@ def demo(as_json: JsonOption = False) -> None:
     config = EmulatorConfig()
     began = time.monotonic()
     with start_emulator(config) as running, tempfile.TemporaryDirectory(prefix="amojo-etl-demo-") as workdir:
-        os.environ.update({
-            "AMOJO_ETL_SOURCE_URL": f"sqlite:///{SAMPLE_DB}",
-            "AMOJO_ETL_STATE_URL": f"sqlite:///{workdir}/ledger.db",
-            "AMOJO_ETL_AMOJO_URL": running.url,
-            "AMOJO_ETL_AMOCRM_URL": running.url,
-            "AMOJO_ETL_CHANNEL_ID": config.channel_id,
-            "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret,
-            "AMOJO_ETL_AMOCRM_TOKEN": config.token,
-            "AMOJO_ETL_BOT_ID": config.bot_id,
-        })
+        os.environ.update({"AMOJO_ETL_SOURCE_URL": f"sqlite:///{SAMPLE_DB}",
+                           "AMOJO_ETL_STATE_URL": f"sqlite:///{workdir}/ledger.db",
+                           **importer_env(config, running.url, account=False)})
         console.print(_plain(f"demo: emulator at {running.url}; importing {first} .. {last} (end exclusive)",
                              limit=None))
         summary, error = _run_import(first, last, dry_run=False)

@@ -143,19 +143,22 @@ def _identity(config_file: Path | None, **given: str | None) -> dict[str, str]:
     return {name: str(value) for name, value in chosen.items() if value}
 
 
+def importer_env(config: EmulatorConfig, url: str, *, account: bool = True) -> dict[str, str]:
+    """The importer's settings for an emulator at `url` (AMOJO_ETL_*), with the account's id or without."""
+    env = {"AMOJO_ETL_AMOJO_URL": url, "AMOJO_ETL_AMOCRM_URL": url, "AMOJO_ETL_CHANNEL_ID": config.channel_id,
+           "AMOJO_ETL_CHANNEL_SECRET": config.channel_secret, "AMOJO_ETL_AMOCRM_TOKEN": config.token}
+    if account:
+        env["AMOJO_ETL_ACCOUNT_ID"] = config.account_id
+    return {**env, "AMOJO_ETL_BOT_ID": config.bot_id}
+
+
 def _print_settings(config: EmulatorConfig, url: str, given: dict[str, str]) -> None:
     """Lines a shell takes as they are: paste them where the importer (or a Prefect worker) runs. A secret given
     is not printed."""
-    console.print(Text(
-        f"# amoCRM emulator on {url}; the importer's settings for it:\n"
-        f"export AMOJO_ETL_AMOJO_URL={url}\nexport AMOJO_ETL_AMOCRM_URL={url}\n"
-        f"export AMOJO_ETL_CHANNEL_ID={config.channel_id}\n"
-        + ("# AMOJO_ETL_CHANNEL_SECRET: as given\n" if given.get("channel_secret")
-           else f"export AMOJO_ETL_CHANNEL_SECRET={config.channel_secret}\n")
-        + ("# AMOJO_ETL_AMOCRM_TOKEN: as given\n" if given.get("token")
-           else f"export AMOJO_ETL_AMOCRM_TOKEN={config.token}\n")
-        + f"export AMOJO_ETL_ACCOUNT_ID={config.account_id}\nexport AMOJO_ETL_BOT_ID={config.bot_id}\n"
-        f"# inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"
-    ), soft_wrap=True)
-
-
+    hidden = {f"AMOJO_ETL_{name.upper()}" for name in ("channel_secret", "amocrm_token")
+              if given.get("token" if name == "amocrm_token" else name)}
+    lines = [f"# {name}: as given" if name in hidden else f"export {name}={value}"
+             for name, value in importer_env(config, url).items()]
+    console.print(Text("\n".join([f"# amoCRM emulator on {url}; the importer's settings for it:", *lines,
+                                  f"# inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"])),
+                  soft_wrap=True)
