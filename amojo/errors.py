@@ -1,9 +1,21 @@
 """The errors amoCRM answers with, as a small hierarchy the loader can act on.
 
+    AmojoError
+    ├── SignatureRejected   ┐
+    ├── Unauthorized        │ FATAL: every request of the run would meet the same
+    ├── AccessDenied        │
+    ├── Redirected          ┘
+    ├── InvalidRequest      the data: resending it will not help
+    ├── Refused             amoCRM's own reasons: a later run tries again
+    ├── NotFound
+    ├── RateLimited         retryable: wait, then again
+    └── Transient           retryable: 408, 425, 5xx, timeouts, dropped connections
+
 Retrying is decided by class: `Transient` (408, 425, 5xx, timeouts, dropped connections) and `RateLimited` (429)
 are worth another attempt at once; `Refused` in a later run; the rest are not. Separately, `may_have_landed` says
 whether the request (this attempt or an earlier one) may have taken effect in amoCRM: such an outcome is resolved
-by reading amoCRM before anything is sent again. Messages carry the API's own reason and never a secret or a token.
+by reading amoCRM before anything is sent again (`amojo.resolve`). Messages carry the API's own reason and never a
+secret or a token.
 """
 
 from __future__ import annotations

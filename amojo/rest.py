@@ -236,7 +236,7 @@ class RestClient:
 
         async def send(batch: list[dict[str, Any]]) -> None:
             body = [dict(c, request_id=str(i)) for i, c in enumerate(batch)]
-            # Not idempotent: after a lost answer the caller finds what was created before creating again.
+            # Not idempotent: after a lost answer the caller finds what was created first (`amojo.resolve`).
             response = await self._transport.request("POST", "/api/v4/contacts", json_body=body, idempotent=False)
             by_request = {str(item.get("request_id")): item["id"] for item in response.json()["_embedded"]["contacts"]}
             ids.extend(by_request[str(i)] for i in range(len(body)))

@@ -224,7 +224,7 @@ class Transport:
     Every attempt, retries included, passes each of `limiters` in turn (what a retry sends counts too), then each
     of `guards` (a run that lost its claims must not send). A request that is not `idempotent` is sent again only
     after answers that say nothing was done (429, 408, 425, no connection); after an uncertain one it is left to
-    the caller, who reads amoCRM to learn what happened before sending anything again.
+    the caller, who reads amoCRM to learn what happened before sending anything again (`amojo.resolve`).
     """
 
     def __init__(

@@ -50,6 +50,7 @@ from etl.sample import SampleSize, write_sample  # noqa: E402
 from etl.settings import Settings  # noqa: E402
 from etl.source import CANONICAL, SourceStream  # noqa: E402
 from tasks import load as loading  # noqa: E402
+from tasks.load.prepare import prepared  # noqa: E402
 from tasks.transform import SeenIds, transform  # noqa: E402
 
 UTC = ZoneInfo("UTC")
@@ -173,13 +174,14 @@ async def resolve(url: str, source: str, workdir: str, use_index: bool) -> dict:
         loading.ContactIndex.read = classmethod(no_index)
     report = loading.LoadReport()
     async with open_api(config, ledger) as api, RunClaims(ledger) as claims:
+        context = loading.LoadContext(api, ledger, claims, report, 32)
         await claims.hold_interval(MONTH)
         senders = await loading.resolve_senders(api.rest, config.bot_id)
         with SourceStream(source, CANONICAL, MONTH.start, MONTH.end, UTC, 10**7) as stream:
             batch = loading.own_ids(transform(stream.next_chunk(), senders, "ae-", UTC, seen=SeenIds(set())), ledger)
         before = rest_requests(url)
         began = time.perf_counter()
-        async for _ in loading._prepared(batch.conversations, api, ledger, claims, 32, report):
+        async for _ in prepared(context, batch.conversations):
             pass
         seconds = time.perf_counter() - began
     ledger.close()

@@ -63,7 +63,7 @@ async def open_api(settings: Settings, ledger: Ledger) -> AsyncIterator[Api]:
     try:
         account_id = settings.account_id or await _account(rest, settings)
         scope_id = await _channel(chats, account_id, settings)
-        ledger.save_scope(settings.channel_id, account_id, scope_id)
+        ledger.account.save_scope(settings.channel_id, account_id, scope_id)
         yield Api(chats, rest, account_id, scope_id, settings.timeout_s)
     finally:
         await chats.aclose()
@@ -162,11 +162,11 @@ class LedgerTokenStore:
         self._account = account
 
     def load(self) -> TokenPair | None:
-        pair = self._ledger.oauth_pair(self._account)
+        pair = self._ledger.account.oauth_pair(self._account)
         return TokenPair(*pair) if pair else None
 
     def save(self, pair: TokenPair) -> None:
-        self._ledger.save_oauth_pair(self._account, *pair)
+        self._ledger.account.save_oauth_pair(self._account, *pair)
 
 
 def rest_client(settings: Settings, ledger: Ledger | None = None) -> RestClient | None:

@@ -87,7 +87,7 @@ class RunClaims:
                     log.warning("the claims heartbeat had stopped (%s)", type(error).__name__)
         finally:
             try:
-                self.ledger.release_claims(self.holder)
+                self.ledger.leases.release(self.holder)
             except Exception as error:  # noqa: BLE001 - unreleased claims expire by themselves
                 log.warning("could not release this run's claims (%s); other runs can take them in %.0f s, "
                             "when they expire", type(error).__name__, self.ttl_s)
@@ -104,7 +104,7 @@ class RunClaims:
                 continue
             began = time.monotonic()
             try:
-                renewed = self.ledger.renew_claims(self.holder, self.ttl_s)
+                renewed = self.ledger.leases.renew(self.holder, self.ttl_s)
             except Exception as error:  # noqa: BLE001 - a database blip: check() stops the run if it lasts
                 pause = self.ttl_s * RETRY_EVERY
                 log.warning("could not renew this run's claims (%s); retrying in %.1f s, %.1f s of the lease left",
@@ -134,7 +134,7 @@ class RunClaims:
     def _claim(self, kind: str, keys: Iterable[str], **span: int) -> set[str]:
         """Claim `keys` in the ledger, and count the lease of what this run holds from before the request."""
         began = time.monotonic()
-        held = self.ledger.claim(kind, keys, self.holder, self.ttl_s, **span)
+        held = self.ledger.leases.claim(kind, keys, self.holder, self.ttl_s, **span)
         if held:
             if not self._held:
                 self._deadline = began + self.ttl_s  # claims held before keep their own, earlier, expiry
@@ -148,7 +148,7 @@ class RunClaims:
 
     def release(self, kind: str, keys: Iterable[str]) -> None:
         keys = list(keys)
-        self.ledger.release_claims(self.holder, kind, keys)
+        self.ledger.leases.release(self.holder, kind, keys)
         self._held.difference_update((kind, key) for key in keys)
 
     async def pause(self) -> None:
@@ -191,7 +191,7 @@ class RunClaims:
     def advance(self, frontier_ms: int) -> None:
         """Publish that every message of this run's interval before `frontier_ms` is registered as pending."""
         assert self.interval is not None
-        self.ledger.advance_frontier(self.holder, interval_key(self.interval), frontier_ms)
+        self.ledger.leases.advance_frontier(self.holder, interval_key(self.interval), frontier_ms)
 
     def out_of_turn(self, first_unsent: Mapping[str, tuple[int, int]]) -> set[str]:
         """The conversations (conversation_id -> (when it opened, msec of our first message to send)) whose earlier
@@ -202,12 +202,12 @@ class RunClaims:
         earlier ones of the conversation that are not sent yet. A run that died counts until its interval is
         taken over, or for ABANDONED_AFTER claim timeouts if nobody does.
         """
-        runs = self.ledger.live_claims("interval", other_than=self.holder,
+        runs = self.ledger.leases.live("interval", other_than=self.holder,
                                        expired_within_s=self.ttl_s * ABANDONED_AFTER)
-        reserved = self.ledger.live_claims("reserved", other_than=self.holder)
+        reserved = self.ledger.leases.live("reserved", other_than=self.holder)
         if reserved:
-            started = {r.key for r in self.ledger.live_claims("interval", expired_within_s=math.inf)}
-            finished = {_key(start, end) for start, end in self.ledger.interval_statuses()}
+            started = {r.key for r in self.ledger.leases.live("interval", expired_within_s=math.inf)}
+            finished = {_key(start, end) for start, end in self.ledger.intervals.statuses()}
             reserved = [r for r in reserved if r.key.split("#")[0] not in started | finished]
         spans = [(r.start_ms, r.end_ms, r.frontier_ms) for r in runs] + [(r.start_ms, r.end_ms, r.start_ms)
                                                                          for r in reserved]
@@ -215,7 +215,7 @@ class RunClaims:
             return set()
         waiting = {conversation for conversation, (opened, msec) in first_unsent.items()
                    if any(max(frontier, opened) < min(end, msec) for _, end, frontier in spans)}
-        earlier = self.ledger.earliest_unsent([c for c in first_unsent if c not in waiting],
+        earlier = self.ledger.messages.earliest_unsent([c for c in first_unsent if c not in waiting],
                                               [(start, end) for start, end, _ in spans])
         return waiting | {c for c, msec in earlier.items() if msec < first_unsent[c][1]}
 

@@ -55,7 +55,7 @@ async def audit(start: date, end: date, repair: bool = False) -> AuditSummary | 
                 found = await _audit_day(settings, ledger, api, senders, day)
                 if repair and not found.ok:
                     found = await _repair_day(settings, ledger, api, senders, day, found)
-                ledger.save_audit(day.start.isoformat(), day.end.isoformat(), found.record(repair))
+                ledger.audits.save(day.start.isoformat(), day.end.isoformat(), found.record(repair))
                 audits.append(found)
         summary = AuditSummary.of(audits)
         await _publish(audits, start, end, settings)
@@ -80,7 +80,7 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
         stream.close()
     found.source_valid = len(source)
 
-    states = ledger.message_states(source)
+    states = ledger.messages.states(source)
     for msgid, content_hash in source.items():
         state = states.get(msgid)
         status = state[0] if state else None
@@ -94,8 +94,8 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
             found.ledger["failed" if status == "failed" else "pending"] = \
                 found.ledger.get("failed" if status == "failed" else "pending", 0) + 1
             found.not_sent.append(msgid)
-    conversations = [c for c, _ in ledger.conversations_between(day.start_ms, day.end_ms)]
-    found.deleted_at_source = sorted(row.msgid for row in ledger.messages_between(conversations, day.start_ms,
+    conversations = [c for c, _ in ledger.messages.conversations_between(day.start_ms, day.end_ms)]
+    found.deleted_at_source = sorted(row.msgid for row in ledger.messages.between(conversations, day.start_ms,
                                                                                   day.end_ms)
                                      if row.status in DONE and row.msgid not in source)
 

@@ -71,7 +71,7 @@ async def backfill(
     async def body(run: FlowRun) -> BackfillSummary | State:
         settings, ledger, days = run.settings, run.ledger, run.days
         unplaced = _report_unplaced(settings, ledger, dry_run)
-        statuses = ledger.interval_statuses()
+        statuses = ledger.intervals.statuses()
         if reprocess == "changed":
             revisit = await days_to_revisit(settings, days)
             todo = [d for d in days if d.label in revisit]
@@ -116,8 +116,8 @@ def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int |
     if frame is None:
         return None
     if not dry_run:
-        ledger.clear_rejects(UNPLACED_LABEL)
-        ledger.save_rejects(unplaced_rejects(frame, settings.source_zone).to_dict("records"), UNPLACED_LABEL)
+        ledger.rejects.clear(UNPLACED_LABEL)
+        ledger.rejects.save(unplaced_rejects(frame, settings.source_zone).to_dict("records"), UNPLACED_LABEL)
     if len(frame):
         get_run_logger().warning("%d source messages have no readable created_at, or one before 1970, so no day "
                                  "can import them; `amojo-etl rejects` lists them", len(frame))
@@ -177,7 +177,7 @@ class _Dispatch:
 
     async def run(self, day: Interval) -> None:
         try:
-            statuses = self.ledger.interval_statuses()
+            statuses = self.ledger.intervals.statuses()
             if not self.dry_run and self.reprocess in ("missing", "failed") \
                     and not days_to_run([day], statuses, self.reprocess):
                 self.outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
@@ -204,7 +204,7 @@ class _Dispatch:
         if len(self.running) > self.max_parallel:
             return None
         before = min(d.start for d in self.running.values()) if len(self.running) == self.max_parallel else None
-        held = {r.key for kind in ("interval", "dispatch") for r in self.ledger.live_claims(kind, self.own.holder)}
+        held = {r.key for kind in ("interval", "dispatch") for r in self.ledger.leases.live(kind, self.own.holder)}
         for day in self.queue:
             if before is not None and day.start >= before:
                 return None

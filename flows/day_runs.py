@@ -34,8 +34,8 @@ async def repair_day(settings: Settings, ledger: Ledger, day: Interval, missing:
     """Send what amoCRM lost and edit what it holds with other content, by importing the day again (a run of its
     own, with this run's tags); the day's new import summary. Marked failed, a message is first looked up in the
     chat, then sent if it is not there; one marked changed is edited."""
-    ledger.mark_messages(missing, "failed")
-    ledger.mark_changed(changed)
+    ledger.messages.mark(missing, "failed")
+    ledger.messages.mark_needs_edit(changed)
     with child_run_tags(settings):
         state, redone = await import_day(day)
     if redone is None:

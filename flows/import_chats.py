@@ -141,10 +141,10 @@ def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error
         return
     try:
         ledger = Ledger(settings.state_url)
-        if isinstance(error, ClaimLost) and interval_key(interval) in {c.key for c in ledger.live_claims("interval")}:
+        if isinstance(error, ClaimLost) and interval_key(interval) in {c.key for c in ledger.leases.live("interval")}:
             ledger.close()
             return  # the run that took this one's work over records the outcome
-        ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), "failed",
+        ledger.intervals.save(interval.start.isoformat(), interval.end.isoformat(), "failed",
                              {"interval": interval.label, "error": f"{type(error).__name__}: {error}"})
         ledger.close()
     except Exception:  # noqa: BLE001 - the ledger itself may be what failed; the run's own error matters more
@@ -164,7 +164,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                                                                 request_s=settings.timeout_s) as claims:
             api.guard(claims.check)  # no request goes out once this run's lease is gone
             await claims.hold_interval(interval)
-            ledger.clear_rejects(interval.label)  # what is still bad is rejected again below
+            ledger.rejects.clear(interval.label)  # what is still bad is rejected again below
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             registered = interval.start_ms
             stopped: dict[str, str] = {}  # conversations that failed: their later chunks wait for the next run
@@ -187,7 +187,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
             summary = totals.summary(verdict, time.monotonic() - began)
             # Recorded while the interval is still claimed: whoever waits for it then finds the outcome.
-            ledger.save_interval(interval.start.isoformat(), interval.end.isoformat(), summary.verdict,
+            ledger.intervals.save(interval.start.isoformat(), interval.end.isoformat(), summary.verdict,
                                  summary.as_dict())
         return summary
     finally:

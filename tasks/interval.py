@@ -52,7 +52,7 @@ async def days_to_revisit(settings: Settings, days: list[Interval]) -> dict[str,
     revisit: dict[str, str] = {}
     try:
         for day in days:
-            recorded = ledger.interval_record(day.start.isoformat(), day.end.isoformat())
+            recorded = ledger.intervals.record(day.start.isoformat(), day.end.isoformat())
             if recorded is None:
                 revisit[day.label] = "new"
             elif recorded[0] != "complete":

@@ -113,7 +113,7 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
     """Compare every message the ledger expects in [start_ms, end_ms) with its chat; confirm what is there."""
     verdict = Verdict()
     semaphore = asyncio.Semaphore(concurrency)
-    conversations = ledger.conversations_between(start_ms, end_ms)
+    conversations = ledger.messages.conversations_between(start_ms, end_ms)
 
     async def check(conversation_id: str, chat_id: str | None, expected: list, known: set[str]) -> list[dict]:
         if not chat_id:
@@ -131,7 +131,7 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
                         break
                     await asyncio.sleep(reread_delay * 2**attempt)
                     # What that run sent or edited meanwhile, it recorded: the ledger is read again too.
-                    expected, known = _expected(ledger.messages_between([conversation_id], start_ms, end_ms))
+                    expected, known = _expected(ledger.messages.between([conversation_id], start_ms, end_ms))
             except AmojoError as exc:
                 if isinstance(exc, FATAL):
                     raise
@@ -142,14 +142,14 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
 
     for first in range(0, len(conversations), CONVERSATIONS_PER_BATCH):
         part = conversations[first:first + CONVERSATIONS_PER_BATCH]
-        rows = ledger.messages_between([c for c, _ in part], start_ms, end_ms)
+        rows = ledger.messages.between([c for c, _ in part], start_ms, end_ms)
         by_conversation: dict[str, list] = {}
         for row in rows:
             by_conversation.setdefault(row.conversation_id, []).append(row)
         results = await asyncio.gather(*(check(c, chat_id, *_expected(by_conversation.get(c, [])))
                                          for c, chat_id in part))
         confirmed = [row for result in results for row in result]
-        ledger.record_messages(confirmed)
+        ledger.messages.record(confirmed)
         verdict.confirmed += len(confirmed)
     return verdict
 

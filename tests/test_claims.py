@@ -28,14 +28,14 @@ def ledger_url(request, tmp_path) -> str:
 
 def test_one_holder_at_a_time_then_takeover_after_expiry(ledger_url):
     ledger = Ledger(ledger_url)
-    assert ledger.claim("client", ["c1", "c2"], "run-a", ttl_s=0.5) == {"c1", "c2"}
-    assert ledger.claim("client", ["c2", "c3"], "run-b", ttl_s=0.5) == {"c3"}  # c2 is run-a's
-    assert ledger.claim("client", ["c1"], "run-a", ttl_s=0.5) == {"c1"}  # a holder may claim again
+    assert ledger.leases.claim("client", ["c1", "c2"], "run-a", ttl_s=0.5) == {"c1", "c2"}
+    assert ledger.leases.claim("client", ["c2", "c3"], "run-b", ttl_s=0.5) == {"c3"}  # c2 is run-a's
+    assert ledger.leases.claim("client", ["c1"], "run-a", ttl_s=0.5) == {"c1"}  # a holder may claim again
     time.sleep(0.6)
-    assert ledger.claim("client", ["c1", "c2"], "run-b", ttl_s=30) == {"c1", "c2"}  # run-a stopped renewing
-    assert ledger.renew_claims("run-a", 30) == 0  # and can tell that it lost them
-    ledger.release_claims("run-b", "client", ["c1"])
-    assert ledger.claim("client", ["c1"], "run-a", ttl_s=30) == {"c1"}
+    assert ledger.leases.claim("client", ["c1", "c2"], "run-b", ttl_s=30) == {"c1", "c2"}  # run-a stopped renewing
+    assert ledger.leases.renew("run-a", 30) == 0  # and can tell that it lost them
+    ledger.leases.release("run-b", "client", ["c1"])
+    assert ledger.leases.claim("client", ["c1"], "run-a", ttl_s=30) == {"c1"}
     ledger.close()
 
 
@@ -49,7 +49,7 @@ def test_concurrent_claims_never_overlap(ledger_url):
     def grab(holder: str, offset: int) -> None:
         ledger = Ledger(ledger_url)
         barrier.wait()
-        got[holder] = ledger.claim("conversation", keys[offset:] + keys[:offset], holder, ttl_s=60)
+        got[holder] = ledger.leases.claim("conversation", keys[offset:] + keys[:offset], holder, ttl_s=60)
         ledger.close()
 
     Ledger(ledger_url).close()  # the schema, once
@@ -74,12 +74,12 @@ async def test_later_messages_wait_for_a_live_run_with_earlier_ones(tmp_path):
         assert first.out_of_turn({"v1": (noon1, noon1 + 1000)}) == set()  # nothing before day 1 is running
 
         # It registers its day: v1 has an earlier message not sent yet, v2 has none.
-        ledger.add_pending([{"msgid": "ae-m1", "conversation_id": "v1", "msec": DAY1.end_ms - 1000,
+        ledger.messages.register([{"msgid": "ae-m1", "conversation_id": "v1", "msec": DAY1.end_ms - 1000,
                              "content_hash": 1, "text_hash": 1}])
         first.advance(DAY1.end_ms)
         assert second.out_of_turn({"v1": (noon1, noon2), "v2": (noon1, noon2)}) == {"v1"}
 
-        ledger.mark_messages(["ae-m1"], "sent")
+        ledger.messages.mark(["ae-m1"], "sent")
         assert second.out_of_turn({"v1": (noon1, noon2), "v2": (noon1, noon2)}) == set()
     ledger.close()
 
@@ -91,7 +91,7 @@ async def test_days_a_backfill_reserved_hold_later_messages_back_until_they_are_
         backfill.reserve([DAY1])
         await nightly.hold_interval(DAY2)
         assert nightly.out_of_turn({"v1": (noon1, noon2)}) == {"v1"}  # day 1 is not even started
-        ledger.save_interval(DAY1.start.isoformat(), DAY1.end.isoformat(), "complete", {})
+        ledger.intervals.save(DAY1.start.isoformat(), DAY1.end.isoformat(), "complete", {})
         assert nightly.out_of_turn({"v1": (noon1, noon2)}) == set()  # done, by whichever run
     ledger.close()
 
@@ -99,7 +99,7 @@ async def test_days_a_backfill_reserved_hold_later_messages_back_until_they_are_
 async def test_a_dead_run_holds_later_messages_back_until_its_interval_is_taken_over(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     noon1, noon2 = DAY1.start_ms + 12 * 3600_000, DAY2.start_ms + 12 * 3600_000
-    ledger.claim("interval", ["2026-10-01T00:00:00+00:00/2026-10-02T00:00:00+00:00"], "killed-run", ttl_s=0.1,
+    ledger.leases.claim("interval", ["2026-10-01T00:00:00+00:00/2026-10-02T00:00:00+00:00"], "killed-run", ttl_s=0.1,
                  start_ms=DAY1.start_ms, end_ms=DAY1.end_ms, frontier_ms=DAY1.start_ms)
     time.sleep(0.2)
     async with RunClaims(ledger, ttl_s=30) as later:
@@ -118,7 +118,7 @@ async def test_a_run_that_lost_its_claims_stops(tmp_path):
         await stalled.hold_interval(DAY1)
         assert stalled.take("conversation", ["v1"]) == {"v1"}
         time.sleep(3.2)  # blocks the event loop: no heartbeat, as in a frozen process
-        assert ledger.claim("conversation", ["v1"], "another-run", ttl_s=30) == {"v1"}
+        assert ledger.leases.claim("conversation", ["v1"], "another-run", ttl_s=30) == {"v1"}
         await __import__("asyncio").sleep(1.2)  # the next heartbeat finds the claim gone
         with pytest.raises(ClaimLost, match="another run took its work over"):
             stalled.check()
@@ -127,14 +127,14 @@ async def test_a_run_that_lost_its_claims_stops(tmp_path):
 
 async def test_an_interval_held_by_a_live_run_waits_and_is_taken_over_once_it_expires(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.claim("interval", ["2026-10-01T00:00:00+00:00/2026-10-02T00:00:00+00:00"], "killed-run", ttl_s=1.5,
+    ledger.leases.claim("interval", ["2026-10-01T00:00:00+00:00/2026-10-02T00:00:00+00:00"], "killed-run", ttl_s=1.5,
                  start_ms=DAY1.start_ms, end_ms=DAY1.end_ms, frontier_ms=DAY1.start_ms)
     async with RunClaims(ledger, ttl_s=30, poll_s=0.1) as claims:
         began = time.monotonic()
         await claims.hold_interval(DAY1)
         assert time.monotonic() - began >= 1.0  # it waited for the expiry
-        assert {row.holder for row in ledger.live_claims("interval")} == {claims.holder}
-    assert ledger.live_claims("interval") == []  # released at the end of the run
+        assert {row.holder for row in ledger.leases.live("interval")} == {claims.holder}
+    assert ledger.leases.live("interval") == []  # released at the end of the run
     ledger.close()
 
 
@@ -148,7 +148,7 @@ def test_status_shows_the_intervals_being_imported_and_the_dead_runs(tmp_path, m
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)
     for holder, key, ttl in (("alive-run", DAY1, 60), ("killed-run", DAY2, -1)):
-        ledger.claim("interval", [f"{key.start.isoformat()}/{key.end.isoformat()}"], holder, ttl_s=ttl,
+        ledger.leases.claim("interval", [f"{key.start.isoformat()}/{key.end.isoformat()}"], holder, ttl_s=ttl,
                      start_ms=key.start_ms, end_ms=key.end_ms, frontier_ms=key.start_ms)
     ledger.close()
     monkeypatch.setenv("AMOJO_ETL_STATE_URL", url)
@@ -167,7 +167,7 @@ async def test_the_heartbeat_survives_a_failed_renewal_and_the_run_keeps_its_cla
     import asyncio
 
     ledger = _sqlite_ledger(tmp_path)
-    renew, calls = ledger.renew_claims, []
+    renew, calls = ledger.leases.renew, []
 
     def blip_once(holder: str, ttl_s: float) -> int:
         calls.append(holder)
@@ -175,13 +175,13 @@ async def test_the_heartbeat_survives_a_failed_renewal_and_the_run_keeps_its_cla
             raise OSError("the ledger database did not answer")
         return renew(holder, ttl_s)
 
-    monkeypatch.setattr(ledger, "renew_claims", blip_once)
+    monkeypatch.setattr(ledger.leases, "renew", blip_once)
     async with RunClaims(ledger, ttl_s=0.6) as claims:
         await claims.hold_interval(DAY1)
         assert claims.take("conversation", ["v1"]) == {"v1"}
         await asyncio.sleep(1.5)  # 2.5 leases: only renewals after the failed one keep the claims
         assert len(calls) >= 3
-        assert ledger.claim("conversation", ["v1"], "another-run", ttl_s=30) == set()  # still ours
+        assert ledger.leases.claim("conversation", ["v1"], "another-run", ttl_s=30) == set()  # still ours
         assert not claims.lost
         claims.check()
     assert any(r.levelname == "WARNING" and "renew" in r.getMessage() for r in caplog.records)
@@ -197,7 +197,7 @@ async def test_a_blocked_event_loop_stops_at_the_next_side_effect_without_any_he
         time.sleep(0.7)  # a long synchronous call: no heartbeat could run, nobody has taken anything yet
         with pytest.raises(ClaimLost):
             claims.take("conversation", ["v2"])
-        assert ledger.live_claims("conversation", expired_within_s=math.inf)[0].key == "v1"  # v2 not claimed
+        assert ledger.leases.live("conversation", expired_within_s=math.inf)[0].key == "v1"  # v2 not claimed
         assert claims.lost
     ledger.close()
 
@@ -234,13 +234,13 @@ async def test_the_claims_are_released_even_when_every_renewal_fails(tmp_path, m
     def down(holder: str, ttl_s: float) -> int:
         raise OSError("the ledger database did not answer")
 
-    monkeypatch.setattr(ledger, "renew_claims", down)
+    monkeypatch.setattr(ledger.leases, "renew", down)
     async with RunClaims(ledger, ttl_s=0.6) as claims:
         await claims.hold_interval(DAY1)
         assert claims.take("conversation", ["v1"]) == {"v1"}
         await asyncio.sleep(0.5)  # a few failed renewals
     for kind in ("interval", "conversation"):
-        assert ledger.live_claims(kind, expired_within_s=math.inf) == []
+        assert ledger.leases.live(kind, expired_within_s=math.inf) == []
     ledger.close()
 
 
@@ -250,7 +250,7 @@ async def test_the_claims_are_released_when_the_run_fails(tmp_path):
         async with RunClaims(ledger, ttl_s=0.6) as claims:
             await claims.hold_interval(DAY1)
             raise RuntimeError("the run's own error")
-    assert ledger.live_claims("interval", expired_within_s=math.inf) == []
+    assert ledger.leases.live("interval", expired_within_s=math.inf) == []
     ledger.close()
 
 
@@ -268,14 +268,14 @@ def server_ledger_url(request) -> str:
 def test_a_worker_whose_clock_runs_ahead_does_not_take_live_claims(server_ledger_url, monkeypatch):
     """Lease times come from the ledger database's clock, not from each worker's own."""
     first, second = Ledger(server_ledger_url), Ledger(server_ledger_url)
-    assert first.claim("conversation", ["v1"], "first-run", ttl_s=0.6) == {"v1"}
+    assert first.leases.claim("conversation", ["v1"], "first-run", ttl_s=0.6) == {"v1"}
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 40)  # the second worker's host runs 40 s ahead
-    assert second.claim("conversation", ["v1"], "second-run", ttl_s=30) == set()
-    assert [row.holder for row in second.live_claims("conversation")] == ["first-run"]
+    assert second.leases.claim("conversation", ["v1"], "second-run", ttl_s=30) == set()
+    assert [row.holder for row in second.leases.live("conversation")] == ["first-run"]
     time.sleep(0.7)  # the real lease is over
-    assert second.live_claims("conversation") == []
-    assert second.claim("conversation", ["v1"], "second-run", ttl_s=30) == {"v1"}
-    assert first.renew_claims("first-run", 0.6) == 0
+    assert second.leases.live("conversation") == []
+    assert second.leases.claim("conversation", ["v1"], "second-run", ttl_s=30) == {"v1"}
+    assert first.leases.renew("first-run", 0.6) == 0
     first.close()
     second.close()

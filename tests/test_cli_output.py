@@ -96,7 +96,7 @@ def test_dry_run_sample_payloads_print_exactly_without_raw_controls(capsys: pyte
 
 def test_rejects_prints_source_keys_literally(ledger_url: str) -> None:
     ledger = Ledger(ledger_url)
-    ledger.save_rejects([{"source_key": f"message:{value}", "reason": "empty_text", "detail": value,
+    ledger.rejects.save([{"source_key": f"message:{value}", "reason": "empty_text", "detail": value,
                           "row": json.dumps({"msgid": value}, ensure_ascii=False)} for value in NASTY],
                         "2026-10-01..2026-10-02")
     ledger.close()
@@ -108,7 +108,7 @@ def test_rejects_prints_source_keys_literally(ledger_url: str) -> None:
 
 def test_rejects_csv_stays_exact(ledger_url: str, tmp_path) -> None:
     ledger = Ledger(ledger_url)
-    ledger.save_rejects([{"source_key": f"message:{value}", "reason": "empty_text", "detail": value, "row": value}
+    ledger.rejects.save([{"source_key": f"message:{value}", "reason": "empty_text", "detail": value, "row": value}
                          for value in NASTY], "2026-10-01..2026-10-02")
     ledger.close()
     out = tmp_path / "rejects[1].csv"
@@ -125,7 +125,7 @@ def test_status_prints_ledger_summaries_as_data(ledger_url: str) -> None:
     summary.update(interval="[/bold]", messages_sent="[red]x", messages_skipped="\x1b[31mred", rejected="a\nb",
                    missing=LONG)
     ledger = Ledger(ledger_url)
-    ledger.save_interval("2026-10-01", "2026-10-02", "[/bold]", summary)
+    ledger.intervals.save("2026-10-01", "2026-10-02", "[/bold]", summary)
     ledger.close()
     result = CliRunner().invoke(cli.app, ["status"])
     assert result.exit_code == 0, (result.output, result.exception)

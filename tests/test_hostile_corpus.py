@@ -85,13 +85,13 @@ async def test_every_row_of_a_hostile_source_is_sent_once_or_rejected_with_its_r
     assert texts["ae-edited"] == "as edited"
 
     ledger = Ledger(ledger_url)
-    rejects = ledger.reject_rows()
+    rejects = ledger.rejects.rows()
     by_row = Counter((_reject_identity(r), r["reason"]) for r in rejects)
     expected_rejects = Counter((_row_identity(r.values), r.expect.reason) for r in rows
                                if r.expect.outcome in ("rejected", "unplaced"))
     assert by_row == expected_rejects, "every bad row rejected once, with its reason"
 
-    days = {row["summary"]["interval"]: row["summary"] for row in ledger.interval_rows()}
+    days = {row["summary"]["interval"]: row["summary"] for row in ledger.intervals.rows()}
     for day in DAYS:
         label = f"{day.isoformat()}..{(day + timedelta(days=1)).isoformat()}"
         selected = [r for r in rows if r.day == day]
@@ -119,5 +119,5 @@ async def test_every_row_of_a_hostile_source_is_sent_once_or_rejected_with_its_r
         assert Counter(m["msgid"] for ms in again["messages"].values() for m in ms) == Counter(
             msgid for msgid, _ in landed.elements())
         ledger = Ledger(ledger_url)
-        assert {r["source_key"] for r in ledger.reject_rows()} == keys
+        assert {r["source_key"] for r in ledger.rejects.rows()} == keys
         ledger.close()

@@ -73,17 +73,20 @@ def test_an_id_two_runs_register_at_once_has_one_owner_and_the_other_row_is_reje
     first = _one(_day(url, date(2026, 10, 5)))
     second = _one(_day(url, date(2026, 10, 6)))
 
-    class LateReader:  # the other run registers between this run's read and its insert
+    class LateMessages:  # the other run registers between this run's read and its insert
         def __init__(self) -> None:
             self.reads = 0
 
-        def message_states(self, msgids):
+        def states(self, msgids):
             self.reads += 1
-            return {} if self.reads == 1 else ledger.message_states(msgids)
+            return {} if self.reads == 1 else ledger.messages.states(msgids)
 
-        def add_pending(self, rows):
+        def register(self, rows):
             own_ids(second, ledger)
-            ledger.add_pending(rows)
+            ledger.messages.register(rows)
+
+    class LateReader:
+        messages = LateMessages()
 
     first = own_ids(first, LateReader())  # type: ignore[arg-type]
     assert first.messages.empty
@@ -101,7 +104,7 @@ def test_a_rejected_duplicate_edited_later_never_edits_the_kept_message(tmp_path
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     day_one = own_ids(_one(_day(url, date(2026, 10, 5))), ledger)
     assert list(day_one.messages["text"]) == ["the first"] and list(day_one.rejects["reason"]) == ["duplicate_id"]
-    ledger.record_messages([{"msgid": "ae-twice", "conversation_id": "ae-a",
+    ledger.messages.record([{"msgid": "ae-twice", "conversation_id": "ae-a",
                              "msec": int(day_one.messages["msec"].iloc[0]),
                              "content_hash": int(day_one.messages["content_hash"].iloc[0]), "status": "sent"}])
     day_two = own_ids(_one(_day(url, date(2026, 10, 6))), ledger)

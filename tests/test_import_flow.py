@@ -91,7 +91,7 @@ async def test_wrong_channel_secret_fails_fast_without_retries(emulator, pipelin
 
 async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run_that_took_over(
         emulator, pipeline_env, monkeypatch):
-    import tasks.load
+    import tasks.load.loader
     from etl.claims import ClaimLost
     from etl.ledger import Ledger
 
@@ -109,16 +109,16 @@ async def test_a_run_that_lost_its_claims_leaves_the_intervals_status_to_the_run
             engine.dispose()
         raise ClaimLost("this run's claims expired")
 
-    monkeypatch.setattr(tasks.load, "load", stalled)
+    monkeypatch.setattr(tasks.load.loader, "load", stalled)
     state = await import_chats(start=day[0], end=day[1], return_state=True)
     assert state.is_failed() and "claims" in state.message
     ledger = Ledger(ledger_url)
-    assert set(ledger.interval_statuses().values()) == {"complete"}  # not overwritten with `failed`
-    ledger.release_claims("another-run")
+    assert set(ledger.intervals.statuses().values()) == {"complete"}  # not overwritten with `failed`
+    ledger.leases.release("another-run")
 
     taken_over = False  # nobody took it over: the lease lapsed (the ledger did not answer), the day failed
     state = await import_chats(start=day[0], end=day[1], return_state=True)
-    assert state.is_failed() and set(ledger.interval_statuses().values()) == {"failed"}
+    assert state.is_failed() and set(ledger.intervals.statuses().values()) == {"failed"}
     ledger.close()
 
 
@@ -330,7 +330,7 @@ async def test_oauth_pairs_rotate_through_the_ledger(emulator_config, tmp_path, 
         assert counts.get("rest oauth 200", 0) >= 2  # the first pair, then at least one refresh on expiry
         assert "rest oauth 400" not in counts  # never a spent token
         ledger = Ledger(env["AMOJO_ETL_STATE_URL"])
-        _, refresh, _ = ledger.oauth_pair(running.url)
+        _, refresh, _ = ledger.account.oauth_pair(running.url)
         ledger.close()
         assert refresh != config.oauth_refresh_token
         assert running.emulator.store.token_state(config.oauth_refresh_token) == ("refresh", False)  # spent

@@ -9,7 +9,8 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from etl.ledger import SCHEMA_VERSION, Ledger, meta
+from etl.ledger import SCHEMA_VERSION, Ledger
+from etl.ledger.schema import meta
 from etl.settings import ConfigurationError
 
 
@@ -36,19 +37,19 @@ def _set_version(url: str, version: int, drop_index: bool = False) -> None:
 def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     url = f"sqlite:///{tmp_path / 'ledger.db'}" if database == "sqlite" else request.getfixturevalue("postgres_url")
     ledger = Ledger(url)
-    ledger.record_messages([{"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sent"}])
+    ledger.messages.record([{"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sent"}])
     ledger.close()
     _set_version(url, 1, drop_index=True)  # as version 1 left it
     assert "messages_conversation_msec" not in _indexes(url)
     upgraded = Ledger(url)
     assert upgraded.schema_version() == SCHEMA_VERSION == 6
     assert "messages_conversation_msec" in _indexes(url)
-    assert upgraded.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
-    upgraded.expect_effects("contact", ["client-1"])
-    assert set(upgraded.uncertain_keys("contact", ["client-1", "client-2"])) == {"client-1"}
-    assert upgraded.message_states(["m1"]) == {"m1": ("sent", 7, "c1", 1)}  # the data stays
-    upgraded.save_audit("2026-10-01", "2026-10-02", AUDIT)
-    assert upgraded.last_audits()[("2026-10-01", "2026-10-02")]["verdict"] == "differs"
+    assert upgraded.leases.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
+    upgraded.effects.expect("contact", ["client-1"])
+    assert set(upgraded.effects.uncertain("contact", ["client-1", "client-2"])) == {"client-1"}
+    assert upgraded.messages.states(["m1"]) == {"m1": ("sent", 7, "c1", 1)}  # the data stays
+    upgraded.audits.save("2026-10-01", "2026-10-02", AUDIT)
+    assert upgraded.audits.last()[("2026-10-01", "2026-10-02")]["verdict"] == "differs"
     upgraded.close()
 
 
@@ -58,11 +59,11 @@ AUDIT = {"verdict": "differs", "source": 7, "source_rejected": 1, "ledger": {"se
 
 def test_each_interval_keeps_its_last_audit(tmp_path):
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.save_audit("2026-10-01", "2026-10-02", AUDIT)
-    first = ledger.last_audits()[("2026-10-01", "2026-10-02")]
-    ledger.save_audit("2026-10-01", "2026-10-02", {**AUDIT, "verdict": "consistent", "repair": True,
+    ledger.audits.save("2026-10-01", "2026-10-02", AUDIT)
+    first = ledger.audits.last()[("2026-10-01", "2026-10-02")]
+    ledger.audits.save("2026-10-01", "2026-10-02", {**AUDIT, "verdict": "consistent", "repair": True,
                                                    "repaired": 1, "differences": {"missing_in_amocrm": 0}})
-    last = ledger.last_audits()
+    last = ledger.audits.last()
     ledger.close()
     assert list(last) == [("2026-10-01", "2026-10-02")]
     assert last[("2026-10-01", "2026-10-02")]["audited_at"] >= first["audited_at"]
@@ -125,25 +126,25 @@ def test_a_version_3_ledger_takes_ids_of_any_length_the_source_may_hold(database
     """Issue 11: a 300-character id with the ledger on PostgreSQL stopped the interval (VARCHAR(255))."""
     url = f"sqlite:///{tmp_path / 'ledger.db'}" if database == "sqlite" else request.getfixturevalue(f"{database}_url")
     ledger = Ledger(url)
-    ledger.save_rejects([{"source_key": "message:old", "reason": "empty_text", "detail": "", "row": "{}"}], "d")
+    ledger.rejects.save([{"source_key": "message:old", "reason": "empty_text", "detail": "", "row": "{}"}], "d")
     ledger.close()
     _as_version_3(url)
     upgraded = Ledger(url)
     assert upgraded.schema_version() == SCHEMA_VERSION
     long_id = "ae-" + "x" * 300 + "-" + "я" * 200
-    upgraded.record_messages([{"msgid": long_id, "conversation_id": "ae-" + "c" * 500, "msec": 1,
+    upgraded.messages.record([{"msgid": long_id, "conversation_id": "ae-" + "c" * 500, "msec": 1,
                                "content_hash": 7, "status": "sent"}])
-    assert upgraded.message_states([long_id])[long_id][0] == "sent"
-    upgraded.save_rejects([{"source_key": "message:" + "k" * 500, "reason": "id_too_long", "detail": "",
+    assert upgraded.messages.states([long_id])[long_id][0] == "sent"
+    upgraded.rejects.save([{"source_key": "message:" + "k" * 500, "reason": "id_too_long", "detail": "",
                             "row": "{}"}], "2026-10-01..2026-10-02")
-    assert upgraded.reject_counts("2026-10-01..2026-10-02") == {"id_too_long": 1}
-    assert {r["source_key"] for r in upgraded.reject_rows()} == {"message:old", "message:" + "k" * 500}
-    upgraded.clear_rejects("2026-10-01..2026-10-02")
-    assert [r["source_key"] for r in upgraded.reject_rows()] == ["message:old"]
+    assert upgraded.rejects.counts("2026-10-01..2026-10-02") == {"id_too_long": 1}
+    assert {r["source_key"] for r in upgraded.rejects.rows()} == {"message:old", "message:" + "k" * 500}
+    upgraded.rejects.clear("2026-10-01..2026-10-02")
+    assert [r["source_key"] for r in upgraded.rejects.rows()] == ["message:old"]
     # The same source row rejected again under its new key replaces the old one rather than being listed twice.
-    upgraded.save_rejects([{"source_key": "message:old@2026-10-05T10:00:00Z", "reason": "empty_text", "detail": "",
+    upgraded.rejects.save([{"source_key": "message:old@2026-10-05T10:00:00Z", "reason": "empty_text", "detail": "",
                             "row": "{}"}], "2026-10-05..2026-10-06")
-    assert [r["source_key"] for r in upgraded.reject_rows()] == ["message:old@2026-10-05T10:00:00Z"]
+    assert [r["source_key"] for r in upgraded.rejects.rows()] == ["message:old@2026-10-05T10:00:00Z"]
     upgraded.close()
 
 
@@ -153,17 +154,17 @@ def test_a_reader_of_a_sqlite_ledger_does_not_hold_up_the_run_that_writes(tmp_pa
     path = tmp_path / "ledger.db"
     ledger = Ledger(f"sqlite:///{path}")
     row = {"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sending"}
-    ledger.record_messages([row])
+    ledger.messages.record([row])
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     assert reader.execute("SELECT status FROM messages").fetchall() == [("sending",)]
     try:
-        ledger.record_messages([{**row, "status": "sent"}])
+        ledger.messages.record([{**row, "status": "sent"}])
         assert reader.execute("SELECT status FROM messages").fetchall() == [("sending",)]  # its snapshot
     finally:
         reader.execute("COMMIT")
         reader.close()
-    assert ledger.message_states(["m1"])["m1"][0] == "sent"
+    assert ledger.messages.states(["m1"])["m1"][0] == "sent"
 
 
 def test_a_rollback_mode_ledger_opens_while_another_process_writes_to_it(tmp_path):
@@ -184,9 +185,9 @@ def test_a_rollback_mode_ledger_opens_while_another_process_writes_to_it(tmp_pat
         ledger = Ledger(f"sqlite:///{path}")  # waits for the writer's commit, as before write-ahead mode
     finally:
         holder.wait(10)
-    ledger.record_messages([{"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sent"}])
+    ledger.messages.record([{"msgid": "m1", "conversation_id": "c1", "msec": 1, "content_hash": 7, "status": "sent"}])
     ledger.close()
     reopened = Ledger(f"sqlite:///{path}")
     with reopened.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-    assert reopened.message_states(["m1"])["m1"][0] == "sent"
+    assert reopened.messages.states(["m1"])["m1"][0] == "sent"

@@ -16,6 +16,8 @@ from amojo.chats import ChatsClient
 from amojo.emulator.config import EmulatorConfig, Faults
 from amojo.errors import SignatureRejected
 from etl.ledger import Ledger
+from etl.ledger.chats import Contacts
+from etl.ledger.leases import Leases
 
 
 class Killed(Exception):
@@ -55,18 +57,18 @@ async def test_a_lost_answer_on_creating_contacts_creates_none_twice(emulator, s
 
 async def test_a_run_killed_between_creating_contacts_and_saving_them_creates_none_twice(
         emulator, source, ledger_url, monkeypatch):
-    original = Ledger.save_contacts
+    original = Contacts.save
 
     def killed_after_creating(self, rows):
         if any(row["created"] for row in rows):
             raise Killed
         original(self, rows)
 
-    monkeypatch.setattr(Ledger, "save_contacts", killed_after_creating)
+    monkeypatch.setattr(Contacts, "save", killed_after_creating)
     with pytest.raises(Killed):
         await run_interval(settings_for(emulator, source, ledger_url))
     assert len(_contacts(emulator)) == 6  # created, their ids never saved
-    monkeypatch.setattr(Ledger, "save_contacts", original)
+    monkeypatch.setattr(Contacts, "save", original)
     result = await run_interval(settings_for(emulator, source, ledger_url))
     assert result.verdict.verdict == "complete", result.verdict
     # Found again by the key each carries: those without phone or email too.
@@ -209,7 +211,7 @@ async def test_a_run_taking_over_waits_for_a_create_still_on_its_way(emulator, t
     source = f"sqlite:///{tmp_path / 'small.db'}"
     write_source(source, conversations=1, messages=2)  # client cl0: no phone, no email
     ledger = Ledger(ledger_url)
-    ledger.expect_effects("contact", ["cl0"])  # the other run's create, on the wire now
+    ledger.effects.expect("contact", ["cl0"])  # the other run's create, on the wire now
     ledger.close()
     config = emulator.emulator.config
 
@@ -250,7 +252,7 @@ async def test_when_a_load_fails_nothing_of_it_is_in_flight_once_its_claims_are_
         finally:
             in_flight -= 1
 
-    release = Ledger.release_claims
+    release = Leases.release
 
     def noted(self, holder, kind=None, keys=None):
         if kind is None:
@@ -268,7 +270,7 @@ async def test_when_a_load_fails_nothing_of_it_is_in_flight_once_its_claims_are_
         return await new_message(self, payload)
 
     monkeypatch.setattr(httpx.AsyncClient, "send", counted)
-    monkeypatch.setattr(Ledger, "release_claims", noted)
+    monkeypatch.setattr(Leases, "release", noted)
     monkeypatch.setattr(ChatsClient, "new_message", refused_sixth)
     # Every answer takes 200 ms; the sixth message meets a wrong secret: the run stops, its siblings with it.
     emulator.emulator.set_faults(Faults(latency_ms=200))

@@ -101,7 +101,7 @@ async def test_a_create_noted_after_the_account_was_read_is_searched_not_looked_
         nonlocal later
         index = await read(cls, api, pages_at_most)
         ledger = Ledger(ledger_url)
-        ledger.expect_effects("contact", ["cl0"])
+        ledger.effects.expect("contact", ["cl0"])
         ledger.close()
         async with RestClient(emulator.url, config.token, rate=1000) as rest:
             await rest.create_contacts([{"name": "Client 0", "custom_fields_values": [

@@ -86,9 +86,9 @@ def test_the_rejects_pointer_writes_every_reject_of_the_interval(tmp_path, monke
     monkeypatch.setenv("AMOJO_ETL_STATE_URL", f"sqlite:///{tmp_path}/ledger.db")
     monkeypatch.chdir(tmp_path)
     ledger = Ledger(f"sqlite:///{tmp_path}/ledger.db")
-    ledger.save_rejects([{"source_key": f"m{i}", "reason": "empty_text", "detail": "", "row": "{}"}
+    ledger.rejects.save([{"source_key": f"m{i}", "reason": "empty_text", "detail": "", "row": "{}"}
                          for i in range(70)], "2026-10-01..2026-10-02")
-    ledger.save_rejects([{"source_key": "other", "reason": "empty_text", "detail": "", "row": "{}"}],
+    ledger.rejects.save([{"source_key": "other", "reason": "empty_text", "detail": "", "row": "{}"}],
                         "2026-10-02..2026-10-03")
     ledger.close()
     command = re.search(r"`amojo-etl ([^`]+)`", rejects_markdown(_summary_with_rejects(70))).group(1)

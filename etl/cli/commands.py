@@ -119,13 +119,13 @@ def status(as_json: JsonOption = False) -> None:
     from ..ledger import Ledger
 
     ledger = Ledger(load_settings().state_url)
-    intervals = _with_last_audits(ledger.interval_rows(), ledger.last_audits())
-    counts = ledger.status_counts()
-    unplaced = sum(ledger.reject_counts("unplaced").values())
+    intervals = _with_last_audits(ledger.intervals.rows(), ledger.audits.last())
+    counts = ledger.messages.status_counts()
+    unplaced = sum(ledger.rejects.counts("unplaced").values())
     now = ledger.clock()  # claims expire by the ledger's clock, not this machine's
     running = [{"interval": interval_label(row.key), "alive": row.expires_at >= now,
                 "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
-               for row in ledger.live_claims("interval", expired_within_s=math.inf)]
+               for row in ledger.leases.live("interval", expired_within_s=math.inf)]
     ledger.close()
     if as_json:
         print(json.dumps({"intervals": intervals, "messages_by_status": counts, "running": running,
@@ -159,7 +159,7 @@ def rejects_(
     if limit is None:
         limit = 0 if csv else 50
     ledger = Ledger(load_settings().state_url)
-    rows = ledger.reject_rows(reason, limit or None, interval_label=interval)
+    rows = ledger.rejects.rows(reason, limit or None, interval_label=interval)
     ledger.close()
     if csv:
         _write_rejects(rows, csv)

@@ -1,0 +1,63 @@
+"""The rule that makes every effect in amoCRM happen once: an effect that may have happened is resolved by reading
+amoCRM before it is done again.
+
+`resolve` is that rule for every write that is not idempotent by itself: creating contacts, linking chats, and a
+message whose repeat amoCRM refused. The transport retries what is safe to send again (`Transport.request`,
+`idempotent=True`); what may have landed comes here. Across runs the same rule holds through the ledger: a
+request noted as under way (`uncertain`, `sending`) is read back by the next run before it is done again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from .errors import AmojoError
+from .transport import RetryPolicy
+
+RETRY = RetryPolicy()
+
+
+def _may_have_landed(error: AmojoError) -> bool:
+    return error.may_have_landed
+
+
+async def resolve(
+    do: Callable[[], Awaitable[None]],
+    read_back: Callable[[], Awaitable[bool]],
+    *,
+    read_first: bool = False,
+    rounds: int = RETRY.attempts,
+    may_have_landed: Callable[[AmojoError], bool] = _may_have_landed,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AmojoError | None:
+    """Do an effect once: `do()` does what is still to do; `read_back()` reads amoCRM for what landed (the caller
+    keeps it) and says whether nothing is left to do.
+
+    After an error that `may_have_landed`, wait the API's backoff, read back, and do only what is left, for at
+    most `rounds` rounds. Returns None when all is done, else the error that stopped it: one that says nothing
+    landed, a read that failed, or the last one when the rounds ran out (what may have landed is then still
+    unknown, and the caller keeps it so for the next run). With `read_first`, amoCRM is read before the first try.
+    """
+    if read_first:
+        try:
+            if await read_back():
+                return None
+        except AmojoError as exc:
+            return exc
+    error: AmojoError | None = None
+    for attempt in range(1, rounds + 1):
+        try:
+            await do()
+            return None
+        except AmojoError as exc:
+            if not may_have_landed(exc):
+                return exc
+            error = exc
+        await sleep(RETRY.delay(attempt, error))
+        try:
+            if await read_back():
+                return None
+        except AmojoError as exc:
+            return exc
+    return error

@@ -1,0 +1,83 @@
+"""Chats and contacts in the ledger: each conversation's chat, its client's contact and link; and the requests whose
+effect amoCRM has not confirmed yet (`Effects`), which are resolved by reading amoCRM before they are done again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .database import Database, slices
+from .schema import chats, contacts, uncertain
+
+
+@dataclass(frozen=True)
+class ChatState:
+    conversation_id: str
+    chat_id: str | None
+    contact_id: int | None
+    linked: bool
+    quarantine: str | None
+
+
+class Chats:
+    """The `chats` table: conversation -> chat id, client key, contact, linked, quarantine."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def states(self, conversation_ids: Iterable[str]) -> dict[str, ChatState]:
+        return {
+            row.conversation_id: ChatState(row.conversation_id, row.chat_id, row.contact_id, bool(row.linked),
+                                           row.quarantine)
+            for row in self.db.rows_where_in(chats, chats.c.conversation_id, conversation_ids)
+        }
+
+    def save(self, rows: list[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.db.engine.begin() as conn:
+            self.db.upsert(conn, chats, [{**r, "updated_at": now} for r in rows], ["conversation_id"])
+
+
+class Contacts:
+    """The `contacts` table: client key -> amoCRM contact id, and whether we created it."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def ids(self, client_keys: Iterable[str]) -> dict[str, int]:
+        return {row.client_key: row.contact_id
+                for row in self.db.rows_where_in(contacts, contacts.c.client_key, client_keys)}
+
+    def save(self, rows: list[dict[str, Any]]) -> None:
+        with self.db.engine.begin() as conn:
+            self.db.upsert(conn, contacts, rows, ["client_key"])
+
+
+class Effects:
+    """The `uncertain` table: requests sent whose effect amoCRM has not confirmed (kind "contact": a create of the
+    client `key`'s contact)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def expect(self, kind: str, keys: Iterable[str]) -> None:
+        """Say, before sending them, that requests for `keys` are under way: until `settle`, their effect is
+        unknown, and whoever comes next reads amoCRM before doing them again. `since` is the ledger's clock."""
+        keys = list(keys)
+        if keys:
+            with self.db.engine.begin() as conn:
+                now = self.db.now(conn)
+                self.db.upsert(conn, uncertain, [{"kind": kind, "key": key, "since": now} for key in keys],
+                               ["kind", "key"])
+
+    def settle(self, kind: str, keys: Iterable[str]) -> None:
+        with self.db.engine.begin() as conn:
+            for part in slices(keys):
+                conn.execute(uncertain.delete().where(uncertain.c.kind == kind, uncertain.c.key.in_(part)))
+
+    def uncertain(self, kind: str, keys: Iterable[str]) -> dict[str, float]:
+        """Which of `keys` have a request of `kind` whose effect is unknown, and since when (the ledger's clock)."""
+        return {row.key: row.since for row in self.db.rows_where_in(uncertain, uncertain.c.key, keys)
+                if row.kind == kind}
