@@ -18,7 +18,7 @@ from prefect.states import State
 
 from etl.api import open_api
 from etl.intervals import Interval
-from etl.ledger import DONE, Ledger
+from etl.ledger import DONE, Ledger, MessageStatus
 from etl.settings import Settings
 from etl.summary import DIFFERENCES, AuditSummary, DayAudit
 from tasks.interval import open_interval, transformed_chunks
@@ -83,16 +83,17 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
     states = ledger.messages.states(source)
     for msgid, content_hash in source.items():
         state = states.get(msgid)
-        status = state[0] if state else None
+        status = state.status if state else None
         if status in DONE:
             found.ledger["sent"] = found.ledger.get("sent", 0) + 1
-            if int(state[1]) != content_hash:
+            if int(state.content_hash) != content_hash:
                 found.changed_at_source.append(msgid)
-        elif status == "rejected":
+        elif status == MessageStatus.REJECTED:
             found.ledger["rejected"] = found.ledger.get("rejected", 0) + 1
         else:
-            found.ledger["failed" if status == "failed" else "pending"] = \
-                found.ledger.get("failed" if status == "failed" else "pending", 0) + 1
+            # The audit's ledger counts: sent, rejected, and the unsent as failed or pending.
+            kind = "failed" if status == MessageStatus.FAILED else "pending"
+            found.ledger[kind] = found.ledger.get(kind, 0) + 1
             found.not_sent.append(msgid)
     conversations = [c for c, _ in ledger.messages.conversations_between(day.start_ms, day.end_ms)]
     found.deleted_at_source = sorted(row.msgid for row in ledger.messages.between(conversations, day.start_ms,

@@ -13,7 +13,7 @@ from prefect.states import State
 
 from etl.errors import RunError
 from etl.intervals import Interval
-from etl.ledger import Ledger
+from etl.ledger import Ledger, MessageStatus
 from etl.settings import Settings
 from etl.summary import RunSummary
 
@@ -34,7 +34,7 @@ async def repair_day(settings: Settings, ledger: Ledger, day: Interval, missing:
     """Send what amoCRM lost and edit what it holds with other content, by importing the day again (a run of its
     own, with this run's tags); the day's new import summary. Marked failed, a message is first looked up in the
     chat, then sent if it is not there; one marked changed is edited."""
-    ledger.messages.mark(missing, "failed")
+    ledger.messages.mark(missing, MessageStatus.FAILED)
     ledger.messages.mark_needs_edit(changed)
     with child_run_tags(settings):
         state, redone = await import_day(day)

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError
 from etl.api import Api
-from etl.ledger import Ledger
+from etl.ledger import Ledger, MessageStatus
 
 from .transform import text_hash
 
@@ -65,7 +65,7 @@ class Verdict:
                 self.mismatched.append(row.msgid)
             elif read.seen[row.msgid] == 1:
                 confirmed.append({"msgid": row.msgid, "conversation_id": row.conversation_id, "msec": row.msec,
-                                  "content_hash": row.content_hash, "status": "confirmed"})
+                                  "content_hash": row.content_hash, "status": MessageStatus.CONFIRMED})
         return confirmed
 
 
@@ -81,7 +81,7 @@ def _expected(rows: list) -> tuple[list, set[str]]:
     """A conversation's ledger rows that its chat must hold, and the msgids the ledger knows. Every valid message
     is expected, except those amoCRM refused for their data (rejects with the API's reason); one it would not take
     for its own reasons is `failed`, and expected."""
-    return [row for row in rows if row.status != "rejected"], {row.msgid for row in rows}
+    return [row for row in rows if row.status != MessageStatus.REJECTED], {row.msgid for row in rows}
 
 
 @dataclass

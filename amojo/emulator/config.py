@@ -36,7 +36,7 @@ DEMO_USERS: tuple[EmulatedUser, ...] = (
 )
 
 
-# Route names of the emulated endpoints (`Emulator._routes`) and their methods: what `lost_answer_endpoints` and
+# Route names of the emulated endpoints (`routes.routes`) and their methods: what `lost_answer_endpoints` and
 # `script` entries name.
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "connect": ("POST",),
