@@ -74,7 +74,7 @@ def main() -> None:
                 process.wait(10)
             writes = spent.get("amojo message", 0) + spent.get("rest contacts_chats", 0)
             print(f"  {size:>7} messages ({imported['sent']} sent): audit {seconds:.1f} s, verdict "
-                  f"{summary['verdict']}; {spent.get('amojo history', 0)} history reads, {writes} writes; "
+                  f"{summary.verdict}; {spent.get('amojo history', 0)} history reads, {writes} writes; "
                   f"all requests {dict(sorted(spent.items()))}")
 
 

@@ -109,7 +109,7 @@ def main() -> None:
                 summary = state.result(raise_on_failure=False)  # an incomplete run ends Failed, with its summary
                 runs = asyncio.run(counted(state))
                 print(f"  {size:>9,} messages{' (dry run)' if dry else ''}: {sum(runs.values())} task runs "
-                      f"{dict(runs)}, {summary['chunks']} chunks, {seconds:.1f} s, verdict {summary['verdict']}")
+                      f"{dict(runs)}, {summary.chunks} chunks, {seconds:.1f} s, verdict {summary.verdict}")
                 if size == min(args.sizes) and not dry:
                     plain_seconds = asyncio.run(plain(f"sqlite:///{workdir}/ledger-plain-{size}.db"))
                     print(f"    the same import as plain functions: {plain_seconds:.1f} s; Prefect adds "

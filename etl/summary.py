@@ -1,13 +1,40 @@
-"""The run summary: what one import did and what the read-back found, for people and for `--json`."""
+"""What each flow returns: an import's summary, a backfill's, a reconcile's and an audit's, for people and `--json`.
+
+Each is a dataclass the flows fill in and the command line and the artifacts read by field; `as_dict()` is its JSON
+form, the one `--json` prints and the ledger keeps. A result is read by key too (`summary["verdict"]`), as its JSON
+is, so that a script written against `--json` reads a flow's return value the same way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+class Result:
+    """A flow's result: its JSON form, its verdict, and whether that verdict is the good one."""
+
+    GOOD: ClassVar[str] = "complete"
+    verdict: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in fields(self)} | {"verdict"}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @property
+    def ok(self) -> bool:
+        """The run did what it was asked: Completed in Prefect, exit status 0."""
+        return self.verdict == self.GOOD
 
 
 @dataclass
-class RunSummary:
+class RunSummary(Result):
+    """One import of an interval: what was sent and what the read-back found."""
+
     interval: str
     dry_run: bool = False
     chunks: int = 0
@@ -39,12 +66,18 @@ class RunSummary:
     source_digest: str = ""  # of those rows (tasks.transform.source_digest): a changed day is found by it
     lookback: list[dict[str, Any]] = field(default_factory=list)  # the earlier days read again, and what came of it
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def ok(self) -> bool:
+        return self.dry_run or self.verdict == self.GOOD
+
+    @property
+    def headline(self) -> str:
+        return import_headline(self.as_dict())
 
 
 def import_headline(summary: dict[str, Any]) -> str:
-    """"2879 sent · 2 rejected · 0 missing · complete", with edits, failures and quarantines when there are any."""
+    """"2879 sent · 2 rejected · 0 missing · complete", with edits, failures and quarantines when there are any; of
+    an import summary's JSON form, whole or in part."""
     parts = [f"{summary.get('messages_sent', 0)} sent"]
     parts += [f"{summary[key]} {word}" for key, word in (("messages_edited", "edited"), ("messages_failed", "failed"))
               if summary.get(key)]
@@ -55,3 +88,145 @@ def import_headline(summary: dict[str, Any]) -> str:
     if lookback:
         parts.append(f"{len(lookback)} earlier days again")
     return " · ".join([*parts, "dry run" if summary.get("dry_run") else summary.get("verdict", "incomplete")])
+
+
+@dataclass
+class BackfillSummary(Result):
+    """A backfill: how many of the range's days it ran, skipped or left to other runs, and each day's outcome."""
+
+    days: int
+    ran: int
+    skipped: int
+    by_other_runs: int
+    complete: int
+    incomplete: int
+    failed: int
+    unplaced: int | None  # source messages no day can import; None when the mapping cannot tell
+    verdict: str
+    outcomes: dict[str, str]  # day label -> verdict, "failed" or "dry run"
+
+    @property
+    def headline(self) -> str:
+        return (f"{self.complete} complete · {self.incomplete} incomplete · {self.failed} failed · "
+                f"{self.skipped} skipped of {self.days} days")
+
+
+@dataclass
+class ReconcileDay(Result):
+    """One day read back from amoCRM: the counts of `tasks.reconcile.Verdict`, and what a repair sent again."""
+
+    day: str
+    expected: int
+    confirmed: int
+    missing: int
+    duplicates: int
+    mismatched: int
+    surplus: int
+    verdict: str
+    repaired: int = 0
+
+
+@dataclass
+class ReconcileSummary(Result):
+    """A reconcile of a range, day by day."""
+
+    days: int
+    verdict: str
+    missing: int
+    duplicates: int
+    repaired: int
+    by_day: list[ReconcileDay]
+
+    @classmethod
+    def of(cls, rows: list[ReconcileDay]) -> ReconcileSummary:
+        return cls(days=len(rows), verdict="complete" if all(r.ok for r in rows) else "incomplete",
+                   missing=sum(r.missing for r in rows), duplicates=sum(r.duplicates for r in rows),
+                   repaired=sum(r.repaired for r in rows), by_day=rows)
+
+    @property
+    def headline(self) -> str:
+        return (f"{sum(r.confirmed for r in self.by_day)} confirmed · {self.missing} missing · "
+                f"{sum(r.mismatched for r in self.by_day)} changed · {self.repaired} repaired · {self.verdict}")
+
+
+DIFFERENCES = ("not_sent", "missing_in_amocrm", "other_content", "changed_at_source", "deleted_at_source",
+               "duplicates")
+"""The kinds of difference an audit finds, each a list of message ids (ours, as amoCRM knows them)."""
+REPORTED_ONLY = ("deleted_at_source",)
+"""Differences an audit reports and no repair undoes (amoCRM's messages are never deleted): not in the verdict."""
+
+
+@dataclass
+class DayAudit(Result):
+    """One day audited: the source's rows, the ledger's messages by status, amoCRM's, and the differences."""
+
+    GOOD: ClassVar[str] = "consistent"
+
+    day: str
+    source_valid: int = 0
+    source_rejected: int = 0
+    ledger: dict[str, int] = field(default_factory=dict)  # sent (with confirmed), rejected, pending, failed
+    amocrm: int = 0  # messages of the day amoCRM shows
+    not_sent: list[str] = field(default_factory=list)
+    missing_in_amocrm: list[str] = field(default_factory=list)
+    other_content: list[str] = field(default_factory=list)
+    changed_at_source: list[str] = field(default_factory=list)
+    deleted_at_source: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    repaired: int = 0
+
+    @property
+    def verdict(self) -> str:  # type: ignore[override]
+        return "differs" if any(getattr(self, kind) for kind in DIFFERENCES if kind not in REPORTED_ONLY) \
+            else "consistent"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "verdict": self.verdict}
+
+    def row(self) -> dict[str, Any]:
+        """The day as a row of the audit's table artifact."""
+        return {"day": self.day, "source": self.source_valid + self.source_rejected,
+                "source rejected": self.source_rejected, "ledger sent": self.ledger.get("sent", 0),
+                "ledger rejected": self.ledger.get("rejected", 0), "ledger pending": self.ledger.get("pending", 0),
+                "ledger failed": self.ledger.get("failed", 0), "amoCRM": self.amocrm,
+                **{kind.replace("_", " "): len(getattr(self, kind)) for kind in DIFFERENCES},
+                "repaired": self.repaired, "verdict": self.verdict}
+
+    def record(self, repair: bool) -> dict[str, Any]:
+        """What the ledger keeps of the day's audit, for `status`: the verdict, the counts, the differences by kind."""
+        return {"verdict": self.verdict, "source": self.source_valid + self.source_rejected,
+                "source_rejected": self.source_rejected, "ledger": self.ledger, "amocrm": self.amocrm,
+                "differences": {kind: len(getattr(self, kind)) for kind in DIFFERENCES}, "repair": repair,
+                "repaired": self.repaired}
+
+
+@dataclass
+class AuditSummary(Result):
+    """An audit of a range: the three counts summed, the differences by kind, and each day's audit."""
+
+    GOOD: ClassVar[str] = "consistent"
+
+    days: int
+    verdict: str
+    source: int
+    amocrm: int
+    differences: dict[str, int]
+    repaired: int
+    by_day: list[DayAudit]
+
+    @classmethod
+    def of(cls, audits: list[DayAudit]) -> AuditSummary:
+        return cls(days=len(audits), verdict="consistent" if all(a.ok for a in audits) else "differs",
+                   source=sum(a.source_valid + a.source_rejected for a in audits),
+                   amocrm=sum(a.amocrm for a in audits),
+                   differences={kind: sum(len(getattr(a, kind)) for a in audits) for kind in DIFFERENCES},
+                   repaired=sum(a.repaired for a in audits), by_day=audits)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "by_day": [a.as_dict() for a in self.by_day]}
+
+    @property
+    def headline(self) -> str:
+        return (f"{self.source} in the source · {self.amocrm} in amoCRM · "
+                + " · ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in self.differences.items() if n)
+                + (" · " if any(self.differences.values()) else "") + self.verdict)

@@ -9,77 +9,34 @@ exactly-once path as an import (an import of the day). An audit writes nothing t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.states import Failed, State
+from prefect.states import State
 
 from etl.api import open_api
-from etl.errors import classify
-from etl.intervals import Interval, check_range
-from etl.ledger import DONE, Ledger
-from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
-from etl.source import open_source
+from etl.intervals import Interval
+from etl.ledger import DONE, Ledger, MessageStatus
+from etl.settings import Settings
+from etl.summary import DIFFERENCES, AuditSummary, DayAudit
+from tasks.interval import open_interval, transformed_chunks
 from tasks.load import own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import artifact_key
 from tasks.transform import Senders
 
-from .import_chats import transformed_chunks
-from .outcome import final_state
-from .reconcile import repair_day
+from .day_runs import repair_day
+from .outcome import FlowRun, days_of, final_state, run_flow
 
-DIFFERENCES = ("not_sent", "missing_in_amocrm", "other_content", "changed_at_source", "deleted_at_source",
-               "duplicates")
-"""The kinds of difference, each a list of message ids (ours, as amoCRM knows them)."""
-REPORTED_ONLY = ("deleted_at_source",)
-"""Differences an audit reports and no repair undoes (amoCRM's messages are never deleted): not in the verdict."""
 SHOWN = 20
 """Message ids shown per kind in the artifact; --json has them all."""
 DIFFERS = "Differs"
 
 
-@dataclass
-class DayAudit:
-    day: str
-    source_valid: int = 0
-    source_rejected: int = 0
-    ledger: dict[str, int] = field(default_factory=dict)  # sent (with confirmed), rejected, pending, failed
-    amocrm: int = 0  # messages of the day amoCRM shows
-    not_sent: list[str] = field(default_factory=list)
-    missing_in_amocrm: list[str] = field(default_factory=list)
-    other_content: list[str] = field(default_factory=list)
-    changed_at_source: list[str] = field(default_factory=list)
-    deleted_at_source: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    repaired: int = 0
-
-    @property
-    def verdict(self) -> str:
-        return "differs" if any(getattr(self, kind) for kind in DIFFERENCES if kind not in REPORTED_ONLY) \
-            else "consistent"
-
-    def row(self) -> dict[str, Any]:
-        return {"day": self.day, "source": self.source_valid + self.source_rejected,
-                "source rejected": self.source_rejected, "ledger sent": self.ledger.get("sent", 0),
-                "ledger rejected": self.ledger.get("rejected", 0), "ledger pending": self.ledger.get("pending", 0),
-                "ledger failed": self.ledger.get("failed", 0), "amoCRM": self.amocrm,
-                **{kind.replace("_", " "): len(getattr(self, kind)) for kind in DIFFERENCES},
-                "repaired": self.repaired, "verdict": self.verdict}
-
-    def record(self, repair: bool) -> dict[str, Any]:
-        """What the ledger keeps of the day's audit, for `status`: the verdict, the counts, the differences by kind."""
-        return {"verdict": self.verdict, "source": self.source_valid + self.source_rejected,
-                "source_rejected": self.source_rejected, "ledger": self.ledger, "amocrm": self.amocrm,
-                "differences": {kind: len(getattr(self, kind)) for kind in DIFFERENCES}, "repair": repair,
-                "repaired": self.repaired}
-
-
 @flow(name="audit", flow_run_name="audit-{start}..{end}")
-async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] | State:
+async def audit(start: date, end: date, repair: bool = False) -> AuditSummary | State:
     """Compare source, ledger and amoCRM for each day of [start, end); with repair, send what is missing and edit
     what differs.
 
@@ -89,49 +46,31 @@ async def audit(start: date, end: date, repair: bool = False) -> dict[str, Any] 
         repair: send what amoCRM lacks and edit what differs, through the same exactly-once path as an import;
             messages deleted at the source are reported, never deleted in amoCRM.
     """
-    logger = get_run_logger()
-    try:
-        settings = with_secret_blocks(load_settings())
-        settings.require_api()
-        check_range(start, end, datetime.now(settings.zone).date())
-        days = Interval.days(start, end, settings.zone).daily()
-    except ConfigurationError as exc:
-        logger.error("%s", exc)
-        return Failed(message=str(exc), data=exc)
-    ledger = Ledger(settings.state_url)
-    audits: list[DayAudit] = []
-    try:
+    async def body(run: FlowRun) -> State:
+        settings, ledger = run.settings, run.ledger
+        audits: list[DayAudit] = []
         async with open_api(settings, ledger) as api:
             senders = await resolve_senders_task(api.rest, settings.bot_id)
-            for day in days:
+            for day in run.days:
                 found = await _audit_day(settings, ledger, api, senders, day)
-                if repair and found.verdict == "differs":
+                if repair and not found.ok:
                     found = await _repair_day(settings, ledger, api, senders, day, found)
                 ledger.audits.save(day.start.isoformat(), day.end.isoformat(), found.record(repair))
                 audits.append(found)
-    except Exception as exc:
-        if (error := classify(exc)) is None:
-            raise
-        logger.error("%s", error)
-        return Failed(message=str(error), data=error)
-    finally:
-        ledger.close()
-    summary = _summary(audits)
-    await _publish(audits, start, end, settings)
-    headline = (f"{summary['source']} in the source · {summary['amocrm']} in amoCRM · "
-                + " · ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in summary["differences"].items() if n)
-                + (" · " if any(summary["differences"].values()) else "") + summary["verdict"])
-    if summary["verdict"] != "consistent":
-        logger.warning("audit %s..%s: %s", start, end, headline)
-    return final_state(summary, headline, good="consistent", bad=DIFFERS)
+        summary = AuditSummary.of(audits)
+        await _publish(audits, start, end, settings)
+        if not summary.ok:
+            get_run_logger().warning("audit %s..%s: %s", start, end, summary.headline)
+        return final_state(summary, summary.headline, bad=DIFFERS)
+
+    return await run_flow(body, days_of(start, end))
 
 
 async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Senders, day: Interval) -> DayAudit:
     """One day's three views and their differences. Reads the source, the ledger and the day's chat histories."""
     found = DayAudit(day.label)
     source: dict[str, int] = {}  # msgid -> content hash, of the day's valid rows
-    stream = open_source(settings.source_url, settings.mapping, day.start, day.end, settings.source_zone,
-                         settings.chunk_size)
+    stream = open_interval(settings, day)
     try:
         for _, batch in transformed_chunks(stream, settings, senders, day.label):
             batch = own_ids(batch, ledger, register=False)
@@ -144,16 +83,17 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
     states = ledger.messages.states(source)
     for msgid, content_hash in source.items():
         state = states.get(msgid)
-        status = state[0] if state else None
+        status = state.status if state else None
         if status in DONE:
             found.ledger["sent"] = found.ledger.get("sent", 0) + 1
-            if int(state[1]) != content_hash:
+            if int(state.content_hash) != content_hash:
                 found.changed_at_source.append(msgid)
-        elif status == "rejected":
+        elif status == MessageStatus.REJECTED:
             found.ledger["rejected"] = found.ledger.get("rejected", 0) + 1
         else:
-            found.ledger["failed" if status == "failed" else "pending"] = \
-                found.ledger.get("failed" if status == "failed" else "pending", 0) + 1
+            # The audit's ledger counts: sent, rejected, and the unsent as failed or pending.
+            kind = "failed" if status == MessageStatus.FAILED else "pending"
+            found.ledger[kind] = found.ledger.get(kind, 0) + 1
             found.not_sent.append(msgid)
     conversations = [c for c, _ in ledger.messages.conversations_between(day.start_ms, day.end_ms)]
     found.deleted_at_source = sorted(row.msgid for row in ledger.messages.between(conversations, day.start_ms,
@@ -173,18 +113,8 @@ async def _repair_day(settings: Settings, ledger: Ledger, api: Any, senders: Sen
     """Send what is missing and edit what differs (`repair_day`, as reconcile does), then audit the day again."""
     redone = await repair_day(settings, ledger, day, found.missing_in_amocrm, found.other_content)
     again = await _audit_day(settings, ledger, api, senders, day)
-    again.repaired = redone["messages_sent"] + redone["messages_edited"]
+    again.repaired = redone.messages_sent + redone.messages_edited
     return again
-
-
-def _summary(audits: list[DayAudit]) -> dict[str, Any]:
-    differences = {kind: sum(len(getattr(a, kind)) for a in audits) for kind in DIFFERENCES}
-    return {"days": len(audits), "verdict": "consistent" if all(a.verdict == "consistent" for a in audits)
-            else "differs",
-            "source": sum(a.source_valid + a.source_rejected for a in audits),
-            "amocrm": sum(a.amocrm for a in audits), "differences": differences,
-            "repaired": sum(a.repaired for a in audits),
-            "by_day": [{**asdict(a), "verdict": a.verdict} for a in audits]}
 
 
 async def _publish(audits: list[DayAudit], start: date, end: date, settings: Settings) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -19,15 +19,16 @@ from pydantic import Field
 
 from etl.claims import RunClaims, interval_key
 from etl.intervals import Interval
-from etl.intervals import check_range as validate_range
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, Settings, load_settings
+from etl.settings import Settings
+from etl.summary import BackfillSummary
 from tasks.extract import extract_unplaced_task
+from tasks.interval import days_to_revisit
 from tasks.report import artifact_key, backfill_days_markdown
 from tasks.transform import unplaced_rejects
 
-from .import_chats import days_to_revisit, import_chats
-from .outcome import child_run_tags, final_state, summary_of
+from .day_runs import import_day
+from .outcome import FlowRun, child_run_tags, days_of, final_state, run_flow
 
 Reprocess = Literal["missing", "failed", "changed", "all"]
 UNPLACED_LABEL = "unplaced"
@@ -56,7 +57,7 @@ async def backfill(
     reprocess: Reprocess = "missing",
     max_parallel: Annotated[int, Field(ge=1, le=32)] = 2,
     dry_run: bool = False,
-) -> dict[str, Any] | State:
+) -> BackfillSummary | State:
     """Import each day of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive) that `reprocess` selects.
 
     Args:
@@ -67,16 +68,8 @@ async def backfill(
         max_parallel: days imported at once, 1-32 (they share the account's rate limits).
         dry_run: extract and transform each day, and say what would be sent; nothing is sent or written.
     """
-    logger = get_run_logger()
-    try:
-        settings = load_settings()
-        validate_range(start, end, datetime.now(settings.zone).date())
-        days = Interval.days(start, end, settings.zone).daily()
-        ledger = Ledger(settings.state_url)
-    except ConfigurationError as exc:
-        logger.error("%s", exc)
-        return Failed(message=str(exc), data=exc)
-    try:
+    async def body(run: FlowRun) -> BackfillSummary | State:
+        settings, ledger, days = run.settings, run.ledger, run.days
         unplaced = _report_unplaced(settings, ledger, dry_run)
         statuses = ledger.intervals.statuses()
         if reprocess == "changed":
@@ -84,30 +77,36 @@ async def backfill(
             todo = [d for d in days if d.label in revisit]
         else:
             todo = days_to_run(days, statuses, reprocess)
-        logger.info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo), len(days),
-                    reprocess)
-        with child_run_tags(settings):  # the day runs, tasks of their own, copy the context with these tags
-            outcomes, by_others, runs = await _run_days(todo, ledger, settings.claim_timeout_s, reprocess,
-                                                        max_parallel, dry_run, start, end)
-    finally:
-        ledger.close()
+        get_run_logger().info("backfill %s..%s: %d of %d days to run (reprocess=%s)", start, end, len(todo),
+                              len(days), reprocess)
+        # The day runs, tasks of their own, copy the context with these tags.
+        with child_run_tags(settings):
+            async with RunClaims(ledger, settings.claim_timeout_s) as own:
+                dispatch = _Dispatch(todo, ledger, own, reprocess, max_parallel, dry_run, (start, end))
+                await dispatch.run_all()
+        outcomes, by_others, runs = dispatch.outcomes, dispatch.by_others, dispatch.runs
+        summary = _summary(days, todo, outcomes, by_others, unplaced)
+        rows = [{"day": d.label, **runs.get(d.label, {}),
+                 "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
+                 if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
+                for d in days]
+        title = f"Backfill {start}..{end}: {summary.headline}"
+        await acreate_markdown_artifact(backfill_days_markdown(title, rows),
+                                        key=artifact_key("backfill-days", settings), description=title)
+        if summary.failed:
+            return Failed(message=summary.headline, data=summary)
+        return final_state(summary, summary.headline)
+
+    return await run_flow(body, days_of(start, end), api=False, secret_blocks=False)
+
+
+def _summary(days: list[Interval], todo: list[Interval], outcomes: dict[str, str], by_others: set[str],
+             unplaced: int | None) -> BackfillSummary:
     counts = {k: sum(1 for v in outcomes.values() if v == k) for k in ("complete", "incomplete", "failed")}
-    summary = {"days": len(days), "ran": len(todo) - len(by_others), "skipped": len(days) - len(todo),
-               "by_other_runs": len(by_others), **counts, "unplaced": unplaced,
-               "verdict": "complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
-               "outcomes": outcomes}
-    headline = (f"{counts['complete']} complete · {counts['incomplete']} incomplete · {counts['failed']} failed · "
-                f"{summary['skipped']} skipped of {len(days)} days")
-    rows = [{"day": d.label, **runs.get(d.label, {}),
-             "outcome": (f"{outcomes[d.label]} (by another run)" if d.label in by_others else outcomes[d.label])
-             if d.label in outcomes else f"skipped ({statuses.get((d.start.isoformat(), d.end.isoformat()))})"}
-            for d in days]
-    await acreate_markdown_artifact(backfill_days_markdown(f"Backfill {start}..{end}: {headline}", rows),
-                                    key=artifact_key("backfill-days", settings),
-                                    description=f"Backfill {start}..{end}: {headline}")
-    if counts["failed"]:
-        return Failed(message=headline, data=summary)
-    return final_state(summary, headline)
+    return BackfillSummary(days=len(days), ran=len(todo) - len(by_others), skipped=len(days) - len(todo),
+                           by_other_runs=len(by_others), **counts, unplaced=unplaced,
+                           verdict="complete" if not counts["incomplete"] and not counts["failed"] else "incomplete",
+                           outcomes=outcomes)
 
 
 def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int | None:
@@ -125,11 +124,10 @@ def _report_unplaced(settings: Settings, ledger: Ledger, dry_run: bool) -> int |
     return len(frame)
 
 
-async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float, reprocess: Reprocess,
-                    max_parallel: int, dry_run: bool, start: date, end: date
-                    ) -> tuple[dict[str, str], set[str], dict[str, dict[str, Any]]]:
-    """Import the days, `max_parallel` at a time, earliest first; day label -> verdict, the days other runs did
-    meanwhile, and day label -> the counts and flow run id of the days this backfill imported.
+class _Dispatch:
+    """A backfill's days, imported `max_parallel` at a time, earliest first, with what came of each: `outcomes` (day
+    label -> verdict), `by_others` (the days other runs did meanwhile) and `runs` (day label -> the counts and flow
+    run id of the days this backfill imported).
 
     Several backfills over one range share it out: each claims the earliest day no live run holds ("dispatch"),
     and waits for the days others hold only when none is left (taking one over if its run died). Its days not
@@ -137,76 +135,85 @@ async def _run_days(todo: list[Interval], ledger: Ledger, claim_timeout_s: float
     it runs becomes free (its run died), it starts that one at once, beyond `max_parallel`: later days may be
     waiting for it.
     """
-    progress = await acreate_progress_artifact(0.0, key=artifact_key("backfill-progress"),
-                                               description=f"Days of {start}..{end} done")
-    queue = list(todo)
-    outcomes: dict[str, str] = {}
-    by_others: set[str] = set()
-    runs: dict[str, dict[str, Any]] = {}
-    running: dict[asyncio.Task[None], Interval] = {}
 
-    async with RunClaims(ledger, claim_timeout_s) as own:
-        async def run(day: Interval) -> None:
-            try:
-                statuses = ledger.intervals.statuses()
-                if not dry_run and reprocess in ("missing", "failed") and not days_to_run([day], statuses, reprocess):
-                    outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
-                    by_others.add(day.label)  # done meanwhile by another run
-                    return
-                state = await import_chats(start=day.start.date(), end=day.start.date() + timedelta(days=1),
-                                           dry_run=dry_run, return_state=True)
-                result = await summary_of(state)
-                runs[day.label] = {"run": state.state_details.flow_run_id}
-                if result is None:
-                    outcomes[day.label] = "failed"
-                else:
-                    outcomes[day.label] = "dry run" if dry_run else result["verdict"]
-                    runs[day.label].update(sent=result.get("messages_sent", 0), rejected=result.get("rejected", 0),
-                                           missing=result.get("missing", 0))
-            finally:
-                own.release("dispatch", [interval_key(day)])
-                if not dry_run:
-                    own.unreserve(day)
-                await aupdate_progress_artifact(progress, 100.0 * len(outcomes) / max(1, len(todo)),
-                                                description=days_done_line(start, end, outcomes, len(todo)))
+    def __init__(self, todo: list[Interval], ledger: Ledger, own: RunClaims, reprocess: Reprocess,
+                 max_parallel: int, dry_run: bool, span: tuple[date, date]) -> None:
+        self.todo, self.ledger, self.own, self.reprocess = todo, ledger, own, reprocess
+        self.max_parallel, self.dry_run, self.span = max_parallel, dry_run, span
+        self.queue = list(todo)
+        self.running: dict[asyncio.Task[None], Interval] = {}
+        self.outcomes: dict[str, str] = {}
+        self.by_others: set[str] = set()
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.progress: Any = None
 
-        def next_day() -> Interval | None:
-            """The earliest day of the queue no other run holds, now claimed by this backfill; with all slots
-            taken, only a day earlier than every day running (a catch-up)."""
-            if len(running) > max_parallel:
-                return None
-            before = min(d.start for d in running.values()) if len(running) == max_parallel else None
-            held = {r.key for kind in ("interval", "dispatch") for r in ledger.leases.live(kind, own.holder)}
-            for day in queue:
-                if before is not None and day.start >= before:
-                    return None
-                if interval_key(day) not in held and own.take("dispatch", [interval_key(day)]):
-                    return day
-            return None
-
-        if not dry_run:
-            own.reserve(todo)
+    async def run_all(self) -> None:
+        start, end = self.span
+        self.progress = await acreate_progress_artifact(0.0, key=artifact_key("backfill-progress"),
+                                                        description=f"Days of {start}..{end} done")
+        if not self.dry_run:
+            self.own.reserve(self.todo)
         try:
-            while queue or running:
-                day = next_day() if queue else None
+            while self.queue or self.running:
+                day = self.next_day() if self.queue else None
                 if day is not None:
-                    queue.remove(day)
-                    running[asyncio.create_task(run(day))] = day
+                    self.queue.remove(day)
+                    self.running[asyncio.create_task(self.run(day))] = day
                     continue
-                if running:
-                    finished, _ = await asyncio.wait(running, timeout=WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+                if self.running:
+                    finished, _ = await asyncio.wait(self.running, timeout=WAIT_S,
+                                                     return_when=asyncio.FIRST_COMPLETED)
                     for task in finished:
-                        running.pop(task)
+                        self.running.pop(task)
                         task.result()
                 else:
                     await asyncio.sleep(WAIT_S)  # the rest is held by other runs: wait for their outcome
         finally:
             # A backfill that stops (its claims lost, a bug) stops its days before it gives up their claims.
-            for task in running:
+            for task in self.running:
                 task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-    await aupdate_progress_artifact(progress, 100.0, description=days_done_line(start, end, outcomes, len(todo)))
-    return outcomes, by_others, runs
+            await asyncio.gather(*self.running, return_exceptions=True)
+        await aupdate_progress_artifact(self.progress, 100.0, description=self.done_line())
+
+    async def run(self, day: Interval) -> None:
+        try:
+            statuses = self.ledger.intervals.statuses()
+            if not self.dry_run and self.reprocess in ("missing", "failed") \
+                    and not days_to_run([day], statuses, self.reprocess):
+                self.outcomes[day.label] = statuses[(day.start.isoformat(), day.end.isoformat())]
+                self.by_others.add(day.label)  # done meanwhile by another run
+                return
+            state, result = await import_day(day, self.dry_run)
+            self.runs[day.label] = {"run": state.state_details.flow_run_id}
+            if result is None:
+                self.outcomes[day.label] = "failed"
+            else:
+                self.outcomes[day.label] = "dry run" if self.dry_run else result.verdict
+                self.runs[day.label].update(sent=result.messages_sent, rejected=result.rejected,
+                                            missing=result.missing)
+        finally:
+            self.own.release("dispatch", [interval_key(day)])
+            if not self.dry_run:
+                self.own.unreserve(day)
+            await aupdate_progress_artifact(self.progress, 100.0 * len(self.outcomes) / max(1, len(self.todo)),
+                                            description=self.done_line())
+
+    def next_day(self) -> Interval | None:
+        """The earliest day of the queue no other run holds, now claimed by this backfill; with all slots
+        taken, only a day earlier than every day running (a catch-up)."""
+        if len(self.running) > self.max_parallel:
+            return None
+        before = min(d.start for d in self.running.values()) if len(self.running) == self.max_parallel else None
+        held = {r.key for kind in ("interval", "dispatch") for r in self.ledger.leases.live(kind, self.own.holder)}
+        for day in self.queue:
+            if before is not None and day.start >= before:
+                return None
+            if interval_key(day) not in held and self.own.take("dispatch", [interval_key(day)]):
+                return day
+        return None
+
+    def done_line(self) -> str:
+        return days_done_line(*self.span, self.outcomes, len(self.todo))
 
 
 def days_done_line(start: date, end: date, outcomes: dict[str, str], todo: int) -> str:

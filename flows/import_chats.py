@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
@@ -11,24 +10,22 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Failed, State
+from prefect.states import State
 from pydantic import Field
 
-from etl.api import open_api, rest_client
+from etl.api import open_api
 from etl.claims import ClaimLost, RunClaims, interval_key
-from etl.errors import classify
 from etl.intervals import Interval, check_range
 from etl.ledger import Ledger
-from etl.settings import ConfigurationError, Settings, load_settings, with_secret_blocks
-from etl.source import SourceFrames, SourceStream, open_source
-from etl.summary import RunSummary, import_headline
-from tasks.extract import extract_task
+from etl.settings import ConfigurationError, Settings
+from etl.source import SourceStream
+from etl.summary import RunSummary
+from tasks.interval import days_to_revisit, open_interval, read_senders, transformed_chunks
 from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
-from tasks.transform import Batch, SeenIds, Senders, transform_task
 
-from .outcome import emit_import_event, final_state
+from .outcome import FlowRun, emit_import_event, expected_failure, final_state, run_flow
 
 
 def _run_name() -> str:
@@ -51,7 +48,7 @@ def data_interval(start: date | None, end: date | None, timezone: str) -> Interv
 
 @flow(name="import-chats", flow_run_name=_run_name)
 async def import_chats(start: date | None = None, end: date | None = None, dry_run: bool = False,
-                       lookback_days: Annotated[int, Field(ge=0, le=31)] | None = None) -> dict[str, Any] | State:
+                       lookback_days: Annotated[int, Field(ge=0, le=31)] | None = None) -> RunSummary | State:
     """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive), then verify them.
 
     Then the `lookback_days` days before `start` are read again, and those whose source rows changed since they were
@@ -66,49 +63,38 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
         lookback_days: earlier days (0-31) read again for rows that arrived late; empty means
             AMOJO_ETL_LOOKBACK_DAYS for a scheduled run, none for given dates.
     """
-    logger = get_run_logger()
     began = time.monotonic()
-    try:
-        settings = with_secret_blocks(load_settings())
-        interval = data_interval(start, end, settings.timezone)
-    except (ConfigurationError, ValueError) as exc:
-        logger.error("configuration: %s", exc)
-        return Failed(message=f"configuration error: {exc}", data=ConfigurationError(str(exc)))
-    try:
-        summary = await _import(settings, interval, dry_run, began)
-    except Exception as exc:
-        _record_failure(settings, interval, dry_run, exc)
-        if (error := _expected(exc)) is None:
+    scheduled = start is None and end is None
+
+    async def body(run: FlowRun) -> RunSummary | State:
+        settings, interval = run.settings, run.interval
+        try:
+            summary = await _import(settings, interval, dry_run, began)
+        except BaseException as exc:
+            _record_failure(settings, interval, dry_run, exc)
             raise
-        # An expected way to fail: say what to fix, without a traceback, and stop the run. The error is the state's
-        # data, so that the CLI exits with its status (2: configuration, 1: the run).
-        logger.error("%s", error)
-        return Failed(message=str(error), data=error)
-    except BaseException as exc:
-        _record_failure(settings, interval, dry_run, exc)
-        raise
-    if lookback_days is None:
-        lookback_days = settings.lookback_days if start is None and end is None else 0
-    if lookback_days and not dry_run:
-        summary.lookback = await _look_back(settings, interval, lookback_days)
-        if any(day["outcome"] == "failed" or day.get("verdict") == "incomplete" for day in summary.lookback):
-            summary.verdict = "incomplete"
+        days_back = lookback_days if lookback_days is not None else settings.lookback_days if scheduled else 0
+        if days_back and not dry_run:
+            summary.lookback = await _look_back(settings, interval, days_back)
+            if any(day["outcome"] == "failed" or day.get("verdict") == "incomplete" for day in summary.lookback):
+                summary.verdict = "incomplete"
+        return await _finish(settings, summary)
+
+    return await run_flow(body, lambda settings: data_interval(start, end, settings.timezone), api=False)
+
+
+async def _finish(settings: Settings, summary: RunSummary) -> State:
+    """The artifacts, the log line, the event, and the final state of an interval's import."""
     await publish_artifacts(summary)
-    result = summary.as_dict()
-    headline = import_headline(result)
-    if summary.verdict == "complete" or dry_run:
-        logger.info("import %s: %s", interval.label, headline)
+    if summary.ok:
+        get_run_logger().info("import %s: %s", summary.interval, summary.headline)
     else:
-        logger.warning("import %s is incomplete: %s. Run it again (`amojo-etl backfill --reprocess failed`), or "
-                       "`amojo-etl reconcile --repair` for what amoCRM lost; `amojo-etl status` shows the days",
-                       interval.label, headline)
-    emit_import_event(settings, result)
-    return final_state(result, headline)
-
-
-def _expected(exc: BaseException) -> Exception | None:
-    """`exc` when it is an expected way for an interval's import to fail (one line, no traceback), else None."""
-    return classify(exc) or (exc if isinstance(exc, ClaimLost) else None)
+        get_run_logger().warning(
+            "import %s is incomplete: %s. Run it again (`amojo-etl backfill --reprocess failed`), or `amojo-etl "
+            "reconcile --repair` for what amoCRM lost; `amojo-etl status` shows the days", summary.interval,
+            summary.headline)
+    emit_import_event(settings, summary)
+    return final_state(summary, summary.headline)
 
 
 async def _look_back(settings: Settings, interval: Interval, days: int) -> list[dict[str, Any]]:
@@ -121,7 +107,7 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
     try:
         revisit = await days_to_revisit(settings, days_back)
     except Exception as exc:
-        if (error := _expected(exc)) is None:
+        if (error := expected_failure(exc)) is None:
             raise
         # The run's own day is recorded already: the look-back fails alone, and the next run looks again.
         logger.warning("look-back: could not tell which days changed: %s", error)
@@ -137,7 +123,7 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
             summary = await _import(settings, day, False, time.monotonic())
         except Exception as exc:
             _record_failure(settings, day, False, exc)
-            if (error := _expected(exc)) is None:
+            if (error := expected_failure(exc)) is None:
                 raise
             logger.warning("look-back: %s failed: %s", day.label, error)
             outcomes.append({"interval": day.label, "outcome": "failed", "reason": why, "error": str(error)})
@@ -146,62 +132,6 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
                          "messages_sent": summary.messages_sent, "messages_edited": summary.messages_edited,
                          "verdict": summary.verdict})
     return outcomes
-
-
-async def days_to_revisit(settings: Settings, days: list[Interval]) -> dict[str, str]:
-    """The days (label -> why) that an import would change: never imported as that interval (`new`), not complete
-    (their status), or whose source rows differ from those recorded (`changed`: late rows, edits, deletes). A day
-    recorded complete with the same rows and digest needs nothing: it costs its source query, no API request."""
-    ledger = Ledger(settings.state_url)
-    senders = await _senders(settings, ledger)
-    revisit: dict[str, str] = {}
-    try:
-        for day in days:
-            recorded = ledger.intervals.record(day.start.isoformat(), day.end.isoformat())
-            if recorded is None:
-                revisit[day.label] = "new"
-            elif recorded[0] != "complete":
-                revisit[day.label] = recorded[0]
-            else:
-                rows, digest = _source_digest(settings, day, senders)
-                if (recorded[1].get("source_rows"), recorded[1].get("source_digest")) != (rows, f"{digest:016x}"):
-                    revisit[day.label] = "changed"
-    finally:
-        ledger.close()
-    return revisit
-
-
-def _source_digest(settings: Settings, day: Interval, senders: Senders) -> tuple[int, int]:
-    """The day's source rows and their digest, as an import of the day records them; reads only the source."""
-    source = open_source(settings.source_url, settings.mapping, day.start, day.end, settings.source_zone,
-                         settings.chunk_size)
-    try:
-        totals = RunTotals(day.label)
-        for _, batch in transformed_chunks(source, settings, senders, day.label):
-            totals.add_source(batch)
-        return totals.source_rows, totals.source_digest
-    finally:
-        source.close()
-
-
-def transformed_chunks(source: SourceStream, settings: Settings, senders: Senders,
-                       label: str) -> Iterator[tuple[SourceFrames, Batch]]:
-    """The interval's chunks in time order, each as the source gave it and as transformed: the one loop of the
-    import, the dry run, the look-back and the audit."""
-    seen = SeenIds(source.repeated_ids())
-    while (frames := extract_task(source, label=f"{label}#{source.chunks + 1}")) is not None:
-        yield frames, transform_task(frames, senders, settings.id_prefix, settings.source_timezone, seen,
-                                     settings.text_limit, label=f"{label}#{source.chunks}")
-
-
-async def _senders(settings: Settings, ledger: Ledger) -> Senders:
-    """Managers by email, read with a REST client of its own (runs that send nothing open no Chats API client)."""
-    rest = rest_client(settings, ledger)
-    try:
-        return await resolve_senders_task(rest, settings.bot_id)
-    finally:
-        if rest is not None:
-            await rest.aclose()
 
 
 def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error: BaseException) -> None:
@@ -223,8 +153,7 @@ def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error
 
 async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float) -> RunSummary:
     """extract -> transform -> load, chunk by chunk, then reconcile the whole interval."""
-    source = open_source(settings.source_url, settings.mapping, interval.start, interval.end,
-                         settings.source_zone, settings.chunk_size)
+    source = open_interval(settings, interval)
     ledger = Ledger(settings.state_url)
     try:
         if dry_run:
@@ -271,7 +200,7 @@ async def _rehearse(settings: Settings, interval: Interval, source: SourceStream
     """A dry run: extract and transform, and say what load would do; no Chats API call, nothing written."""
     totals = RunTotals(interval.label, dry_run=True)
     plan = DryRun()
-    for _, batch in transformed_chunks(source, settings, await _senders(settings, ledger), interval.label):
+    for _, batch in transformed_chunks(source, settings, await read_senders(settings, ledger), interval.label):
         batch = own_ids(batch, ledger, register=False)
         totals.add_batch(batch)
         plan.add(batch, ledger)

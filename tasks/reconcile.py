@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from amojo.errors import FATAL, AmojoError
 from etl.api import Api
-from etl.ledger import Ledger
+from etl.ledger import Ledger, MessageStatus
 
 from .transform import text_hash
 
@@ -42,6 +42,32 @@ class Verdict:
     def verdict(self) -> str:
         return "incomplete" if self.missing or self.duplicates or self.mismatched else "complete"
 
+    def count_unread(self, expected: list) -> list[dict]:
+        """A chat not read (none yet, or its history did not answer): its messages count as missing."""
+        self.expected += len(expected)
+        self.missing.extend(row.msgid for row in expected)
+        return []
+
+    def count(self, read: _Reading, expected: list, known: set[str], start_ms: int, end_ms: int) -> list[dict]:
+        """Count a chat's read against the ledger's rows; the rows it confirms (there once, with the same text)."""
+        self.expected += len(expected)
+        self.surplus.extend(
+            client_id for client_id, item in zip(read.ids, read.history, strict=True)
+            if client_id and client_id not in known and start_ms <= _msec(item) < end_ms)
+        confirmed = []
+        for row in expected:
+            if not read.seen[row.msgid]:
+                self.missing.append(row.msgid)
+                continue
+            if read.seen[row.msgid] > 1:
+                self.duplicates.append(row.msgid)
+            if read.other_text(row):
+                self.mismatched.append(row.msgid)
+            elif read.seen[row.msgid] == 1:
+                confirmed.append({"msgid": row.msgid, "conversation_id": row.conversation_id, "msec": row.msec,
+                                  "content_hash": row.content_hash, "status": MessageStatus.CONFIRMED})
+        return confirmed
+
 
 def _msec(item: dict) -> int:
     return int(item.get("msec_timestamp") or int(item.get("timestamp", 0)) * 1000)
@@ -55,7 +81,7 @@ def _expected(rows: list) -> tuple[list, set[str]]:
     """A conversation's ledger rows that its chat must hold, and the msgids the ledger knows. Every valid message
     is expected, except those amoCRM refused for their data (rejects with the API's reason); one it would not take
     for its own reasons is `failed`, and expected."""
-    return [row for row in rows if row.status != "rejected"], {row.msgid for row in rows}
+    return [row for row in rows if row.status != MessageStatus.REJECTED], {row.msgid for row in rows}
 
 
 @dataclass
@@ -91,9 +117,7 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
 
     async def check(conversation_id: str, chat_id: str | None, expected: list, known: set[str]) -> list[dict]:
         if not chat_id:
-            verdict.expected += len(expected)
-            verdict.missing.extend(row.msgid for row in expected)
-            return []
+            return verdict.count_unread(expected)
         async with semaphore:
             try:
                 differing: set[str] | None = None
@@ -113,26 +137,8 @@ async def reconcile(api: Api, ledger: Ledger, start_ms: int, end_ms: int, *, rer
                     raise
                 # Unread is unconfirmed: the chat's messages count as missing, and the next read tells.
                 verdict.unread[chat_id] = str(exc)
-                verdict.expected += len(expected)
-                verdict.missing.extend(row.msgid for row in expected)
-                return []
-        verdict.expected += len(expected)
-        verdict.surplus.extend(
-            client_id for client_id, item in zip(read.ids, read.history, strict=True)
-            if client_id and client_id not in known and start_ms <= _msec(item) < end_ms)
-        confirmed = []
-        for row in expected:
-            if not read.seen[row.msgid]:
-                verdict.missing.append(row.msgid)
-                continue
-            if read.seen[row.msgid] > 1:
-                verdict.duplicates.append(row.msgid)
-            if read.other_text(row):
-                verdict.mismatched.append(row.msgid)
-            elif read.seen[row.msgid] == 1:
-                confirmed.append({"msgid": row.msgid, "conversation_id": row.conversation_id, "msec": row.msec,
-                                  "content_hash": row.content_hash, "status": "confirmed"})
-        return confirmed
+                return verdict.count_unread(expected)
+        return verdict.count(read, expected, known, start_ms, end_ms)
 
     for first in range(0, len(conversations), CONVERSATIONS_PER_BATCH):
         part = conversations[first:first + CONVERSATIONS_PER_BATCH]

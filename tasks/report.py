@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.urls import url_for
 
 from etl.settings import Settings, load_settings
-from etl.summary import RunSummary, import_headline
+from etl.summary import RunSummary
 
 from .load import LoadReport
 from .reconcile import Verdict
@@ -222,7 +222,7 @@ async def publish_artifacts(summary: RunSummary) -> None:
     """The summary table, the rejects with their reasons, and the verdict, in the flow run's artifacts."""
     rows = [{"what": k.replace("_", " "), "count": v} for k, v in summary.as_dict().items()
             if isinstance(v, int | float) and not isinstance(v, bool)]
-    headline = import_headline(summary.as_dict())
+    headline = summary.headline
     settings = load_settings()
     await acreate_table_artifact(rows, key=artifact_key("import-summary", settings),
                                  description=f"Import {summary.interval}: {headline}")

@@ -12,7 +12,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from etl import cli
+from etl.cli import commands as cli
 from etl.ledger import Ledger
 from etl.summary import RunSummary
 

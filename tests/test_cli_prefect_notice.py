@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-from etl import cli
+from etl.cli import commands as cli
 
 
 def _announced(capsys: pytest.CaptureFixture[str]) -> list[str]:

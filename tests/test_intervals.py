@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from etl.intervals import Interval
+from etl.intervals import check_range as validate_range
 from etl.settings import ConfigurationError
-from flows.backfill import days_to_run, validate_range
+from flows.backfill import days_to_run
 
 MOSCOW = ZoneInfo("Europe/Moscow")
 

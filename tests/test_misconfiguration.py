@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from amojo.emulator.config import EmulatorConfig
 from amojo.emulator.server import RunningEmulator, start
-from etl import cli
+from etl.cli import commands as cli
 from etl.sample import SampleSize, write_sample
 
 CHANNEL_SECRET = "PLANTED-channel-secret-0451"

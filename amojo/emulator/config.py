@@ -1,4 +1,9 @@
-"""What the emulator is told at start: the channel, the account, its users, the ⚠️ switches and the faults."""
+"""What the emulator is told at start: the channel, the account, its users, the ⚠️ switches and the faults.
+
+A field with a `help` in its metadata is an option of `amojo-etl emulator` too, generated from the field: `flag`
+names the option when it is not the field's name, `env` the variable it is also read from, and `secret` hides its
+default.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ DEMO_USERS: tuple[EmulatedUser, ...] = (
 )
 
 
-# Route names of the emulated endpoints (`Emulator._routes`) and their methods: what `lost_answer_endpoints` and
+# Route names of the emulated endpoints (`routes.routes`) and their methods: what `lost_answer_endpoints` and
 # `script` entries name.
 ENDPOINTS: dict[str, tuple[str, ...]] = {
     "connect": ("POST",),
@@ -91,18 +96,24 @@ class Faults:
     no setting can overflow the clock arithmetic of a later request.
     """
 
-    seed: int = 0
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    error_rates: dict[int, float] = field(default_factory=dict)  # status -> rate, before any effect
-    lost_answer_rate: float = 0.0  # the handler's effect is stored, then the answer is lost
+    seed: int = field(default=0, metadata={"help": "seed of every injected fault"})
+    latency_ms: float = field(default=0.0, metadata={"help": "added to every answer"})
+    jitter_ms: float = field(default=0.0, metadata={"help": "random extra latency, up to this"})
+    error_rates: dict[int, float] = field(  # status -> rate, before any effect
+        default_factory=dict, metadata={"help": "STATUS=RATE, answered before any effect; repeat for several (429, "
+                                                "408, 503, ...)", "flag": "--error-rate"})
+    lost_answer_rate: float = field(  # the handler's effect is stored, then the answer is lost
+        default=0.0, metadata={"help": "request done, then a 500 or a dropped connection"})
     lost_answer_mode: Literal["500", "drop", "mixed"] = "mixed"
-    lost_answer_endpoints: tuple[str, ...] = ("message",)  # route names (ENDPOINTS) whose answers may be lost
-    hang_rate: float = 0.0
-    hang_seconds: float = 60.0
-    history_lag_ms: float = 0.0
-    retry_after: Literal["seconds", "http-date", "none"] = "seconds"  # Retry-After form on injected 429/503
-    retry_after_s: float = 1.0  # the delay Retry-After says
+    lost_answer_endpoints: tuple[str, ...] = field(  # route names (ENDPOINTS) whose answers may be lost
+        default=("message",), metadata={"help": "where answers are lost (repeat): message, create_chat, contacts, "
+                                                "contacts_chats, history, ...", "flag": "--lost-answer-endpoint"})
+    hang_rate: float = field(default=0.0, metadata={"help": "requests that hang for --hang-seconds"})
+    hang_seconds: float = field(default=60.0, metadata={"help": "how long a hang lasts"})
+    history_lag_ms: float = field(default=0.0, metadata={"help": "a stored message shows in history only after this"})
+    retry_after: Literal["seconds", "http-date", "none"] = field(  # Retry-After form on injected 429/503
+        default="seconds", metadata={"help": "Retry-After of injected 429/503: seconds or HTTP date"})
+    retry_after_s: float = field(default=1.0, metadata={"help": "the wait Retry-After asks for"})  # its delay
     script: list[dict] = field(default_factory=list)  # one-shot faults, see above
 
     def __post_init__(self) -> None:
@@ -227,11 +238,19 @@ def _script_entry(index: int, entry: object) -> dict:
 class EmulatorConfig:
     """Identity of the emulated channel and account, and the switches for behaviour amojo-api.md leaves open."""
 
-    channel_id: str = DEMO_CHANNEL_ID
-    channel_secret: str = DEMO_CHANNEL_SECRET
-    account_id: str = DEMO_ACCOUNT_ID
-    token: str = DEMO_TOKEN
-    bot_id: str = DEMO_BOT_ID
+    # The identity: on the command line, each from its flag or the importer's variable (`env`), else its settings
+    # file, else the demo's.
+    channel_id: str = field(default=DEMO_CHANNEL_ID, metadata={
+        "help": "channel id (default: the demo channel)", "env": "AMOJO_ETL_CHANNEL_ID"})
+    channel_secret: str = field(default=DEMO_CHANNEL_SECRET, metadata={
+        "help": "channel secret (default: the demo secret); better from the environment or --config than as a flag, "
+                "which every user of the machine sees in ps", "env": "AMOJO_ETL_CHANNEL_SECRET", "secret": True})
+    account_id: str = field(default=DEMO_ACCOUNT_ID, metadata={
+        "help": "the account's amojo_id", "env": "AMOJO_ETL_ACCOUNT_ID"})
+    token: str = field(default=DEMO_TOKEN, metadata={
+        "help": "REST v4 bearer token; better from the environment or --config, as the channel secret",
+        "env": "AMOJO_ETL_AMOCRM_TOKEN", "secret": True})
+    bot_id: str = field(default=DEMO_BOT_ID, metadata={"help": "the channel bot's id", "env": "AMOJO_ETL_BOT_ID"})
     users: tuple[EmulatedUser, ...] = DEMO_USERS
     # OAuth (§6.6): an integration whose refresh token rotates on every use.
     oauth_client_id: str = "demo-client-id"
@@ -239,30 +258,39 @@ class EmulatorConfig:
     oauth_refresh_token: str | None = "demo-refresh-token-0"
     access_token_ttl_s: float = 86400.0  # §6.6: an OAuth access token lives 24 hours
     # ⚠️ switches (amojo-api.md §9), defaults as recommended there.
-    duplicate_msgid: Literal["idempotent", "reject"] = "idempotent"  # Q1
-    content_md5: Literal["strict", "lenient"] = "strict"  # Q6
-    legacy_signatures: bool = False  # Q8
-    history_limit: Literal["clamp", "reject"] = "clamp"  # Q4
-    text_limit: int | None = None  # Q2
+    duplicate_msgid: Literal["idempotent", "reject"] = field(default="idempotent", metadata={  # Q1
+        "help": "a repeated msgid: original ids back, or 400"})
+    content_md5: Literal["strict", "lenient"] = field(default="strict", metadata={  # Q6
+        "help": "check Content-MD5 against the body, or only sign it"})
+    legacy_signatures: bool = field(default=False, metadata={  # Q8
+        "help": "also accept body-only HMAC on the old methods"})
+    history_limit: Literal["clamp", "reject"] = field(default="clamp", metadata={  # Q4
+        "help": "history limit over 50: clamp, or 400"})
+    text_limit: int | None = field(default=None, metadata={"help": "longest text accepted (default: no limit)"})  # Q2
     check_ref_id: bool = True  # ⚠️ our choice: an outgoing sender.ref_id must be a user's amojo_id or the bot
     # ⚠️ The reference marks a participant's `id` and `name` required, but third-party clients send a manager as
     # `sender: {ref_id}` and a client as `receiver: {ref_id}`; unconfirmed which the live API takes. "reject" (400
     # naming the participant and the field) or "accept": a known ref_id (a user's amojo_id, the bot, a client's
     # amojo id) stands for the whole participant.
-    ref_id_participants: Literal["reject", "accept"] = "reject"
+    ref_id_participants: Literal["reject", "accept"] = field(default="reject", metadata={
+        "help": "a participant given by ref_id alone: refused (as the reference reads), or taken for the known one"})
     # ⚠️ §3.3: a client sent again with other name/avatar/phone: "merge" (what it sends replaces what was known,
     # absent fields stay) or "keep" (the first values stay; only fields never given are filled in). Either way
     # history shows one record per user, not each message's payload.
-    participant_updates: Literal["merge", "keep"] = "merge"
+    participant_updates: Literal["merge", "keep"] = field(default="merge", metadata={
+        "help": "what a later request says about a user: replaces what is held, or leaves it"})
     # ⚠️ amojo-api.md names no body limit; nginx's default (1 MiB) answers a larger request 413.
-    max_body_bytes: int = 1 << 20
-    rest_rate: float | None = 7.0  # Q14, per token
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body; larger ones get 413"})
+    rest_rate: float | None = field(default=7.0, metadata={  # Q14, per token
+        "help": "REST v4 requests per second per token (0: no limit)"})
     # Q13 ⚠️: the most contacts per POST /api/v4/contacts and links per POST /api/v4/contacts/chats; a larger
     # batch is a 400 problem+json. amoCRM documents no maximum; §9 says accept up to 250.
-    rest_batch_max: int = 250
-    amojo_rate: float | None = None  # Q9
+    rest_batch_max: int = field(default=250, metadata={"help": "most contacts or links in one REST write"})
+    amojo_rate: float | None = field(default=None, metadata={  # Q9
+        "help": "Chats API requests per second (0: no limit)"})
     date_tolerance_s: int = 15 * 60  # Q5, both directions
-    state_path: str | None = None  # SQLite file; None keeps state in memory
+    state_path: str | None = field(default=None, metadata={  # SQLite file; None keeps state in memory
+        "help": "SQLite file to keep state in (default: memory)", "flag": "--state"})
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
