@@ -34,19 +34,29 @@ async def resolve(
     """Do an effect once: `do()` does what is still to do; `read_back()` reads amoCRM for what landed (the caller
     keeps it) and says whether nothing is left to do.
 
-    After an error that `may_have_landed`, wait the API's backoff, read back, and do only what is left, for at
-    most `rounds` rounds. Returns None when all is done, else the error that stopped it: one that says nothing
-    landed, a read that failed, or the last one when the rounds ran out (what may have landed is then still
+    After an error of `do()` that `may_have_landed`, wait the API's backoff, read back, and do only what is left.
+    A read that fails for a passing reason is read again after the backoff, never answered by doing again. At most
+    `rounds` waits in all. Returns None when all is done, else the error that stopped it: one of `do()` that says
+    nothing landed, a read that failed, or the last one when the rounds ran out (what may have landed is then still
     unknown, and the caller keeps it so for the next run). With `read_first`, amoCRM is read before the first try.
     """
-    if read_first:
-        try:
-            if await read_back():
-                return None
-        except AmojoError as exc:
-            return exc
     error: AmojoError | None = None
-    for attempt in range(1, rounds + 1):
+    waits = 0
+    reading = read_first
+    while True:
+        if reading:
+            try:
+                if await read_back():
+                    return None
+            except AmojoError as exc:
+                if not exc.retryable or waits >= rounds:
+                    return exc
+                error = exc
+                waits += 1
+                await sleep(RETRY.delay(waits, exc))
+                continue
+        if waits >= rounds and error is not None:
+            return error
         try:
             await do()
             return None
@@ -54,10 +64,6 @@ async def resolve(
             if not may_have_landed(exc):
                 return exc
             error = exc
-        await sleep(RETRY.delay(attempt, error))
-        try:
-            if await read_back():
-                return None
-        except AmojoError as exc:
-            return exc
-    return error
+        waits += 1
+        await sleep(RETRY.delay(waits, error))
+        reading = True

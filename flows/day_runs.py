@@ -6,6 +6,7 @@ The one module of flows/ that starts another flow: the flows themselves import n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -19,6 +20,8 @@ from etl.summary import RunSummary
 
 from .import_chats import import_chats
 from .outcome import child_run_tags, summary_of
+
+log = logging.getLogger(__name__)
 
 
 async def import_day(day: Interval, dry_run: bool = False) -> tuple[State, RunSummary | None]:
@@ -34,7 +37,10 @@ async def repair_day(settings: Settings, ledger: Ledger, day: Interval, missing:
     """Send what amoCRM lost and edit what it holds with other content, by importing the day again (a run of its
     own, with this run's tags); the day's new import summary. Marked failed, a message is first looked up in the
     chat, then sent if it is not there; one marked changed is edited."""
-    ledger.messages.mark(missing, MessageStatus.FAILED)
+    missing = list(missing)
+    if (moved := ledger.messages.mark(missing, MessageStatus.FAILED)) < len(missing):
+        log.warning("%d of the %d messages amoCRM lost were not marked to be sent again: another run changed their "
+                    "status since (rejected for their data)", len(missing) - moved, len(missing))
     ledger.messages.mark_needs_edit(changed)
     with child_run_tags(settings):
         state, redone = await import_day(day)

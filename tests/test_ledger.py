@@ -191,3 +191,18 @@ def test_a_rollback_mode_ledger_opens_while_another_process_writes_to_it(tmp_pat
     with reopened.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert reopened.messages.states(["m1"])["m1"][0] == "sent"
+
+
+def test_a_ledger_recreated_at_the_same_url_in_one_process_gets_its_tables_again(tmp_path):
+    """Review of the redesign: the schema is upgraded once per process, and a later open only reads the version;
+    a database made anew at the same URL (a deleted file, a second in-memory ledger) must still get its tables."""
+    path = tmp_path / "ledger.db"
+    Ledger(f"sqlite:///{path}").close()
+    path.unlink()
+    reopened = Ledger(f"sqlite:///{path}")
+    assert reopened.schema_version() == SCHEMA_VERSION
+    reopened.close()
+    for _ in range(2):
+        in_memory = Ledger("sqlite://")
+        assert in_memory.messages.status_counts() == {}
+        in_memory.close()

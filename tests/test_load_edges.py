@@ -344,3 +344,19 @@ async def test_a_chat_whose_history_cannot_be_read_is_unconfirmed_not_a_failed_r
     again = await run_interval(settings)  # nothing to send; one chat's read is refused
     assert again.verdict.verdict == "incomplete" and len(again.verdict.unread) == 1
     assert len(again.verdict.missing) == 8 and again.verdict.confirmed == 40
+
+
+async def test_a_history_read_refused_while_resolving_a_repeat_loses_nothing(emulator, source, ledger_url):
+    """Review of the redesign: a send answered 503, its repeat refused (400), and the history read that resolves
+    the repeat refused too. The message may have landed: it is `failed` and its conversation stops, so the next run
+    looks it up and sends it; it is never taken for a refusal of its data (`rejected`, never sent again)."""
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "message", "status": 503},
+                                                {"endpoint": "message", "status": 400},
+                                                {"endpoint": "history", "status": 400}]))
+    settings = settings_for(emulator, source, ledger_url, concurrency=1)
+    first = await run_interval(settings)
+    assert not first.load.api_rejected and first.load.failed == 1 and len(first.load.stopped) == 1
+    emulator.emulator.set_faults(Faults())
+    second = await run_interval(settings)
+    assert second.verdict.verdict == "complete", second.verdict
+    _once_each(emulator, 48)

@@ -110,15 +110,22 @@ class Database:
             raise _unusable(url, exc) from None
 
     def _open_schema(self) -> None:
-        """Upgrade the schema the first time this process opens the ledger; after that, only check that no newer
-        amojo-etl has upgraded it since (one read instead of the lock and the table checks)."""
+        """Upgrade the schema the first time this process opens the ledger; after that, one read checks that it is
+        still at this version (no newer amojo-etl upgraded it, nobody recreated the database) instead of taking the
+        lock and checking every table. An in-memory database is new at every open: it is always upgraded."""
+        remembered = self.engine.url.database not in (None, "", ":memory:")
         with _UPGRADED_LOCK:
             upgraded = self.url in _UPGRADED
-        if upgraded and self.schema_version() == SCHEMA_VERSION:
-            return
+        if upgraded:
+            try:
+                if self.schema_version() == SCHEMA_VERSION:
+                    return
+            except (sa.exc.SQLAlchemyError, TypeError, ValueError):
+                pass  # the tables or the version are gone: build them again
         self._upgrade()
-        with _UPGRADED_LOCK:
-            _UPGRADED.add(self.url)
+        if remembered:
+            with _UPGRADED_LOCK:
+                _UPGRADED.add(self.url)
 
     def _upgrade(self) -> None:
         """Create a new ledger at the current version, or bring an older one up to it, step by step.

@@ -62,14 +62,17 @@ class Messages:
             for batch in by_shape.values():
                 self.db.upsert(conn, messages, batch, ["msgid"], kept=("conversation_id", "msec"))
 
-    def mark(self, msgids: list[str], status: MessageStatus) -> None:
+    def mark(self, msgids: list[str], status: MessageStatus) -> int:
         """Move these messages to `status` (reconcile's repair marks the missing ones `failed`, to be sent again);
-        a message whose status may not move there (`status.TRANSITIONS`) keeps its own."""
+        a message whose status may not move there (`status.TRANSITIONS`) keeps its own. Returns how many moved."""
         sources = [s.value for s in MessageStatus if allowed(s, status)]
+        moved = 0
         with self.db.engine.begin() as conn:
             for part in slices(msgids):
-                conn.execute(messages.update().where(messages.c.msgid.in_(part), messages.c.status.in_(sources))
-                             .values(status=MessageStatus(status).value, updated_at=time.time()))
+                moved += conn.execute(messages.update().where(messages.c.msgid.in_(part),
+                                                              messages.c.status.in_(sources))
+                                      .values(status=MessageStatus(status).value, updated_at=time.time())).rowcount
+        return moved
 
     def mark_needs_edit(self, msgids: list[str]) -> None:
         """Say that amoCRM holds other content for these sent messages (reconcile's repair): the next run edits

@@ -123,11 +123,15 @@ class ConversationSend:
         conversation stops here."""
         ctx = self.ctx
         ctx.claims.check()
-        sent, landed = None, {}
+        sent, landed, refusal = None, {}, None
 
         async def send() -> None:
-            nonlocal sent
-            sent = await ctx.api.chats.new_message(message_payload(message, self.client))
+            nonlocal sent, refusal
+            try:
+                sent = await ctx.api.chats.new_message(message_payload(message, self.client))
+            except InvalidRequest as exc:
+                refusal = exc
+                raise
 
         async def read_back() -> bool:
             landed.update(await landed_in_chat(ctx, self.chat_id, {message.msgid}, int(message.msec), patience=4))
@@ -137,9 +141,10 @@ class ConversationSend:
             return isinstance(exc, InvalidRequest) and (exc.may_have_landed or message.msgid in self.unresolved)
 
         error = await resolve(send, read_back, rounds=1, may_have_landed=may_be_repeat)
-        if isinstance(error, InvalidRequest) and not landed and not may_be_repeat(error):
-            self.outcomes.append(ledger_row(message, status=MessageStatus.REJECTED, last_error=str(error)))
-            ctx.report.api_rejected[f"api_{error.code or error.status}"] += 1
+        if error is not None and error is refusal and not may_be_repeat(refusal):
+            # amoCRM refused this message's data, and nothing of it can have landed: the conversation goes on.
+            self.outcomes.append(ledger_row(message, status=MessageStatus.REJECTED, last_error=str(refusal)))
+            ctx.report.api_rejected[f"api_{refusal.code or refusal.status}"] += 1
             return
         if error is not None:
             raise error
