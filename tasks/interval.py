@@ -58,7 +58,7 @@ async def days_to_revisit(settings: Settings, days: list[Interval]) -> dict[str,
             elif recorded[0] != "complete":
                 revisit[day.label] = recorded[0]
             else:
-                rows, digest = source_digest(settings, day, senders)
+                rows, digest = day_digest(settings, day, senders)
                 if (recorded[1].get("source_rows"), recorded[1].get("source_digest")) != (rows, f"{digest:016x}"):
                     revisit[day.label] = "changed"
     finally:
@@ -66,7 +66,7 @@ async def days_to_revisit(settings: Settings, days: list[Interval]) -> dict[str,
     return revisit
 
 
-def source_digest(settings: Settings, day: Interval, senders: Senders) -> tuple[int, int]:
+def day_digest(settings: Settings, day: Interval, senders: Senders) -> tuple[int, int]:
     """The day's source rows and their digest, as an import of the day records them; reads only the source."""
     source = open_interval(settings, day)
     try:

@@ -55,9 +55,10 @@ class Messages:
         now = time.time()
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in rows:
-            if "status" in row:
-                row = {**row, "status": str(row["status"])}  # a MessageStatus is stored as its plain value
-            by_shape.setdefault(tuple(sorted(row)), []).append({**row, "updated_at": now})
+            stored = {**row, "updated_at": now}
+            if "status" in stored:
+                stored["status"] = str(stored["status"])  # a MessageStatus is stored as its plain value
+            by_shape.setdefault(tuple(sorted(row)), []).append(stored)
         with self.db.engine.begin() as conn:
             for batch in by_shape.values():
                 self.db.upsert(conn, messages, batch, ["msgid"], kept=("conversation_id", "msec"))

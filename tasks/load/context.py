@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from amojo.errors import FATAL, AmojoError
@@ -32,12 +32,12 @@ class LoadReport:
 
     def add(self, other: LoadReport) -> None:
         """Fold another chunk's report into this one."""
-        for name in ("chats_created", "contacts_created", "contacts_matched", "links_created", "messages_sent",
-                     "messages_skipped", "messages_edited", "failed", "held_back"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.api_rejected.update(other.api_rejected)
-        self.quarantined.update(other.quarantined)
-        self.stopped.update(other.stopped)
+        for counter in fields(self):
+            mine = getattr(self, counter.name)
+            if isinstance(mine, int):
+                setattr(self, counter.name, mine + getattr(other, counter.name))
+            else:  # the Counter and the dicts
+                mine.update(getattr(other, counter.name))
 
     def stop(self, conversation_id: str, error: AmojoError) -> None:
         """This conversation goes no further in this run; the next run resumes it from the ledger. An error that
