@@ -11,6 +11,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
 from etl.cli import commands as cli
+from etl.cli import runner
 
 
 def _announced(capsys: pytest.CaptureFixture[str]) -> list[str]:
@@ -86,7 +87,7 @@ def test_a_temporary_server_too_slow_to_start_is_one_line_naming_the_timeout(mon
 
     def slow_start(coroutine: object) -> None:
         getattr(coroutine, "close", lambda: None)()
-        raise RuntimeError(f"{cli.EPHEMERAL_TIMEOUT}. stdout: ... stderr: ...")
+        raise RuntimeError(f"{runner.EPHEMERAL_TIMEOUT}. stdout: ... stderr: ...")
 
     monkeypatch.setattr(cli, "_preflight", lambda **kwargs: None)
     monkeypatch.setattr(cli.asyncio, "run", slow_start)

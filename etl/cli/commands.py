@@ -34,7 +34,7 @@ from .render import (
     reconcile_table,
     status_tables,
 )
-from .runner import EPHEMERAL_TIMEOUT, _announce_prefect, _preflight, _run  # noqa: F401 - the tests fake a timeout
+from .runner import _announce_prefect, _preflight, _run
 
 F = TypeVar("F", bound=Callable[..., Any])
 
