@@ -10,9 +10,18 @@ from datetime import date
 from typing import Annotated
 
 import typer
+import typer.rich_utils
+from rich.console import Console
 
 from ..errors import classify
 from .render import _fail, console
+
+HELP_WIDTH = 120
+"""The narrowest width a --help is drawn at: at this width no option's help is cut short. Rich fits a table to the
+terminal (80 columns when piped) and ends each word that does not fit its column with "…", so `[env var: …]` lost
+the variable's name; a narrower terminal wraps the longer lines instead, and nothing is lost."""
+# typer draws its help on a console of this width (its TERMINAL_WIDTH variable sets it too, and still may: wider)
+typer.rich_utils.MAX_WIDTH = max(typer.rich_utils.MAX_WIDTH or Console().width, HELP_WIDTH)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="`amojo-etl`: the console script. Its commands run the same Prefect flows a deployment runs.")
