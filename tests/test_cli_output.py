@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from datetime import UTC, datetime
 
 import pytest
 from typer.testing import CliRunner
@@ -118,6 +120,22 @@ def test_rejects_csv_stays_exact(ledger_url: str, tmp_path) -> None:
         rows = list(csv.DictReader(f))
     assert sorted(r["source_key"] for r in rows) == sorted(f"message:{value}" for value in NASTY)
     assert sorted(r["detail"] for r in rows) == sorted(NASTY)
+
+
+def test_rejects_csv_writes_its_times_in_iso_8601_utc(ledger_url: str, tmp_path) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    ledger = Ledger(ledger_url)
+    ledger.rejects.save([{"source_key": "message:m1@2026-10-01T10:00:00Z", "reason": "empty_text", "detail": "",
+                          "row": "{}"}], "2026-10-01..2026-10-02")
+    ledger.close()
+    out = tmp_path / "rejects.csv"
+    result = CliRunner().invoke(cli.app, ["rejects", "--csv", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    with out.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    # the same form as the times in the source keys beside it: 2026-10-01T10:00:00Z
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row["updated_at"]), row["updated_at"]
+    assert before <= datetime.fromisoformat(row["updated_at"]) <= datetime.now(UTC)
 
 
 def test_status_prints_ledger_summaries_as_data(ledger_url: str) -> None:

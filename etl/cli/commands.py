@@ -172,8 +172,11 @@ def _write_rejects(rows: list[dict[str, Any]], csv: Path) -> None:
     import pandas as pd
 
     columns = ["interval_label", "source_key", "reason", "detail", "row", "updated_at"]
+    frame = pd.DataFrame(rows, columns=columns).rename(columns={"interval_label": "interval"})
+    # the ledger keeps Unix seconds; the file shows them as the source keys beside them show theirs: ISO 8601 UTC
+    frame["updated_at"] = pd.to_datetime(frame["updated_at"], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     try:
-        pd.DataFrame(rows, columns=columns).rename(columns={"interval_label": "interval"}).to_csv(csv, index=False)
+        frame.to_csv(csv, index=False)
     except OSError as exc:
         raise ConfigurationError(f"cannot write --csv {csv}: {exc.strerror or exc}; choose a path in a "
                                  "writable directory") from None
