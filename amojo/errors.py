@@ -3,7 +3,7 @@
     AmojoError
     ├── SignatureRejected   ┐
     ├── Unauthorized        │ FATAL: every request of the run would meet the same
-    ├── AccessDenied        │
+    ├── AccessDenied        │   (AccountBlocked: for overrunning the REST limit)
     ├── Redirected          ┘
     ├── InvalidRequest      the data: resending it will not help
     ├── Refused             amoCRM's own reasons: a later run tries again
@@ -47,6 +47,11 @@ class Unauthorized(AmojoError):
 
 class AccessDenied(AmojoError):
     """402/403 from REST v4: account unpaid, blocked or the IP not allowed."""
+
+
+class AccountBlocked(AccessDenied):
+    """403 with an HTML page from REST v4: amoCRM blocked the account for overrunning its request limit again and
+    again (amojo-api.md §5.2). Every request until the block lifts prolongs it: stop, wait, send slower."""
 
 
 class InvalidRequest(AmojoError):

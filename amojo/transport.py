@@ -18,6 +18,7 @@ import httpx
 
 from .errors import (
     AccessDenied,
+    AccountBlocked,
     AmojoError,
     InvalidRequest,
     NotFound,
@@ -171,6 +172,14 @@ def error_for(response: httpx.Response, api: str) -> AmojoError:
             status=status,
             code=code,
         )
+    if status == 403 and response.headers.get("Content-Type", "").startswith("text/html"):
+        # amoCRM's nginx page, not the API: the account is blocked (§5.2). Its own 403s (code 113) are JSON.
+        return AccountBlocked(
+            f"{where}: 403 with an HTML page: amoCRM has blocked the account for exceeding its REST limit (7 "
+            "requests/s per account) again and again. Stopped rather than retrying into the block: wait for it to "
+            "lift (amoCRM does not say how long), then run again with a lower AMOJO_ETL_REST_RATE, or with "
+            "AMOJO_ETL_SHARED_REST_RATE_LIMIT when several runs or workers share the account.",
+            status=status)
     if status in (402, 403):
         return AccessDenied(f"{where}: {status} access denied ({reason})", status=status, code=code)
     if status == 429:

@@ -131,6 +131,32 @@ def test_the_rate_limiters_own_429_keeps_seconds(emulator_config):
     assert limited and all(a.headers["Retry-After"].isdigit() for a in limited)
 
 
+def test_repeated_rest_overruns_block_the_account_with_an_html_403(emulator_config):
+    """amojo-api.md §5.2: over the REST limit is a 429; repeatedly over it, the account is blocked and amoCRM's
+    nginx answers every REST request 403 with an HTML page, whatever the token, until the block lifts."""
+    emulator_config.rest_rate = 1.0
+    emulator_config.rest_block_after, emulator_config.rest_block_window_s = 2, 60.0
+    emulator_config.rest_block_s = 600.0
+    with start(emulator_config) as running:
+        statuses = [rest(running, "GET", "/api/v4/account").status_code for _ in range(2)]
+        assert statuses == [200, 429]  # a burst of one a second: the second is the first overrun
+        blocked = rest(running, "GET", "/api/v4/account")  # the second overrun blocks the account
+        assert blocked.status_code == 403 and blocked.headers["Content-Type"].startswith("text/html")
+        assert "<html>" in blocked.text and "403 Forbidden" in blocked.text
+        other = httpx.get(f"{running.url}/api/v4/users", headers={"Authorization": "Bearer another-token"})
+        assert (other.status_code, other.headers["Content-Type"][:9]) == (403, "text/html")
+        assert connect(running).status_code == 200  # the Chats API is not REST's limit
+        running.emulator.set_clock(datetime.now(UTC) + timedelta(seconds=601))  # the block is over
+        assert rest(running, "GET", "/api/v4/account").status_code in (200, 429)
+
+
+def test_without_rest_block_after_overruns_stay_429s(emulator_config):
+    emulator_config.rest_rate = 1.0
+    with start(emulator_config) as running:
+        statuses = {rest(running, "GET", "/api/v4/account").status_code for _ in range(6)}
+    assert statuses == {200, 429}
+
+
 # -- 3. the script: any status, one-shot, per endpoint
 def test_scripted_408_on_contacts_has_no_effect(running):
     answer = set_faults(running, {"script": [{"endpoint": "contacts", "method": "POST", "status": 408}]})

@@ -319,3 +319,24 @@ def test_a_finished_run_exits_with_its_verdict_and_no_error(working_env: dict[st
         monkeypatch.setattr(cli, "_run_import", lambda *args, v=verdict: ({**summary, "verdict": v}, None))
         output = _invoke(Case(["import", *TODAY_RANGE], code, ""), working_env, servers, tmp_path)
         assert "error" not in output, output
+
+
+def test_a_blocked_account_stops_the_command_at_its_first_html_403(working_env: dict[str, str], source: str,
+                                                                    tmp_path: Path) -> None:
+    """amojo-api.md §5.2: an account blocked for overrunning the REST limit answers 403 with an HTML page; the
+    command stops at the first such answer with one line saying what happened and what to do (exit 1: the
+    settings are right, the account cannot be used now), rather than retrying into the block."""
+    import httpx
+
+    config = EmulatorConfig(channel_secret=CHANNEL_SECRET, token=TOKEN, rest_rate=1.0, rest_block_after=1)
+    with start(config) as running:
+        for _ in range(2):  # one a second: the second overruns the limit, which blocks the account
+            httpx.get(f"{running.url}/api/v4/account", headers={"Authorization": f"Bearer {TOKEN}"})
+        running.emulator.request_log.clear()
+        env = {**working_env, "AMOJO_ETL_AMOJO_URL": running.url, "AMOJO_ETL_AMOCRM_URL": running.url}
+        result = CliRunner().invoke(cli.app, ["import", *TODAY_RANGE], env=env)
+        log = [(api, endpoint, status) for _, api, endpoint, status in running.emulator.request_log]
+    assert result.exit_code == 1, result.output
+    _assert_one_line(result.output, "blocked")
+    assert "AMOJO_ETL_REST_RATE" in result.output and "wait" in result.output
+    assert log == [("rest", "account", 403)]  # the first answer was the block's, and nothing followed it

@@ -11,7 +11,16 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from amojo.errors import InvalidRequest, RateLimited, Redirected, Refused, Transient
+from amojo.errors import (
+    FATAL,
+    AccessDenied,
+    AccountBlocked,
+    InvalidRequest,
+    RateLimited,
+    Redirected,
+    Refused,
+    Transient,
+)
 from amojo.transport import RetryPolicy, TokenBucket, Transport, retry_after
 
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
@@ -67,6 +76,44 @@ async def test_a_redirect_stops_the_run_naming_the_url_settings(status):
     with pytest.raises(Redirected, match="AMOJO_ETL_AMOCRM_URL"):
         await transport.request("GET", "/api/v4/users")
     assert len(sent) == 1
+
+
+NGINX_403 = ("<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n<center><h1>403 Forbidden</h1>"
+             "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
+def _answering(status: int, **body: object) -> tuple[Transport, list[httpx.Request]]:
+    """A REST v4 transport whose every request gets this answer."""
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(status, **body)
+
+    client = httpx.AsyncClient(base_url="http://api.test", transport=httpx.MockTransport(handler))
+    return Transport(client, "REST v4"), sent
+
+
+async def test_a_403_with_an_html_page_is_the_account_blocked_and_stops_at_once():
+    """amojo-api.md §5.2: an account that overran the REST limit again and again is blocked, and amoCRM's nginx
+    answers an HTML page with 403: sending again would only prolong the block."""
+    transport, sent = _answering(403, headers={"Content-Type": "text/html"}, text=NGINX_403)
+    with pytest.raises(AccountBlocked) as blocked:
+        await transport.request("GET", "/api/v4/contacts", params={"query": "x"})
+    assert len(sent) == 1 and isinstance(blocked.value, FATAL)
+    message = str(blocked.value)
+    assert "blocked" in message and "AMOJO_ETL_REST_RATE" in message and "wait" in message
+    assert "<" not in message and "\n" not in message  # what happened and what to do, not the page
+
+
+async def test_a_403_in_the_apis_own_json_is_access_denied_not_a_block():
+    """403 code 113 (the IP is not in the API whitelist, §5.3) comes as problem+json: no block to wait out."""
+    transport, sent = _answering(403, json={"title": "Forbidden", "status": 403, "detail": "IP not in whitelist"},
+                                 headers={"Content-Type": "application/problem+json"})
+    with pytest.raises(AccessDenied) as denied:
+        await transport.request("GET", "/api/v4/account")
+    assert not isinstance(denied.value, AccountBlocked) and len(sent) == 1
+    assert "IP not in whitelist" in str(denied.value)
 
 
 def test_retry_after_in_seconds_and_as_an_http_date_counted_from_the_answers_date():

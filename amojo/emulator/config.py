@@ -283,6 +283,14 @@ class EmulatorConfig:
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body; larger ones get 413"})
     rest_rate: float | None = field(default=7.0, metadata={  # Q14, per token
         "help": "REST v4 requests per second per token (0: no limit)"})
+    # §5.2: an account that overruns the REST limit again and again is blocked: amoCRM's nginx answers every REST
+    # request 403 with an HTML page. ⚠️ How many overruns, within how long, and for how long are not stated (Q19):
+    # off by default.
+    rest_block_after: int = field(default=0, metadata={
+        "help": "block the account after this many REST overruns (429s) within --rest-block-window-s: every REST "
+                "request then gets 403 with an HTML page for --rest-block-s (0: never)"})
+    rest_block_window_s: float = field(default=60.0, metadata={"help": "the window the overruns are counted in"})
+    rest_block_s: float = field(default=3600.0, metadata={"help": "how long a block lasts"})
     # Q13 ⚠️: the most contacts per POST /api/v4/contacts and links per POST /api/v4/contacts/chats; a larger
     # batch is a 400 problem+json. amoCRM documents no maximum; §9 says accept up to 250.
     rest_batch_max: int = field(default=250, metadata={"help": "most contacts or links in one REST write"})
@@ -297,5 +305,9 @@ class EmulatorConfig:
         for name in ("rest_batch_max", "max_body_bytes"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {getattr(self, name)!r}")
+        if not _is_int(self.rest_block_after) or self.rest_block_after < 0:
+            raise ValueError(f"rest_block_after must be an integer >= 0, not {self.rest_block_after!r}")
+        for name in ("rest_block_window_s", "rest_block_s"):
+            setattr(self, name, _number(name, getattr(self, name), MAX_DELAY_S))
         _choice("ref_id_participants", self.ref_id_participants, ("reject", "accept"))
         _choice("participant_updates", self.participant_updates, ("merge", "keep"))

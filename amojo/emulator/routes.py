@@ -1,7 +1,8 @@
 """The emulator's URL map: every route with its handler, and the middleware each API's routes are wrapped in.
 
 Outermost first: the request log, the exception boundary, the body limit, the API's gate (the Chats API's signature,
-REST's token) and rate limit, then the faults (the script, random faults before any effect, lost answers after it).
+REST's account block and token) and rate limit, then the faults (the script, random faults before any effect, lost
+answers after it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .handlers.messages import MessagesHandlers
 from .handlers.rest import RestHandlers
 from .inputs import ApiError, parse_json
 from .middleware import Handler, stack
+from .middleware.block import AccountBlock, BlockGate
 from .middleware.bodylimit import BodyLimit
 from .middleware.boundary import ErrorBoundary
 from .middleware.faults import InjectedFaults
@@ -90,6 +92,9 @@ class ApiMiddleware:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self.buckets: dict[str, RateBucket] = {}
+        config = emulator.config
+        self.block = AccountBlock(after=config.rest_block_after, window_s=config.rest_block_window_s,
+                                  seconds=config.rest_block_s, now=lambda: emulator.now())
 
     def chats(self, endpoint: str) -> list[Middleware]:
         emulator, config = self.emulator, self.emulator.config
@@ -102,9 +107,10 @@ class ApiMiddleware:
 
     def rest(self, endpoint: str) -> list[Middleware]:
         gate = [  # the OAuth endpoint is how a token is had: it takes none
+            Middleware(BlockGate, block=self.block),  # nginx's, before the API looks at the token
             Middleware(TokenGate, store=self.emulator.store),
             Middleware(RateLimit, rate=self.emulator.config.rest_rate,
-                       key=lambda request: f"rest:{bearer_token(request)}", buckets=self.buckets),
+                       key=lambda request: f"rest:{bearer_token(request)}", buckets=self.buckets, block=self.block),
         ] if endpoint != "oauth" else []
         return self._api("rest", endpoint, rest_render, gate)
 

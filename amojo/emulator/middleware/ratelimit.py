@@ -1,4 +1,5 @@
-"""The server's rate limit: a request over it is refused 429 with Retry-After in seconds."""
+"""The server's rate limit: a request over it is refused 429 with Retry-After in seconds, and counted towards the
+account's block (`block.AccountBlock`) when there is one."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import time
 from collections.abc import Callable
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
 from . import Handler
+from .block import NGINX_403, AccountBlock
 
 
 class RateBucket:
@@ -35,16 +37,21 @@ class RateBucket:
 
 class RateLimit:
     """`rate` requests a second (None: no limit) per bucket; `key` names a request's bucket (the Chats API has
-    one, REST one per token). `buckets` are shared by every route that draws on them."""
+    one, REST one per token). `buckets` are shared by every route that draws on them, as is `block`, which counts
+    the overruns."""
 
     def __init__(self, app: Handler, *, rate: float | None, key: Callable[[Request], str],
-                 buckets: dict[str, RateBucket]) -> None:
-        self.app, self.rate, self.key, self.buckets = app, rate, key, buckets
+                 buckets: dict[str, RateBucket], block: AccountBlock | None = None) -> None:
+        self.app, self.rate, self.key, self.buckets, self.block = app, rate, key, buckets, block
 
     async def __call__(self, request: Request) -> Response:
         if self.rate:
             wait = self.buckets.setdefault(self.key(request), RateBucket(self.rate)).take()
             if wait is not None:
+                if self.block is not None:
+                    self.block.overrun()
+                    if self.block.blocked():  # this overrun was the last straw
+                        return HTMLResponse(NGINX_403, status_code=403)
                 return Response(
                     status_code=429,
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
