@@ -158,15 +158,24 @@ REPORTED_ONLY = ("deleted_at_source",)
 
 @dataclass
 class DayAudit(Result):
-    """One day audited: the source's rows, the ledger's messages by status, amoCRM's, and the differences."""
+    """One day audited: the source's rows, the ledger's messages by status, amoCRM's, and the differences.
+
+    The source's rows of a day are those created on it and those created before it and edited on it (read again
+    for their edit: `edited`). What became of the rows created on the day adds up:
+    `created = in_amocrm + rejected + not_in_amocrm`; an edited row is counted on the day it was created.
+    """
 
     GOOD: ClassVar[str] = "consistent"
 
     day: str
-    source_valid: int = 0
+    source_valid: int = 0  # every row read for the day, created or edited on it
     source_rejected: int = 0
+    created: int = 0  # rows created on the day, valid or not
+    rejected: int = 0  # of those: rejected at the source, or refused by amoCRM for their data (api_NNN)
+    in_amocrm: int = 0  # of those: shown by amoCRM
+    edited: int = 0  # rows created before the day and edited on it
     ledger: dict[str, int] = field(default_factory=dict)  # sent (with confirmed), rejected, pending, failed
-    amocrm: int = 0  # messages of the day amoCRM shows
+    amocrm: int = 0  # messages of the day amoCRM shows, those deleted at the source since included
     not_sent: list[str] = field(default_factory=list)
     missing_in_amocrm: list[str] = field(default_factory=list)
     other_content: list[str] = field(default_factory=list)
@@ -180,15 +189,20 @@ class DayAudit(Result):
         return "differs" if any(getattr(self, kind) for kind in DIFFERENCES if kind not in REPORTED_ONLY) \
             else "consistent"
 
+    @property
+    def not_in_amocrm(self) -> int:
+        """Rows created on the day, valid, that amoCRM does not show (not sent, or missing there)."""
+        return self.created - self.rejected - self.in_amocrm
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "verdict": self.verdict}
+        return {**asdict(self), "not_in_amocrm": self.not_in_amocrm, "verdict": self.verdict}
 
     def row(self) -> dict[str, Any]:
         """The day as a row of the audit's table artifact."""
-        return {"day": self.day, "source": self.source_valid + self.source_rejected,
-                "source rejected": self.source_rejected, "ledger sent": self.ledger.get("sent", 0),
+        return {"day": self.day, "created": self.created, "in amoCRM": self.in_amocrm, "rejected": self.rejected,
+                "not in amoCRM": self.not_in_amocrm, "edited": self.edited, "ledger sent": self.ledger.get("sent", 0),
                 "ledger rejected": self.ledger.get("rejected", 0), "ledger pending": self.ledger.get("pending", 0),
-                "ledger failed": self.ledger.get("failed", 0), "amoCRM": self.amocrm,
+                "ledger failed": self.ledger.get("failed", 0),
                 **{kind.replace("_", " "): len(getattr(self, kind)) for kind in DIFFERENCES},
                 "repaired": self.repaired, "verdict": self.verdict}
 
@@ -202,7 +216,9 @@ class DayAudit(Result):
 
 @dataclass
 class AuditSummary(Result):
-    """An audit of a range: the three counts summed, the differences by kind, and each day's audit."""
+    """An audit of a range: the days' counts summed, the differences by kind, and each day's audit. `created`,
+    `in_amocrm`, `rejected` and `edited` are as in `DayAudit`; `source` (every row read, edits included) and
+    `amocrm` (every message of the range amoCRM shows) are kept for readers of the JSON."""
 
     GOOD: ClassVar[str] = "consistent"
 
@@ -213,6 +229,10 @@ class AuditSummary(Result):
     differences: dict[str, int]
     repaired: int
     by_day: list[DayAudit]
+    created: int = 0
+    in_amocrm: int = 0
+    rejected: int = 0
+    edited: int = 0
 
     @classmethod
     def of(cls, audits: list[DayAudit]) -> AuditSummary:
@@ -220,13 +240,24 @@ class AuditSummary(Result):
                    source=sum(a.source_valid + a.source_rejected for a in audits),
                    amocrm=sum(a.amocrm for a in audits),
                    differences={kind: sum(len(getattr(a, kind)) for a in audits) for kind in DIFFERENCES},
-                   repaired=sum(a.repaired for a in audits), by_day=audits)
+                   repaired=sum(a.repaired for a in audits), by_day=audits,
+                   created=sum(a.created for a in audits), in_amocrm=sum(a.in_amocrm for a in audits),
+                   rejected=sum(a.rejected for a in audits), edited=sum(a.edited for a in audits))
+
+    @property
+    def not_in_amocrm(self) -> int:
+        return self.created - self.rejected - self.in_amocrm
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "by_day": [a.as_dict() for a in self.by_day]}
+        return {**asdict(self), "not_in_amocrm": self.not_in_amocrm, "by_day": [a.as_dict() for a in self.by_day]}
 
     @property
     def headline(self) -> str:
-        return (f"{self.source} in the source · {self.amocrm} in amoCRM · "
-                + " · ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in self.differences.items() if n)
-                + (" · " if any(self.differences.values()) else "") + self.verdict)
+        """What became of the rows created in the range, which adds up, then the edits of earlier rows and the
+        differences: `5621 created in the source = 5550 in amoCRM + 71 rejected · 40 edited · consistent`."""
+        parts = [f"{self.created} created in the source = {self.in_amocrm} in amoCRM + {self.rejected} rejected"
+                 + (f" + {self.not_in_amocrm} not in amoCRM" if self.not_in_amocrm else "")]
+        if self.edited:
+            parts.append(f"{self.edited} edited (created earlier, counted on their own day)")
+        parts += [f"{n} {kind.replace('_', ' ')}" for kind, n in self.differences.items() if n]
+        return " · ".join([*parts, self.verdict])

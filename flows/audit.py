@@ -1,7 +1,8 @@
 """audit: does amoCRM hold what the source database holds? Source, ledger and amoCRM compared day by day.
 
-Per day, three counts (the source's rows, the ledger's messages by status, the messages amoCRM shows) and the
-differences by message id: in the source but not sent; sent but missing in amoCRM; in amoCRM with other content;
+Per day, the source's rows created on it and what became of them (in amoCRM, rejected, or not there), the rows
+created earlier and edited on it (each counted on the day it was created), the ledger's messages by status, and
+the differences by message id: in the source but not sent; sent but missing in amoCRM; in amoCRM with other content;
 changed at the source since it was sent; in amoCRM but no longer in the source (deleted at the source: reported,
 never deleted in amoCRM). With `repair`, what is missing is sent and what differs is edited, through the same
 exactly-once path as an import (an import of the day). An audit writes nothing to amoCRM without `repair`.
@@ -70,15 +71,21 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
     """One day's three views and their differences. Reads the source, the ledger and the day's chat histories."""
     found = DayAudit(day.label)
     source: dict[str, int] = {}  # msgid -> content hash, of the day's valid rows
+    created: set[str] = set()  # of those, the ones created on the day (the rest were edited on it)
+    edited_rows = 0  # rows read for their edit on the day, valid or not
     stream = open_interval(settings, day)
     try:
-        for _, batch in transformed_chunks(stream, settings, senders, day.label):
+        for frames, batch in transformed_chunks(stream, settings, senders, day.label):
             batch = own_ids(batch, ledger, register=False)
             source.update(zip(batch.messages["msgid"], batch.messages["content_hash"].astype("int64"), strict=True))
+            created.update(batch.messages["msgid"][batch.messages["msec"] >= day.start_ms])
+            edited_rows += int((frames.messages["created_ms"] < day.start_ms).sum())
             found.source_rejected += len(batch.rejects)
     finally:
         stream.close()
     found.source_valid = len(source)
+    found.edited = edited_rows
+    found.created = found.source_valid + found.source_rejected - edited_rows
 
     states = ledger.messages.states(source)
     for msgid, content_hash in source.items():
@@ -88,19 +95,22 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
             found.ledger["sent"] = found.ledger.get("sent", 0) + 1
             if int(state.content_hash) != content_hash:
                 found.changed_at_source.append(msgid)
-        elif status == MessageStatus.REJECTED:
+        elif status == MessageStatus.REJECTED:  # refused by amoCRM for its data
             found.ledger["rejected"] = found.ledger.get("rejected", 0) + 1
+            found.rejected += int(msgid in created)
         else:
             # The audit's ledger counts: sent, rejected, and the unsent as failed or pending.
             kind = "failed" if status == MessageStatus.FAILED else "pending"
             found.ledger[kind] = found.ledger.get(kind, 0) + 1
             found.not_sent.append(msgid)
+    found.rejected += found.source_rejected - (edited_rows - (len(source) - len(created)))  # created on the day
     conversations = [c for c, _ in ledger.messages.conversations_between(day.start_ms, day.end_ms)]
-    found.deleted_at_source = sorted(row.msgid for row in ledger.messages.between(conversations, day.start_ms,
-                                                                                  day.end_ms)
-                                     if row.status in DONE and row.msgid not in source)
+    held = ledger.messages.between(conversations, day.start_ms, day.end_ms)
+    found.deleted_at_source = sorted(row.msgid for row in held if row.status in DONE and row.msgid not in source)
 
     verdict = await reconcile_task(api, ledger, day.start_ms, day.end_ms, label=day.label)
+    expected = {row.msgid for row in held if row.status != MessageStatus.REJECTED}  # what the read-back checked
+    found.in_amocrm = len((created & expected) - set(verdict.missing))
     found.missing_in_amocrm = sorted(verdict.missing)
     found.other_content = sorted(set(verdict.mismatched) - set(found.changed_at_source))
     found.duplicates = sorted(verdict.duplicates)

@@ -133,3 +133,26 @@ async def test_an_audit_read_while_another_run_writes_into_the_chats_finds_only_
     assert set(held.values()) == {1} and len(held) == 241
     texts = {m["msgid"]: m["message"].get("text") for m in store.messages()}
     assert texts["ae-cv0-30"] == "corrected at the source meanwhile" and texts["ae-late-1"] == "synced late"
+
+
+async def test_the_headline_adds_up_rows_created_on_a_day_apart_from_rows_edited_on_it(emulator, source_env):
+    """A row edited on a later day is read again on that day (the edits pass), and a rejected row is never in
+    amoCRM: the headline counts the rows created in the range, and what became of each, so that a consistent
+    audit reads `created = in amoCRM + rejected`, the edits beside it, not a shortfall."""
+    source = source_env
+    for day in DAYS:
+        write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
+    execute(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) VALUES "
+                    "('blank-1', 'd5-cv1', '2026-10-05 21:00:00', 'in', 'text', '   ')")  # rejected: empty_text
+    execute(source, "UPDATE messages SET text = 'corrected the next day', updated_at = '2026-10-05 09:00:00' "
+                    "WHERE id = 'd4-cv0-1'")  # created on the 4th, edited on the 5th
+    for day in DAYS:
+        await import_chats(start=day, end=day + timedelta(days=1))
+
+    found = await audit(start=DAYS[0], end=DAYS[1] + timedelta(days=1))
+    assert found["verdict"] == "consistent"
+    assert (found["created"], found["in_amocrm"], found["rejected"], found["edited"]) == (13, 12, 1, 1)
+    assert found.headline.startswith("13 created in the source = 12 in amoCRM + 1 rejected · 1 edited")
+    by_day = {day["day"]: day for day in found.as_dict()["by_day"]}
+    second = by_day["2026-10-05..2026-10-06"]
+    assert (second["created"], second["in_amocrm"], second["rejected"], second["edited"]) == (7, 6, 1, 1)

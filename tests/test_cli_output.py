@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 from typer.testing import CliRunner
@@ -94,6 +94,27 @@ def test_dry_run_sample_payloads_print_exactly_without_raw_controls(capsys: pyte
         assert raw not in output
     printed = output.split("sample payloads, exactly as they would be sent:\n", 1)[1]
     assert json.loads(printed) == payloads  # the same JSON values, every character of them
+
+
+def test_the_audit_on_screen_adds_up_and_names_the_differences_by_id(capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The headline and each day's row count the rows created on the day and what became of each; the rows edited
+    on it (created earlier) beside them; the differences by message id, the first few, and how to see them all."""
+    from etl.cli.render import audit_table
+    from etl.summary import AuditSummary, DayAudit
+
+    monkeypatch.setenv("COLUMNS", "200")
+    lost = [f"ae-lost-{i:02d}" for i in range(14)]
+    day = DayAudit("2026-10-05..2026-10-06", source_valid=121, source_rejected=2, created=110, rejected=2,
+                   in_amocrm=94, edited=13, amocrm=94, ledger={"sent": 119}, missing_in_amocrm=lost)
+    audit_table(date(2026, 10, 5), date(2026, 10, 6))(AuditSummary.of([day]))
+    shown = capsys.readouterr()
+    screen = shown.out + shown.err
+    assert "110 created in the source = 94 in amoCRM + 2 rejected + 14 not in amoCRM · 13 edited" in screen
+    header = next(line for line in shown.out.splitlines() if "created" in line and "edited" in line)
+    assert [word in header for word in ("in amoCRM", "rejected", "not in amoCRM")] == [True] * 3
+    assert all(msgid in screen for msgid in lost[:10]) and lost[10] not in screen
+    assert "and 4 more" in screen and "--json" in screen  # how to get every one of them
 
 
 def test_rejects_prints_source_keys_literally(ledger_url: str) -> None:

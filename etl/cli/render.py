@@ -174,19 +174,29 @@ def reconcile_table(start: date, end: date) -> Callable[[ReconcileSummary], None
     return render
 
 
+AUDIT_IDS_SHOWN = 10
+"""Message ids shown per day and kind of difference; --json has every one."""
+
+
 def audit_table(start: date, end: date) -> Callable[[AuditSummary], None]:
     def render(summary: AuditSummary) -> None:
-        rows = [[day.day, f"{day.source_valid + day.source_rejected} ({day.source_rejected} rejected)",
+        rows = [[day.day, day.created, day.in_amocrm, day.rejected, day.not_in_amocrm, day.edited,
                  ", ".join(f"{n} {status}" for status, n in sorted(day.ledger.items())) or "none",
-                 day.amocrm, sum(len(getattr(day, kind)) for kind in DIFFERENCES), day.verdict]
+                 sum(len(getattr(day, kind)) for kind in DIFFERENCES), day.verdict]
                 for day in summary.by_day]
-        _table(f"audit {start}..{end}: {summary.verdict}",
-               ["day", "source", "ledger", "amoCRM", "differences", "verdict"], rows)
+        _table(f"audit {start}..{end}", ["day", "created", "in amoCRM", "rejected", "not in amoCRM", "edited",
+                                          "ledger", "differences", "verdict"], rows)
+        Console().print(_plain(summary.headline, limit=None))
+        more = False
         for day in summary.by_day:
-            for kind, ids in day.as_dict().items():
-                if isinstance(ids, list) and ids:
-                    note(f"{day.day} {kind.replace('_', ' ')}: {', '.join(ids[:10])}"
-                         + (f" and {len(ids) - 10} more" if len(ids) > 10 else ""))
+            for kind in DIFFERENCES:
+                ids = getattr(day, kind)
+                if ids:
+                    more = more or len(ids) > AUDIT_IDS_SHOWN
+                    note(f"{day.day} {kind.replace('_', ' ')} ({len(ids)}): {', '.join(ids[:AUDIT_IDS_SHOWN])}"
+                         + (f" and {len(ids) - AUDIT_IDS_SHOWN} more" if len(ids) > AUDIT_IDS_SHOWN else ""))
+        if more:
+            note(f"every message id: amojo-etl audit --start {start} --end {end} --json")
 
     return render
 
