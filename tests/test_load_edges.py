@@ -14,7 +14,7 @@ from load_harness import DAY, edit_text, landed, run_interval, settings_for, wri
 
 from amojo.chats import ChatsClient
 from amojo.emulator.config import EmulatorConfig, Faults
-from amojo.errors import SignatureRejected
+from amojo.errors import AccountBlocked, SignatureRejected
 from etl.ledger import Ledger
 from etl.ledger.chats import Contacts
 from etl.ledger.leases import Leases
@@ -360,3 +360,20 @@ async def test_a_history_read_refused_while_resolving_a_repeat_loses_nothing(emu
     second = await run_interval(settings)
     assert second.verdict.verdict == "complete", second.verdict
     _once_each(emulator, 48)
+
+
+async def test_an_account_blocked_during_a_run_stops_it_at_the_first_html_403(emulator_config, tmp_path):
+    """amojo-api.md §5.2: a run that overruns amoCRM's REST limit gets the account blocked (an HTML 403 to every
+    REST request); the run stops at the first such answer instead of retrying into the block."""
+    from amojo.emulator.server import start
+
+    emulator_config.rest_rate, emulator_config.rest_block_after = 2.0, 1  # the run's own limit is 1000/s
+    source, ledger_url = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    write_source(source, conversations=12, messages=2)
+    with start(emulator_config) as running:
+        with pytest.raises(AccountBlocked, match="AMOJO_ETL_REST_RATE"):
+            await run_interval(settings_for(running, source, ledger_url, concurrency=1))
+        log = [(api, status) for _, api, _, status in running.emulator.request_log]
+    first = log.index(("rest", 403))
+    assert ("rest", 429) not in log[:first]  # the overrun was the block's, no 429 before to wait out
+    assert [entry for entry in log[first + 1:] if entry[0] == "rest"] == []  # nothing after it, no retry
