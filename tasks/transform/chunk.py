@@ -108,12 +108,11 @@ def _valid(m: pd.DataFrame, conversations: pd.DataFrame, clients: pd.DataFrame, 
 
 
 def _with_senders(m: pd.DataFrame, managers: pd.DataFrame, senders: Senders, rejects: Rejects) -> pd.DataFrame:
-    """Who each manager message is sent as (`ref_id`): the manager's amoCRM user, found by email
-    (`known_manager`), else the channel bot; those with neither are rejected."""
+    """Who each manager message is sent as (`ref_id`): the manager's amoCRM user, found by email, else the
+    channel bot; those with neither are rejected."""
     manager_email = m["manager_id"].map(per_value(managers["email"], lambda v: str(v).strip().lower()
                                                   if isinstance(v, str) else None))
     ref_id = manager_email.map(senders.amojo_id_by_email).astype(object)
-    m["known_manager"] = ref_id.notna()
     m["ref_id"] = ref_id.fillna(senders.bot_id) if senders.bot_id else ref_id
     m["outgoing"] = m["direction"] == "out"
     no_sender = m["outgoing"] & m["ref_id"].isna()
@@ -123,8 +122,12 @@ def _with_senders(m: pd.DataFrame, managers: pd.DataFrame, senders: Senders, rej
 
 
 def _message_rows(m: pd.DataFrame, managers: pd.DataFrame, senders: Senders, prefix: str) -> pd.DataFrame:
-    """The messages ready to send, in our ids, one conversation's in time order, with their content digests."""
-    as_manager = (m["outgoing"] & m["known_manager"]).to_numpy()
+    """The messages ready to send, in our ids, one conversation's in time order, with their content digests.
+
+    A manager message goes as the manager (our id for them, their name); one whose manager has no amoCRM user goes
+    as the channel bot (`ref_id`) under the manager's own name, so the name is not lost; without a manager, or a
+    name, it goes as the bot."""
+    as_manager = (m["outgoing"] & m["manager_id"].notna()).to_numpy()
     manager_name = m["manager_id"].map(printable_names(managers["name"]))
     messages = pd.DataFrame({
         "msgid": prefix + m["id"],
