@@ -6,7 +6,7 @@ import contextlib
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigurationError
+from .media import MAX_PRESIGN_S
 
 __all__ = ["ConfigurationError", "Settings", "load_settings", "with_secret_blocks"]
 
@@ -135,6 +136,22 @@ class Settings(BaseSettings):
         description="days before its own that a scheduled run reads again, to send rows that arrived late (a replica "
                     "catching up over a weekend, a phone synced days later); an unchanged day costs its source "
                     "query and nothing else")
+
+    media_check: Literal["off", "dry-run", "always"] = Field(
+        default="off",
+        description="whether media URLs are asked if they answer (one HEAD each): off; in dry runs; or in dry runs "
+                    "and before sending. Off by default: a run without internet must still end complete")
+    media_unreachable: Literal["reject", "send"] = Field(
+        default="reject",
+        description="what becomes of a new message whose media URL did not answer the check: rejected "
+                    "(media_unreachable, listed by `amojo-etl rejects`), or sent all the same")
+    media_url_expiry_s: int = Field(
+        default=MAX_PRESIGN_S, ge=60, le=MAX_PRESIGN_S,
+        description="seconds an s3:// media URL stays valid once presigned (at most 7 days, SigV4's limit): "
+                    "amoCRM downloads the file from the URL itself, possibly later than the import")
+    media_timeout_s: float = Field(default=10.0, gt=0, le=300,
+                                   description="seconds a media URL has to answer its HEAD request")
+    media_concurrency: int = Field(default=8, ge=1, le=64, description="media URLs asked at once")
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,7 @@ amoCRM before anything is done again (`amojo.resolve`).
 from .contacts import ContactIndex
 from .context import LoadContext, LoadReport
 from .loader import load, load_task, resolve_senders, resolve_senders_task
-from .plan import DryRun, own_ids, plan
+from .plan import DryRun, own_ids, plan, source_rows
 
 __all__ = ["ContactIndex", "DryRun", "LoadContext", "LoadReport", "load", "load_task", "own_ids", "plan",
-           "resolve_senders", "resolve_senders_task"]
+           "resolve_senders", "resolve_senders_task", "source_rows"]

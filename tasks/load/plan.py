@@ -56,7 +56,7 @@ def own_ids(batch: Batch, ledger: Ledger, *, register: bool = True) -> Batch:
     if not foreign.any():
         return batch
     rows = messages[foreign]
-    shown = _source_rows(rows)
+    shown = source_rows(rows)
     owner = rows["msgid"].map(known["conversation_id"])
     when = pd.to_datetime(rows["msgid"].map(known["msec"]).astype("int64"), unit="ms", utc=True)
     rejected = pd.DataFrame({
@@ -70,7 +70,7 @@ def own_ids(batch: Batch, ledger: Ledger, *, register: bool = True) -> Batch:
                  pd.concat([batch.rejects, rejected], ignore_index=True), batch.warnings)
 
 
-def _source_rows(messages: pd.DataFrame) -> pd.DataFrame:
+def source_rows(messages: pd.DataFrame) -> pd.DataFrame:
     """Valid messages shown as the source has them: source ids, created_at in UTC, what they say."""
     prefix_length = messages["msgid"].str.len() - messages["source_id"].str.len()
     return pd.DataFrame({

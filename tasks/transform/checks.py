@@ -8,6 +8,7 @@ import pandas as pd
 
 from amojo.payloads import MEDIA_TYPES, MESSAGE_TYPES
 from etl.ledger import KEY_LENGTH
+from etl.media import MEDIA_URL
 
 from .text import any_undecodable, unfit_ids
 from .values import as_texts
@@ -48,7 +49,7 @@ def content_checks(m: pd.DataFrame, now: datetime, text_limit: int | None) -> li
     """
     media_type = m["type"].isin(MEDIA_TYPES)
     media_url_ok = pd.Series(False, index=m.index)
-    media_url_ok[media_type] = m.loc[media_type, "media_url"].str.match(r"^https?://\S+$").fillna(False)
+    media_url_ok[media_type] = m.loc[media_type, "media_url"].str.match(MEDIA_URL).fillna(False)
     location = m["type"] == "location"
     lat, lon = m["latitude"], m["longitude"]
     checks = [
@@ -60,7 +61,8 @@ def content_checks(m: pd.DataFrame, now: datetime, text_limit: int | None) -> li
         (m["bad_utf8"], "invalid_utf8", "the text is not valid UTF-8"),
         ((m["type"] == "text") & m["blank_text"], "empty_text",
          "a text message with NULL, empty or only control characters as text"),
-        (media_type & ~media_url_ok, "bad_media_url", "a media message needs an http(s) media_url"),
+        (media_type & ~media_url_ok, "bad_media_url",
+         "a media message needs a media_url amoCRM can fetch: http(s)://..., or s3://bucket/key (presigned)"),
         (media_type & m["file_size"].notna() & m["file_bytes"].isna(), "bad_file_size",
          "file_size must be a whole number of bytes, 0 or more"),
         (location & (lat.isna() | lon.isna()), "bad_location",

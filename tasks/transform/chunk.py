@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from amojo.payloads import MEDIA_TYPES, NEEDS_FILE_META
+from etl.media import url_file_name
 from etl.source import MESSAGE_COLUMNS, SourceFrames, to_utc_ms
 
 from .batch import Batch, SeenIds, Senders
@@ -153,7 +154,7 @@ def _message_rows(m: pd.DataFrame, managers: pd.DataFrame, senders: Senders, pre
     messages = messages.sort_values(["conversation_id", "msec"], kind="stable").reset_index(drop=True)
     needs_name = messages["type"].isin(NEEDS_FILE_META) & messages["file_name"].isna()
     if needs_name.any():
-        messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].str.rsplit("/", n=1).str[-1]
+        messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].map(url_file_name)
     messages["content_hash"] = content_hash(messages)
     messages["text_hash"] = text_hash(messages["text"])
     return messages
