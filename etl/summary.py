@@ -65,6 +65,8 @@ class RunSummary(Result):
     source_rows: int = 0  # valid and rejected, as the source held them when read
     source_digest: str = ""  # of those rows (tasks.transform.source_digest): a changed day is found by it
     lookback: list[dict[str, Any]] = field(default_factory=list)  # the earlier days read again, and what came of it
+    # media URLs: presigned, sizes found, checked, and those that did not answer (the first few named)
+    media: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

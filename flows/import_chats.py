@@ -22,6 +22,7 @@ from etl.source import SourceStream
 from etl.summary import RunSummary
 from tasks.interval import days_to_revisit, open_interval, read_senders, transformed_chunks
 from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
+from tasks.media import MediaReport, media_links, media_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
 
@@ -160,8 +161,10 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             return await _rehearse(settings, interval, source, ledger, began)
         totals = RunTotals(interval.label)
         progress = await ImportProgress.start(interval.label, source.count())
+        media = MediaReport()
         async with open_api(settings, ledger) as api, RunClaims(ledger, settings.claim_timeout_s,
-                                                                request_s=settings.timeout_s) as claims:
+                                                                request_s=settings.timeout_s) as claims, \
+                media_links(settings) as links:
             api.guard(claims.check)  # no request goes out once this run's lease is gone
             await claims.hold_interval(interval)
             ledger.rejects.clear(interval.label)  # what is still bad is rejected again below
@@ -171,6 +174,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             for frames, batch in transformed_chunks(source, settings, senders, interval.label):
                 chunk = f"{interval.label}#{source.chunks}"
                 totals.add_source(batch)
+                batch = await media_task(batch, ledger, links, media, settings.media_check == "always",
+                                         settings.media_unreachable == "reject", True, label=chunk)
                 batch = own_ids(batch, ledger)  # registered as pending: what is sent from here on is known
                 totals.add_batch(batch)
                 # Chunks come in time order: a short one is the last, and then all of the interval is registered.
@@ -186,6 +191,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             claims.advance(interval.end_ms)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
             summary = totals.summary(verdict, time.monotonic() - began)
+            summary.media = asdict(media)
             # Recorded while the interval is still claimed: whoever waits for it then finds the outcome.
             ledger.intervals.save(interval.start.isoformat(), interval.end.isoformat(), summary.verdict,
                                  summary.as_dict())
@@ -200,10 +206,16 @@ async def _rehearse(settings: Settings, interval: Interval, source: SourceStream
     """A dry run: extract and transform, and say what load would do; no Chats API call, nothing written."""
     totals = RunTotals(interval.label, dry_run=True)
     plan = DryRun()
-    for _, batch in transformed_chunks(source, settings, await read_senders(settings, ledger), interval.label):
-        batch = own_ids(batch, ledger, register=False)
-        totals.add_batch(batch)
-        plan.add(batch, ledger)
+    media = MediaReport()
+    async with media_links(settings) as links:
+        for _, batch in transformed_chunks(source, settings, await read_senders(settings, ledger), interval.label):
+            # URLs are checked when asked for; never presigned: a dry run sends nothing, and shows its payloads
+            batch = await media_task(batch, ledger, links, media, settings.media_check != "off",
+                                     settings.media_unreachable == "reject", False, label=interval.label)
+            batch = own_ids(batch, ledger, register=False)
+            totals.add_batch(batch)
+            plan.add(batch, ledger)
     summary = totals.summary(None, time.monotonic() - began)
     summary.plan = asdict(plan)
+    summary.media = asdict(media)
     return summary

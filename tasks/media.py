@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from amojo.payloads import MEDIA_TYPES, NEEDS_FILE_META
 from etl.ledger import Ledger
 from etl.media import S3_URL, MediaLinks, Probe, shown_url
+from etl.settings import Settings
 from tasks import load as load_stage  # its `plan` function, which shares its name with a module of it
 from tasks.transform import Batch, json_lines, source_keys
 
@@ -44,6 +45,11 @@ class MediaReport:
         if len(self.unreachable_urls) < NAMED:
             self.unreachable_urls.append({"message_id": message_id, "url": shown_url(url), "why": probe.why,
                                           "outcome": outcome})
+
+
+def media_links(settings: Settings) -> MediaLinks:
+    """A run's media URLs, as the settings bound and presign them."""
+    return MediaLinks(settings.media_url_expiry_s, settings.media_timeout_s, settings.media_concurrency)
 
 
 async def fetchable_media(batch: Batch, ledger: Ledger, links: MediaLinks, report: MediaReport, *,

@@ -110,7 +110,10 @@ def _print_summary(summary: RunSummary | Mapping[str, Any]) -> None:
             ("messages to send", plan["messages_to_send"]),
             ("messages to edit", plan["messages_to_edit"]),
             ("messages already in amoCRM", plan["messages_to_skip"]),
-        ] + [r for r in rows if r[0].startswith(("rejected", "  "))] + [("verdict", "dry run: nothing sent")]
+        ] + [r for r in rows if r[0].startswith(("rejected", "  "))] + [
+            ("media URLs checked", _media_checked(summary.media)),
+            ("verdict", "dry run: nothing sent"),
+        ]
     table = Table(title=_plain(f"amojo-etl import {summary.interval}"), show_header=False)
     for name, value in rows:
         table.add_row(_plain(name), value if isinstance(value, Text) else _plain(value))
@@ -119,10 +122,25 @@ def _print_summary(summary: RunSummary | Mapping[str, Any]) -> None:
         _table("rejected rows (the first few; `amojo-etl rejects` lists all of them from the ledger)",
                ["source key", "reason", "detail"],
                [[r["source_key"], r["reason"], r["detail"]] for r in summary.reject_samples[:5]])
+    unreachable = summary.media.get("unreachable_urls") or []
+    if unreachable:
+        _table("media URLs that did not answer (amoCRM downloads media from its URL: fix them at the source)",
+               ["message id", "URL", "why", "message"],
+               [[u["message_id"], u["url"], u["why"], u["outcome"]] for u in unreachable])
+        if summary.media["unreachable"] > len(unreachable):
+            note(f"and {summary.media['unreachable'] - len(unreachable)} more; `amojo-etl rejects --reason "
+                 "media_unreachable` lists the rejected ones")
     if summary.dry_run and summary.plan["sample_payloads"]:
         Console().print("sample payloads, exactly as they would be sent:")
         # soft_wrap: a long line is left to the terminal, not broken by a newline inside a JSON string
         Console().print(_json_text(summary.plan["sample_payloads"]), soft_wrap=True)
+
+
+def _media_checked(media: Mapping[str, Any]) -> str:
+    """How many media messages had their URL asked, and how many did not answer; or how to ask."""
+    if not media.get("checked"):
+        return "not asked (AMOJO_ETL_MEDIA_CHECK=dry-run asks each URL)"
+    return f"{media['checked']}, {media['unreachable']} not answering"
 
 
 def _typed(summary: R | Mapping[str, Any]) -> Any:
@@ -143,6 +161,8 @@ def _summary_rows(summary: RunSummary) -> list[tuple[str, Any]]:
         ("rejected rows", summary.rejected),
     ]
     rows += [(f"  {reason}", count) for reason, count in summary.rejects_by_reason.items()]
+    if summary.media.get("checked"):
+        rows.append(("media URLs checked", _media_checked(summary.media)))
     return rows + [
         ("quarantined conversations", len(summary.quarantined)),
         ("confirmed by read-back", f"{summary.confirmed} of {summary.expected}"),
