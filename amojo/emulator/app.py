@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from .config import EmulatorConfig, Faults
 from .injector import Injector
 from .inputs import ApiError
+from .mediafetch import MediaFetcher
 from .participants import Participants
 from .requestlog import RequestLog
 from .routes import routes, routing_error
@@ -33,6 +34,7 @@ class Emulator:
         # The clock is looked up at each use: a test stops it by replacing `now`.
         self.injector = Injector(self.config.faults, lambda: self.now())
         self.requests = RequestLog()
+        self.media = MediaFetcher(self.config)
         self.store.put_token(self.config.token, "access")
         if self.config.oauth_refresh_token and not self.store.token_state(self.config.oauth_refresh_token):
             self.store.put_token(self.config.oauth_refresh_token, "refresh")
@@ -82,4 +84,5 @@ class Emulator:
             "reactions": self.store.reactions(),
             "request_counts": self.request_counts(),
             "unhandled": list(self.requests.unhandled),
+            "media_fetches": self.media.snapshot(),
         }

@@ -296,13 +296,21 @@ class EmulatorConfig:
     rest_batch_max: int = field(default=250, metadata={"help": "most contacts or links in one REST write"})
     amojo_rate: float | None = field(default=None, metadata={  # Q9
         "help": "Chats API requests per second (0: no limit)"})
+    # amoCRM downloads a message's media from its URL itself (§3.4): off unless asked for, so that a rehearsal
+    # without internet does not record every link as failed.
+    fetch_media: bool = field(default=False, metadata={
+        "help": "download the media URL of each accepted message in the background, as amoCRM does, and record "
+                "those that fail (GET /_emulator/state, media_fetches)"})
+    fetch_media_timeout_s: float = field(default=30.0, metadata={"help": "time a media download may take"})
+    fetch_media_concurrency: int = field(default=4, metadata={"help": "media downloads at once"})
     date_tolerance_s: int = 15 * 60  # Q5, both directions
     state_path: str | None = field(default=None, metadata={  # SQLite file; None keeps state in memory
         "help": "SQLite file to keep state in (default: memory)", "flag": "--state"})
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:
-        for name in ("rest_batch_max", "max_body_bytes"):
+        self.fetch_media_timeout_s = _number("fetch_media_timeout_s", self.fetch_media_timeout_s, MAX_DELAY_S)
+        for name in ("rest_batch_max", "max_body_bytes", "fetch_media_concurrency"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {getattr(self, name)!r}")
         if not _is_int(self.rest_block_after) or self.rest_block_after < 0:

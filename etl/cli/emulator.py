@@ -25,7 +25,8 @@ IDENTITY = ("channel_id", "channel_secret", "account_id", "token", "bot_id")
 """Each from its flag, else the importer's variable, else the importer's settings file, else the demo's."""
 SWITCHES = ("state_path", "duplicate_msgid", "content_md5", "legacy_signatures", "history_limit", "text_limit",
             "ref_id_participants", "participant_updates", "max_body_bytes", "rest_batch_max", "rest_rate",
-            "rest_block_after", "rest_block_window_s", "rest_block_s", "amojo_rate")
+            "rest_block_after", "rest_block_window_s", "rest_block_s", "amojo_rate", "fetch_media",
+            "fetch_media_timeout_s", "fetch_media_concurrency")
 FAULTS = ("seed", "latency_ms", "jitter_ms", "error_rates", "retry_after", "retry_after_s", "lost_answer_rate",
           "lost_answer_endpoints", "hang_rate", "hang_seconds", "history_lag_ms")
 """The fields that are options, in the order --help lists them (the rest, such as `users` or `script`, are not)."""

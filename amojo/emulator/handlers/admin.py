@@ -47,6 +47,7 @@ class AdminHandlers(Handlers):
     async def reset(self, request: Request, body: Any) -> Response:
         self.emulator.store.reset()
         self.emulator.requests.clear()
+        self.emulator.media.reset()
         return JSONResponse({"reset": True})
 
 

@@ -111,6 +111,7 @@ class MessagesHandlers(Handlers):
             self.participants.remember(scope_id, client)
         stored = self._store_message(scope_id, chat["id"], payload, sender["amojo_id"],
                                      client["amojo_id"] if outgoing else None)
+        self.emulator.media.fetch(stored["msgid"], stored["chat_id"], payload["message"])
         return self._sent_answer(scope_id, stored)
 
     def _store_message(self, scope_id: str, chat_id: str, payload: dict, sender_amojo_id: str,
@@ -153,6 +154,8 @@ class MessagesHandlers(Handlers):
             # ⚠️ §3.4 lists 200, 403 and 400 for this method, no 404: an unknown message is invalid data
             raise ApiError(400, "message not found", "MESSAGE_NOT_FOUND")
         edited = self.store.edit_message(stored["id"], payload["message"])
+        if payload["message"].get("media") not in (None, stored["message"].get("media")):
+            self.emulator.media.fetch(edited["msgid"], edited["chat_id"], payload["message"])  # a new file
         return self._sent_answer(scope_id, edited)
 
     def _message_in_scope(self, scope_id: str, amojo_id: str | None, msgid: str | None) -> dict | None:
