@@ -90,7 +90,8 @@ async def fetchable_media(batch: Batch, ledger: Ledger, links: MediaLinks, repor
         report.presigned += int(s3.sum())
 
     messages = messages.copy()
-    messages.loc[rows.index, ["media_url", "file_size"]] = rows[["media_url", "file_size"]]
+    for column in ("media_url", "file_size"):  # by position: pandas cannot align a part of an Int64 column
+        messages.loc[rows.index, column] = rows[column].array
     messages = messages.drop(index=rejected[rejected].index).reset_index(drop=True)
     return Batch(batch.conversations, messages, rejects, batch.warnings)
 

@@ -90,6 +90,21 @@ async def test_a_missing_size_is_asked_of_the_url_once(ledger):
     assert report.sizes_found == 3 and report.checked == 0
 
 
+async def test_media_among_other_messages_keeps_every_message_its_own_values(ledger):
+    """A chunk's media rows are a part of its messages (their index is not 0..n): each keeps its own size and URL."""
+    with media_server({"photo.jpg": b"x" * 1234}) as files:
+        rows = [{"id": f"t{n}", "type": "text", "text": f"text {n}", "created_at": f"2026-10-05 12:0{n}:00"}
+                for n in range(3)]
+        rows += [{"id": "p", "media_url": f"{files.url}/files/photo.jpg", "type": "picture",
+                  "created_at": "2026-10-05 12:05:00"},
+                 {"id": "v", "media_url": f"{files.url}/files/voice.ogg", "type": "voice",
+                  "created_at": "2026-10-05 12:06:00"}]
+        batch, _ = await _fetchable(rows, ledger)
+    by_id = batch.messages.set_index("source_id")
+    assert by_id.loc["p", "file_size"] == 1234 and pd.isna(by_id.loc["v", "file_size"])
+    assert by_id.loc["t0", "text"] == "text 0" and by_id.loc["v", "media_url"].endswith("/voice.ogg")
+
+
 async def test_a_size_that_cannot_be_found_is_left_to_the_payloads_zero(ledger):
     batch, _ = await _fetchable([{"id": "1", "media_url": "http://127.0.0.1:9/nothing-listens-here.pdf"}], ledger)
     assert batch.rejects.empty and batch.messages["file_size"].isna().all()
