@@ -191,8 +191,8 @@ async def test_task_runs_grow_with_chunks_not_messages(emulator, pipeline_env, m
     assert summary["verdict"] == "complete"
     assert chunks == -(-(summary["messages_valid"] + summary["rejected"]) // 100)  # every source row, 100 a chunk
     # extract runs once more than there are chunks: the last one finds the interval exhausted
-    assert stages == {"extract": chunks + 1, "transform": chunks, "load": chunks, "resolve": 1, "reconcile": 1,
-                      "publish": 1}
+    assert stages == {"extract": chunks + 1, "transform": chunks, "media": chunks, "load": chunks, "resolve": 1,
+                      "reconcile": 1, "publish": 1}
 
 
 async def test_a_message_edited_in_the_source_goes_out_as_edit_message(emulator, pipeline_env):
