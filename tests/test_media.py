@@ -14,6 +14,7 @@ from media_server import media_server
 from etl.errors import ConfigurationError
 from etl.ledger import Ledger
 from etl.media import MediaLinks
+from etl.settings import load_settings
 from etl.source import SourceFrames
 from tasks.media import MediaReport, fetchable_media
 from tasks.transform import Batch, Senders, transform
@@ -164,3 +165,9 @@ async def test_a_url_that_does_not_answer_is_named_and_rejected_or_sent(ledger, 
         assert "HTTP 404" in batch.rejects["detail"].iloc[0] and "secret-token" not in batch.rejects["detail"].iloc[0]
     else:
         assert list(batch.messages["source_id"]) == ["good", "gone"] and batch.rejects.empty
+
+
+def test_a_presign_expiry_beyond_what_sigv4_allows_is_refused_naming_the_setting():
+    with pytest.raises(ConfigurationError, match="AMOJO_ETL_MEDIA_URL_EXPIRY_S"):
+        load_settings(media_url_expiry_s=604_801)
+    assert load_settings().media_url_expiry_s == 604_800  # amoCRM may download days later: the longest by default
