@@ -60,6 +60,16 @@ class Emulator:
     def set_faults(self, faults: Faults) -> None:
         self.injector.replace(faults)
 
+    def merge_contacts(self, survivor: int, merged: int) -> None:
+        """What a person merging duplicates in amoCRM does: `merged`'s chats move to `survivor`, its id is gone."""
+        if not self.store.merge_contacts(survivor, merged):
+            raise ApiError(400, f"cannot merge contact {merged} into {survivor}: both must exist and differ")
+
+    def delete_contact(self, contact_id: int) -> None:
+        """What a person deleting a contact in amoCRM does: its chats are left unlinked, its id is never reused."""
+        if not self.store.drop_contact(contact_id):
+            raise ApiError(400, f"there is no contact {contact_id}")
+
     @property
     def request_log(self) -> list[tuple[float, str, str, int]]:
         """The request log, `(time, api, endpoint, status)` each, oldest first; clear() it to start afresh."""

@@ -54,7 +54,7 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
     "oauth": ("POST",),
 }
 
-SCRIPT_KEYS = ("endpoint", "method", "status", "lose", "retry_after", "times")
+SCRIPT_KEYS = ("endpoint", "method", "status", "lose", "late_ms", "retry_after", "times")
 MAX_DELAY_S = 86400.0  # ⚠️ our bound on every injected delay: a day
 
 
@@ -70,7 +70,10 @@ class Faults:
       - `lost_answer_rate`: on the endpoints named in `lost_answer_endpoints`, a 2xx answer is lost after the
         handler ran (its effect is stored): the client sees a 500 in the API's envelope, or a connection dropped
         mid-answer (`lost_answer_mode`: "500", "drop", or "mixed", chosen per request);
-      - `history_lag_ms`: a stored message shows in history only this long after it was stored.
+      - `history_lag_ms`: a stored message shows in history only this long after it was stored;
+      - `late_commit_rate`: on the endpoints named in `late_commit_endpoints` (POST only), the request is answered
+        504 at once and its effect stored `late_commit_ms` later, as a gateway that timed out while amoCRM went on
+        (issue 25: a contact create answered 504 that shows a second later).
 
     Retry-After on injected 429/503 (`retry_after`): "seconds" sends ceil(`retry_after_s`) as delay-seconds,
     "http-date" sends the RFC 9110 IMF-fixdate of the emulator's clock + `retry_after_s`, rounded up to a whole
@@ -78,8 +81,9 @@ class Faults:
     says seconds.
 
     `script`: one-shot faults in order, each `{"endpoint": <route name, see ENDPOINTS>, "method": "POST"
-    (optional: any method), "status": 408 | "lose": "500" | "drop", "retry_after": "120" | <HTTP-date>
-    (optional, only with status), "times": 1 (optional, >= 1)}` with exactly one of `status` and `lose`. A request
+    (optional: any method), "status": 408 | "lose": "500" | "drop" | "late_ms": 1000, "retry_after": "120" |
+    <HTTP-date> (optional, only with status), "times": 1 (optional, >= 1)}` with exactly one of `status`, `lose`
+    and `late_ms`. A request
     that passes the API's own checks (signature; token and rate limit) consumes one use of the first entry that
     matches its endpoint and method, and then gets no random error, hang or lost answer (latency still applies):
       - `status` (200..599): answered before any effect, with the API's error envelope (amojo
@@ -88,7 +92,8 @@ class Faults:
         verbatim as Retry-After (so malformed values can be tested too); without it a 429 or 503 gets the
         `retry_after` form above;
       - `lose`: the handler runs (its effect is stored), then a 2xx answer is lost as a 500 or a dropped
-        connection; an answer that is not 2xx is passed on as it is (the entry is used up all the same).
+        connection; an answer that is not 2xx is passed on as it is (the entry is used up all the same);
+      - `late_ms`: answered 504 at once; the request's effect is stored `late_ms` later (a late commit).
     GET /_emulator/faults shows what is left of the script (entries with the uses they have left).
 
     `from_dict` (and POST /_emulator/faults, which answers 400 for it) rejects unknown keys and wrongly typed or
@@ -111,6 +116,12 @@ class Faults:
     hang_rate: float = field(default=0.0, metadata={"help": "requests that hang for --hang-seconds"})
     hang_seconds: float = field(default=60.0, metadata={"help": "how long a hang lasts"})
     history_lag_ms: float = field(default=0.0, metadata={"help": "a stored message shows in history only after this"})
+    late_commit_rate: float = field(  # answered 504 at once, the effect stored late_commit_ms later
+        default=0.0, metadata={"help": "writes answered 504, then stored --late-commit-ms later"})
+    late_commit_ms: float = field(default=1000.0, metadata={"help": "how late a late commit is stored"})
+    late_commit_endpoints: tuple[str, ...] = field(  # route names (ENDPOINTS) whose POSTs may commit late
+        default=("contacts",), metadata={"help": "where writes may commit late (repeat): contacts, ...",
+                                         "flag": "--late-commit-endpoint"})
     retry_after: Literal["seconds", "http-date", "none"] = field(  # Retry-After form on injected 429/503
         default="seconds", metadata={"help": "Retry-After of injected 429/503: seconds or HTTP date"})
     retry_after_s: float = field(default=1.0, metadata={"help": "the wait Retry-After asks for"})  # its delay
@@ -118,11 +129,11 @@ class Faults:
 
     def __post_init__(self) -> None:
         self.seed = _int("seed", self.seed)
-        for name in ("latency_ms", "jitter_ms", "history_lag_ms"):
+        for name in ("latency_ms", "jitter_ms", "history_lag_ms", "late_commit_ms"):
             setattr(self, name, _number(name, getattr(self, name), MAX_DELAY_S * 1000))
         for name in ("hang_seconds", "retry_after_s"):
             setattr(self, name, _number(name, getattr(self, name), MAX_DELAY_S))
-        for name in ("lost_answer_rate", "hang_rate"):
+        for name in ("lost_answer_rate", "hang_rate", "late_commit_rate"):
             setattr(self, name, _rate(name, getattr(self, name)))
         if not isinstance(self.error_rates, dict):
             raise ValueError(f"error_rates must be an object of status -> rate, not {self.error_rates!r}")
@@ -133,6 +144,9 @@ class Faults:
         if not isinstance(self.lost_answer_endpoints, list | tuple):
             raise ValueError(f"lost_answer_endpoints must be a list of route names, not {self.lost_answer_endpoints!r}")
         self.lost_answer_endpoints = tuple(_endpoint("lost_answer_endpoints", e) for e in self.lost_answer_endpoints)
+        if not isinstance(self.late_commit_endpoints, list | tuple):
+            raise ValueError(f"late_commit_endpoints must be a list of route names, not {self.late_commit_endpoints!r}")
+        self.late_commit_endpoints = tuple(_endpoint("late_commit_endpoints", e) for e in self.late_commit_endpoints)
         if not isinstance(self.script, list | tuple):
             raise ValueError(f"script must be a list of entries, not {self.script!r}")
         self.script = [_script_entry(i, entry) for i, entry in enumerate(self.script)]
@@ -211,16 +225,18 @@ def _script_entry(index: int, entry: object) -> dict:
                              f"not {method!r}")
         out["method"] = method.upper()
     has_status, has_lose = entry.get("status") is not None, entry.get("lose") is not None
-    if has_status == has_lose:
-        raise ValueError(f"{where} needs exactly one of status and lose")
-    if has_status:
+    if has_status + has_lose + (entry.get("late_ms") is not None) != 1:
+        raise ValueError(f"{where} needs exactly one of status, lose and late_ms")
+    if entry.get("late_ms") is not None:
+        out["late_ms"] = _number(f"{where}.late_ms", entry["late_ms"], MAX_DELAY_S * 1000)
+    elif has_status:
         out["status"] = _status(f"{where}.status", entry["status"], 200)
     else:
         _choice(f"{where}.lose", entry["lose"], ("500", "drop"))
         out["lose"] = entry["lose"]
     retry_after = entry.get("retry_after")
     if retry_after is not None:
-        if has_lose:
+        if not has_status:
             raise ValueError(f"{where}.retry_after goes only with a status")
         if _is_int(retry_after) and retry_after >= 0:
             retry_after = str(retry_after)

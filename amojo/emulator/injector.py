@@ -77,6 +77,15 @@ class Injector:
             return None
         return f.lost_answer_mode if f.lost_answer_mode != "mixed" else self._rng.choice(["500", "drop"])
 
+    def late_commit(self, endpoint: str, method: str) -> float | None:
+        """How late (seconds) a write of `endpoint` is stored after its 504, at `late_commit_rate`; None: not late."""
+        f = self.faults
+        if method != "POST" or endpoint not in f.late_commit_endpoints:
+            return None
+        if not (f.late_commit_rate and self._rng.random() < f.late_commit_rate):
+            return None
+        return f.late_commit_ms / 1000
+
     def retry_after(self, status: int | None) -> dict[str, str]:
         """Retry-After for an injected 429 or 503, in the form `Faults.retry_after` asks for."""
         f = self.faults

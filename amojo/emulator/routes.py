@@ -1,7 +1,8 @@
 """The emulator's URL map: every route with its handler, and the middleware each API's routes are wrapped in.
 
 Outermost first: the request log, the exception boundary, the body limit, the API's gate (the Chats API's signature,
-REST's account block and token) and rate limit, then the faults (the script, random faults before any effect, lost
+REST's account block and token) and rate limit, then the faults (the script, random faults before any effect, late
+commits, lost
 answers after it).
 """
 
@@ -28,6 +29,7 @@ from .middleware.block import AccountBlock, BlockGate
 from .middleware.bodylimit import BodyLimit
 from .middleware.boundary import ErrorBoundary
 from .middleware.faults import InjectedFaults
+from .middleware.latecommits import LateCommits
 from .middleware.log import RequestLogging
 from .middleware.lostanswers import LostAnswers
 from .middleware.ratelimit import RateBucket, RateLimit
@@ -74,6 +76,8 @@ def routes(emulator: Emulator) -> list[Route]:
         ("/_emulator/requests", admin.requests, ["GET"], "invalid request"),
         ("/_emulator/clock", admin.clock, ["POST"], "invalid clock"),
         ("/_emulator/reset", admin.reset, ["POST"], "invalid request"),
+        ("/_emulator/contacts/merge", admin.merge_contacts, ["POST"], "invalid merge"),
+        ("/_emulator/contacts/delete", admin.delete_contact, ["POST"], "invalid delete"),
     ]
     assert sorted(n for _, _, n in chats_api + rest_api) == sorted(ENDPOINTS)
     middleware = ApiMiddleware(emulator)
@@ -123,6 +127,7 @@ class ApiMiddleware:
             *gate,
             Middleware(ScriptedFaults, injector=injector, api=api, endpoint=endpoint),
             Middleware(InjectedFaults, injector=injector),
+            Middleware(LateCommits, injector=injector, api=api, endpoint=endpoint),
             Middleware(LostAnswers, injector=injector, api=api, endpoint=endpoint),
         ]
 

@@ -28,9 +28,10 @@ CREATE TABLE IF NOT EXISTS participants (scope_id TEXT, amojo_id TEXT, record_js
 CREATE TABLE IF NOT EXISTS conversation_aliases (scope_id TEXT, conversation_id TEXT, chat_id TEXT,
     PRIMARY KEY (scope_id, conversation_id));
 CREATE TABLE IF NOT EXISTS reactions (message_id TEXT, user_id TEXT, emoji TEXT, PRIMARY KEY (message_id, user_id));
+CREATE TABLE IF NOT EXISTS sequences (name TEXT PRIMARY KEY, last INTEGER NOT NULL);
 """
 TABLES = ("scopes", "chats", "messages", "contacts", "links", "leads", "notifications", "tokens", "participants",
-          "conversation_aliases", "reactions")
+          "conversation_aliases", "reactions", "sequences")
 
 
 def chat_row(row: sqlite3.Row | None) -> dict | None:

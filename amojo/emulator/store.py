@@ -251,9 +251,15 @@ class Store:
 
     # -- contacts and links
     def create_contact(self, body: dict, name: str, phones: list[str], emails: list[str]) -> int:
+        """A new contact, with an id no contact ever had: amoCRM never reuses the id of one deleted or merged
+        (amojo-api.md §6.3)."""
         with self.transaction() as db:
-            row = db.execute("SELECT COALESCE(MAX(id), ?) + 1 FROM contacts", (CONTACT_ID_START,)).fetchone()
+            row = db.execute("SELECT MAX(COALESCE((SELECT last FROM sequences WHERE name = 'contacts'), ?), "
+                             "COALESCE((SELECT MAX(id) FROM contacts), ?)) + 1",
+                             (CONTACT_ID_START, CONTACT_ID_START)).fetchone()
             contact_id = int(row[0])
+            db.execute("INSERT INTO sequences VALUES ('contacts', ?) ON CONFLICT (name) DO UPDATE SET last = "
+                       "excluded.last", (contact_id,))
             db.execute(
                 "INSERT INTO contacts (id, name, phones, emails, body_json, created_at, field_values) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -269,10 +275,36 @@ class Store:
         row = self._one("SELECT * FROM contacts WHERE id = ?", contact_id)
         return contact_row(row) if row else None
 
-    def drop_contact(self, contact_id: int) -> None:
-        """Delete a contact, as a person tidying duplicates in amoCRM would."""
+    def drop_contact(self, contact_id: int) -> bool:
+        """Delete a contact, as a person tidying duplicates in amoCRM would: its chats are left unlinked. False when
+        there is no such contact."""
         with self.transaction() as db:
-            db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+            db.execute("DELETE FROM links WHERE contact_id = ?", (contact_id,))
+            return db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,)).rowcount == 1
+
+    def merge_contacts(self, survivor: int, merged: int) -> bool:
+        """Merge `merged` into `survivor`, as amoCRM's merge of duplicates does: the survivor keeps its own values
+        and gains the other's phones, emails and field values; the other's chats move to it (new link ids, Q15);
+        the other id is gone. False when either contact does not exist or they are one."""
+        with self.transaction() as db:
+            rows = {row["id"]: row for row in db.execute("SELECT * FROM contacts WHERE id IN (?, ?)",
+                                                         (survivor, merged)).fetchall()}
+            if survivor == merged or len(rows) != 2:
+                return False
+            keep, gone = rows[survivor], rows[merged]
+            body = json.loads(keep["body_json"])
+            body["custom_fields_values"] = (body.get("custom_fields_values") or []) + \
+                (json.loads(gone["body_json"]).get("custom_fields_values") or [])
+            union = {column: json.dumps(list(dict.fromkeys(json.loads(keep[column]) + json.loads(gone[column]))))
+                     for column in ("phones", "emails", "field_values")}
+            db.execute("UPDATE contacts SET phones = ?, emails = ?, field_values = ?, body_json = ? WHERE id = ?",
+                       (union["phones"], union["emails"], union["field_values"], json.dumps(body), survivor))
+            chats = [row["chat_id"] for row in db.execute("SELECT chat_id FROM links WHERE contact_id = ?",
+                                                          (merged,)).fetchall()]
+            db.execute("DELETE FROM links WHERE contact_id = ?", (merged,))
+            db.executemany("INSERT INTO links (chat_id, contact_id) VALUES (?, ?)", [(c, survivor) for c in chats])
+            db.execute("DELETE FROM contacts WHERE id = ?", (merged,))
+        return True
 
     def link(self, chat_id: str, contact_id: int) -> int:
         """Link a chat to a contact; a chat already linked elsewhere moves, with a new link id (Q15)."""

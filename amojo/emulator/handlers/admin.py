@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..config import Faults
-from ..inputs import ApiError, obj
+from ..inputs import ApiError, is_int, obj
 from . import Handlers
 
 
@@ -44,11 +44,36 @@ class AdminHandlers(Handlers):
         self.emulator.set_clock(_clock_moment(body))
         return JSONResponse({"now": self.emulator.now().isoformat()})
 
+    async def merge_contacts(self, request: Request, body: Any) -> Response:
+        """`{"survivor": id, "merged": id}`: merge two contacts as a person in amoCRM does
+        (`Emulator.merge_contacts`)."""
+        body = _ids(body, ("survivor", "merged"))
+        self.emulator.merge_contacts(body["survivor"], body["merged"])
+        return JSONResponse({"merged": body["merged"], "survivor": body["survivor"]})
+
+    async def delete_contact(self, request: Request, body: Any) -> Response:
+        """`{"id": id}`: delete a contact as a person in amoCRM does (`Emulator.delete_contact`)."""
+        body = _ids(body, ("id",))
+        self.emulator.delete_contact(body["id"])
+        return JSONResponse({"deleted": body["id"]})
+
     async def reset(self, request: Request, body: Any) -> Response:
         self.emulator.store.reset()
         self.emulator.requests.clear()
         self.emulator.media.reset()
         return JSONResponse({"reset": True})
+
+
+def _ids(body: Any, names: tuple[str, ...]) -> dict[str, int]:
+    """The contact ids an admin request names, or an ApiError 400 saying which is missing or not an integer."""
+    body = obj(body, "the request")
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise ApiError(400, f"unknown settings: {', '.join(unknown)}; use {', '.join(names)}")
+    for name in names:
+        if not is_int(body.get(name)):
+            raise ApiError(400, f"{name} must be a contact id (an integer), not {body.get(name)!r}")
+    return {name: int(body[name]) for name in names}
 
 
 def _clock_moment(body: Any) -> datetime | None:

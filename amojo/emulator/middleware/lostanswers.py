@@ -24,7 +24,7 @@ class LostAnswers:
         if not 200 <= response.status_code < 300:
             return response
         entry = request.scope[SCRIPT_ENTRY]
-        mode = entry["lose"] if entry is not None else self.injector.lost_answer(self.endpoint)
+        mode = entry.get("lose") if entry is not None else self.injector.lost_answer(self.endpoint)
         return response if mode is None else self._lost(mode)
 
     def _lost(self, mode: str) -> Response:
