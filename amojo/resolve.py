@@ -10,12 +10,20 @@ request noted as under way (`uncertain`, `sending`) is read back by the next run
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from .errors import AmojoError
 from .transport import RetryPolicy
 
 RETRY = RetryPolicy()
+
+
+def landing_window(timeout_s: float) -> float:
+    """How long after it was sent a write whose outcome is unknown may still land: within the request's timeouts
+    (connecting and sending, `timeout_s` each), or never. amoCRM may store a write after its gateway answered 504,
+    so reading back sooner can miss it, and doing it again would do it twice (issue 25)."""
+    return 2 * timeout_s
 
 
 def _may_have_landed(error: AmojoError) -> bool:
@@ -28,6 +36,7 @@ async def resolve(
     *,
     read_first: bool = False,
     rounds: int = RETRY.attempts,
+    settle_s: float = 0.0,
     may_have_landed: Callable[[AmojoError], bool] = _may_have_landed,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AmojoError | None:
@@ -39,6 +48,8 @@ async def resolve(
     `rounds` waits in all. Returns None when all is done, else the error that stopped it: one of `do()` that says
     nothing landed, a read that failed, or the last one when the rounds ran out (what may have landed is then still
     unknown, and the caller keeps it so for the next run). With `read_first`, amoCRM is read before the first try.
+    `settle_s`: how long after it was sent a `do()` that may have landed can still land (`landing_window`); its
+    read-back waits that long, so that a late commit is found rather than done again.
     """
     error: AmojoError | None = None
     waits = 0
@@ -57,6 +68,7 @@ async def resolve(
                 continue
         if waits >= rounds and error is not None:
             return error
+        sent = time.monotonic()
         try:
             await do()
             return None
@@ -65,5 +77,5 @@ async def resolve(
                 return exc
             error = exc
         waits += 1
-        await sleep(RETRY.delay(waits, error))
+        await sleep(max(RETRY.delay(waits, error), sent + settle_s - time.monotonic()))
         reading = True

@@ -19,7 +19,7 @@ import pandas as pd
 
 from amojo.errors import FATAL, AmojoError
 from amojo.payloads import contact_body, contact_key
-from amojo.resolve import resolve
+from amojo.resolve import landing_window, resolve
 from amojo.rest import BATCH_SAFE, USERS_PAGE
 from etl.api import Api
 from etl.ledger import ChatState
@@ -159,7 +159,7 @@ class ClientContacts:
         if self.index is None:
             return await self._search(client)
         if client.client_key in self.uncertain:
-            if self.uncertain[client.client_key] + 2 * self.ctx.api.timeout_s > self.index.read_at:
+            if self.uncertain[client.client_key] + landing_window(self.ctx.api.timeout_s) > self.index.read_at:
                 # A create may have been on its way when the index was read (or noted since): the index cannot
                 # show it, however long ago it was noted. Wait for it, then search.
                 return await self._search(client)
@@ -172,8 +172,8 @@ class ClientContacts:
         try:
             if client.client_key in self.uncertain:
                 # A create another run sent just before it died may still be on its way: it lands within the
-                # request's timeouts (connect and send) of being noted, or never.
-                wait = self.uncertain[client.client_key] + 2 * api.timeout_s - self.ctx.ledger.clock()
+                # landing window of being noted, or never.
+                wait = self.uncertain[client.client_key] + landing_window(api.timeout_s) - self.ctx.ledger.clock()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 if (ours := await _search_key(api, client)) is not None:
@@ -205,7 +205,8 @@ class ClientContacts:
             remaining = [c for c in remaining if c.client_key not in self.known]
             return not remaining
 
-        error = await resolve(create, read_back)
+        # A create answered 5xx or not at all may be stored later still: read back only once it would have landed.
+        error = await resolve(create, read_back, settle_s=landing_window(self.ctx.api.timeout_s))
         if error is None:
             ledger.effects.settle("contact", keys)
         else:
