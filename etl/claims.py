@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
@@ -152,25 +153,37 @@ class RunClaims:
         self._held.difference_update((kind, key) for key in keys)
 
     async def pause(self) -> None:
-        """Wait a moment for another run to finish what it holds."""
-        await asyncio.sleep(self.poll_s)
+        """Wait a moment for another run to finish what it holds; a random moment, so that two runs each taking
+        half of what the other wants (`turns`) do not keep meeting."""
+        await asyncio.sleep(self.poll_s * random.uniform(0.5, 1.5))
 
-    async def turns(self, kind: str, keys: Iterable[str],
-                    waiting: Callable[[set[str]], Collection[str]] = lambda keys: ()) -> AsyncIterator[set[str]]:
-        """The keys in turns, each turn held by this run while the caller works on it and released after; keys
-        another run holds, or that `waiting` says must wait, come in a later turn."""
-        remaining = set(keys)
+    async def turns(self, kind: str, items: Iterable[str] | Mapping[str, Collection[str]],
+                    waiting: Callable[[set[str]], Collection[str]] = lambda items: ()) -> AsyncIterator[set[str]]:
+        """The items in turns, each turn's items held by this run while the caller works on them and released after;
+        items another run holds, or that `waiting` says must wait, come in a later turn.
+
+        An item is claimed by its own key, or, given a mapping, by every key it maps to: it comes in a turn only
+        once this run holds all of them (what it holds of an item it cannot have yet is let go at once, so that
+        two runs never hold each other's half).
+        """
+        remaining = {item: set(keys) for item, keys in items.items()} if isinstance(items, Mapping) else \
+            {item: {item} for item in items}
         while remaining:
-            turn = remaining.difference(waiting(remaining))
-            mine = self.take(kind, turn) if turn else set()
+            turn = set(remaining).difference(waiting(set(remaining)))
+            held = self.take(kind, set().union(*(remaining[item] for item in turn))) if turn else set()
+            mine = {item for item in turn if remaining[item] <= held}
+            keys = set().union(*(remaining[item] for item in mine))
+            if held - keys:
+                self.release(kind, held - keys)
             if not mine:
                 await self.pause()
                 continue
             try:
                 yield mine
             finally:
-                self.release(kind, mine)
-            remaining -= mine
+                self.release(kind, keys)
+            for item in mine:
+                del remaining[item]
 
     # -- the interval
     async def hold_interval(self, interval: Interval) -> None:

@@ -30,6 +30,7 @@ def _set_version(url: str, version: int, drop_index: bool = False) -> None:
             conn.execute(sa.text("DROP TABLE claims"))
             conn.execute(sa.text("DROP TABLE uncertain"))  # and that of version 5
             conn.execute(sa.text("DROP TABLE audits"))  # and that of version 6
+            conn.execute(sa.text("DROP TABLE persons"))  # and that of version 7
     engine.dispose()
 
 
@@ -42,7 +43,7 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     _set_version(url, 1, drop_index=True)  # as version 1 left it
     assert "messages_conversation_msec" not in _indexes(url)
     upgraded = Ledger(url)
-    assert upgraded.schema_version() == SCHEMA_VERSION == 6
+    assert upgraded.schema_version() == SCHEMA_VERSION == 7
     assert "messages_conversation_msec" in _indexes(url)
     assert upgraded.leases.claim("conversation", ["c1"], "run", ttl_s=60) == {"c1"}
     upgraded.effects.expect("contact", ["client-1"])
@@ -50,6 +51,8 @@ def test_a_version_1_ledger_is_upgraded_in_place(database, tmp_path, request):
     assert upgraded.messages.states(["m1"]) == {"m1": ("sent", 7, "c1", 1)}  # the data stays
     upgraded.audits.save("2026-10-01", "2026-10-02", AUDIT)
     assert upgraded.audits.last()[("2026-10-01", "2026-10-02")]["verdict"] == "differs"
+    upgraded.contacts.save_persons({"phone:9151112233": 31})
+    assert upgraded.contacts.persons(["phone:9151112233", "email:a@b.c"]) == {"phone:9151112233": 31}
     upgraded.close()
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .database import Database, slices
-from .schema import chats, contacts, uncertain
+from .schema import chats, contacts, persons, uncertain
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,32 @@ class Contacts:
     def save(self, rows: list[dict[str, Any]]) -> None:
         with self.db.engine.begin() as conn:
             self.db.upsert(conn, contacts, rows, ["client_key"])
+
+    def created(self, contact_ids: Iterable[int]) -> set[int]:
+        """Which of `contact_ids` we created."""
+        return {row.contact_id for row in self.db.rows_where_in(contacts, contacts.c.contact_id, contact_ids)
+                if row.created}
+
+    def persons(self, person_keys: Iterable[str]) -> dict[str, int]:
+        """Person key (`phone:…`, `email:…`) -> the contact a client found or created by it resolved to."""
+        return {row.person_key: row.contact_id
+                for row in self.db.rows_where_in(persons, persons.c.person_key, person_keys)}
+
+    def save_persons(self, contact_ids: dict[str, int]) -> None:
+        if contact_ids:
+            with self.db.engine.begin() as conn:
+                self.db.upsert(conn, persons, [{"person_key": k, "contact_id": i} for k, i in contact_ids.items()],
+                               ["person_key"])
+
+    def forget(self, contact_ids: Iterable[int]) -> None:
+        """Contacts amoCRM no longer has (merged or deleted there): no client or person resolves to them any more,
+        and the chats linked to them are to be linked again, to the contact their client resolves to next."""
+        with self.db.engine.begin() as conn:
+            for part in slices(contact_ids):
+                conn.execute(contacts.delete().where(contacts.c.contact_id.in_(part)))
+                conn.execute(persons.delete().where(persons.c.contact_id.in_(part)))
+                conn.execute(chats.update().where(chats.c.contact_id.in_(part))
+                             .values(contact_id=None, linked=False, updated_at=time.time()))
 
 
 class Effects:

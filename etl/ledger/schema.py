@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 KEY_LENGTH = 512
 """Longest id the ledger keeps (msgid, conversation and client ids, reject keys): what real sources hold, and
 within what MySQL can index (3072 bytes of utf8mb4). Longer source ids are rejected before they get here."""
@@ -121,6 +121,16 @@ audits = sa.Table(
     sa.Column("repaired", sa.Integer, nullable=False),  # messages it sent or edited
 )
 
+# The contact each person resolved to, by what amoCRM's search finds a person by: `phone:<last ten digits>` or
+# `email:<address, lowercased>`, so that clients sharing them get one contact, in one batch, run, or several runs at
+# once (tasks/load/contacts.py). Added in version 7.
+persons = sa.Table(
+    "persons", metadata,
+    sa.Column("person_key", sa.String(KEY_LENGTH), primary_key=True),
+    sa.Column("contact_id", sa.BigInteger, nullable=False, index=True),
+)
+
+
 def _widen_keys(conn: sa.Connection) -> None:
     """Version 4: id columns of VARCHAR(255) become VARCHAR(KEY_LENGTH); rejects know their interval.
 
@@ -153,5 +163,6 @@ UPGRADES: dict[int, Callable[[sa.Connection], None]] = {
     4: _widen_keys,
     5: lambda conn: uncertain.create(conn, checkfirst=True),
     6: lambda conn: audits.create(conn, checkfirst=True),
+    7: lambda conn: persons.create(conn, checkfirst=True),
 }
 """Schema version -> the step that brings a ledger of the version before up to it."""
