@@ -120,16 +120,18 @@ def person_keys(phone: Any, email: Any) -> list[str]:
     return keys
 
 
-async def resolve_contacts(ctx: LoadContext, conversations: pd.DataFrame, index: ContactIndex | None) -> None:
+async def resolve_contacts(ctx: LoadContext, conversations: pd.DataFrame, index: ContactIndex | None,
+                           again: bool = False) -> None:
     """Find each client's contact; a person another run is finding or creating right now waits for it, so that
-    no person gets two contacts."""
+    no person gets two contacts. `again`: the clients' contacts were merged or deleted in amoCRM, so each is
+    looked for by our key first (a merge keeps it on the surviving contact), then by phone and email."""
     states = ctx.ledger.chats.states(conversations.index)
     needing = conversations[[c in states and (states[c].contact_id is None or bool(states[c].quarantine))
                              and c not in ctx.report.stopped for c in conversations.index]]
     clients = needing.drop_duplicates("client_key")
     claims = {c.client_key: {f"client:{c.client_key}", *person_keys(c.phone, c.email)} for c in clients.itertuples()}
     async for mine in ctx.claims.turns("person", claims):
-        await ClientContacts(ctx, needing[needing["client_key"].isin(mine)], index).resolve()
+        await ClientContacts(ctx, needing[needing["client_key"].isin(mine)], index, again).resolve()
 
 
 class ClientContacts:
@@ -137,8 +139,9 @@ class ClientContacts:
     read (else by a search per client), the rest created in batches, one per person, and their conversations
     pointed at them (or quarantined)."""
 
-    def __init__(self, ctx: LoadContext, needing: pd.DataFrame, index: ContactIndex | None) -> None:
-        self.ctx, self.needing, self.index = ctx, needing, index
+    def __init__(self, ctx: LoadContext, needing: pd.DataFrame, index: ContactIndex | None,
+                 again: bool = False) -> None:
+        self.ctx, self.needing, self.index, self.again = ctx, needing, index, again
         clients = needing.drop_duplicates("client_key")
         self.known = ctx.ledger.contacts.ids(clients["client_key"])
         self.unknown = [c for c in clients.itertuples() if c.client_key not in self.known]
@@ -158,8 +161,9 @@ class ClientContacts:
                 self.known[client.client_key] = found[0]
                 ctx.ledger.contacts.save([{"client_key": client.client_key, "contact_id": found[0],
                                            "created": False}])
-                if by:
-                    ctx.ledger.contacts.save_persons({by: found[0]})
+                # Found by a phone or email, the person is; found by our key, every key of the client is (it is ours).
+                ctx.ledger.contacts.save_persons({by: found[0]} if by else
+                                                 dict.fromkeys(person_keys(client.phone, client.email), found[0]))
                 ctx.report.contacts_matched += 1
             elif len(found) > 1:
                 self.ambiguous[client.client_key] = (
@@ -191,7 +195,7 @@ class ClientContacts:
         """The contacts the client's search finds, and the person key that found them: our own create of it
         first when one may have landed, then by phone, then by email, each in the ledger's `persons` first."""
         try:
-            if client.client_key in self.uncertain and (ours := await self._ours(client)) is not None:
+            if (self.again or client.client_key in self.uncertain) and (ours := await self._ours(client)):
                 return client, [ours], None
             for key in person_keys(client.phone, client.email):
                 if key in self.persons:
@@ -203,7 +207,10 @@ class ClientContacts:
         return client, [], None
 
     async def _ours(self, client: Any) -> int | None:
-        """The contact a create of ours that may have landed made for this client, if it did."""
+        """The contact a create of ours made for this client, if it did (one that may have landed, once it would
+        have)."""
+        if client.client_key not in self.uncertain:
+            return await _search_key(self.ctx.api, client)
         since = self.uncertain[client.client_key] + landing_window(self.ctx.api.timeout_s)
         if self.index is not None and since <= self.index.read_at:
             ours = self.index.by_key(contact_key(client.client_id))

@@ -5,6 +5,12 @@
              `chats.chat_id` is saved gets the same chat next time.
     link     the chats' links are read first and only the missing ones made; after a lost answer they are read
              again (`amojo.resolve`). A chat is `linked` in the ledger only once amoCRM has shown or confirmed it.
+             A link amoCRM refuses is isolated (the batch is halved until the refused one is alone) and the rest
+             are made. Its contact may have been merged or deleted in amoCRM: the client's contact is resolved
+             again (our key, phone, email) and the chat linked to it; refused again, its conversation stops.
+    check    a conversation the ledger holds linked has its chat's link read before its next message: a contact
+             merged in amoCRM moved the chat (the ledger follows it), one deleted left it unlinked (the client's
+             contact is resolved again and the chat linked to it, as above).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from amojo.errors import AmojoError
+from amojo.errors import FATAL, AmojoError
 from amojo.payloads import chat_payload
 from amojo.resolve import resolve
 from amojo.rest import BATCH_MOST, ChatLink
@@ -33,10 +39,12 @@ async def prepared(ctx: LoadContext, conversations: pd.DataFrame
     costs a create and a link request. Quarantined conversations are reported, never yielded.
     """
     states = ctx.ledger.chats.states(conversations.index)
-    linked = [c for c in conversations.index
-              if c in states and states[c].linked and states[c].chat_id and not states[c].quarantine]
+    linked = await _still_linked(ctx, states, [
+        c for c in conversations.index if c in states and states[c].linked and states[c].chat_id
+        and not states[c].quarantine and c not in ctx.report.stopped])
     if linked:
         yield _ready(ctx, conversations.loc[linked])
+        states = ctx.ledger.chats.states(conversations.index)
     rest = conversations.drop(linked)
     if rest.empty:
         return
@@ -67,6 +75,28 @@ def _ready(ctx: LoadContext, conversations: pd.DataFrame) -> tuple[pd.DataFrame,
     return conversations.loc[ready], {c: states[c].chat_id for c in ready}
 
 
+async def _still_linked(ctx: LoadContext, states: dict[str, ChatState], linked: list[str]) -> list[str]:
+    """Of the conversations the ledger holds linked, those whose chats amoCRM still shows linked (one read per
+    `LINKS_READ` chats). A chat shown linked to another contact (its contact merged into that one) is followed; a
+    chat shown unlinked (its contact deleted) is not returned: its contact is forgotten, and the conversation is
+    prepared as a new one, its client's contact resolved again."""
+    if not linked:
+        return []
+    try:
+        shown = {link.chat_id: link.contact_id for link in
+                 await ctx.api.rest.chat_links([states[c].chat_id for c in linked])}  # type: ignore[misc]
+    except AmojoError as exc:
+        for conversation_id in linked:
+            ctx.report.stop(conversation_id, exc)
+        return []
+    ctx.ledger.chats.save([{"conversation_id": c, "contact_id": shown[states[c].chat_id]} for c in linked
+                           if shown.get(states[c].chat_id, states[c].contact_id) != states[c].contact_id])
+    gone = [c for c in linked if states[c].chat_id not in shown]
+    ctx.ledger.contacts.forget({states[c].contact_id for c in gone if states[c].contact_id is not None})
+    ctx.ledger.chats.save([{"conversation_id": c, "contact_id": None, "linked": False} for c in gone])
+    return [c for c in linked if c not in gone]
+
+
 async def _create_chats(ctx: LoadContext, conversations: pd.DataFrame) -> set[str]:
     """Create the chats the ledger has no id for. Returns the conversations whose chat id the ledger did not hold
     before: no run of ours can have linked those chats."""
@@ -87,16 +117,18 @@ async def _create_chats(ctx: LoadContext, conversations: pd.DataFrame) -> set[st
     return {row["conversation_id"] for row in rows}
 
 
-async def _link_chats(ctx: LoadContext, conversations: pd.DataFrame, fresh: set[str]) -> None:
+async def _link_chats(ctx: LoadContext, conversations: pd.DataFrame, fresh: set[str], again: bool = True) -> None:
     """Link each chat to its contact, once. What is linked is read first and kept (but for `fresh` chats, whose ids
     no run had saved, so none of ours can have linked them); after a lost answer it is read again, and only what is
-    still unlinked is linked."""
+    still unlinked is linked. A link amoCRM refuses is found and set aside, and the others are made; with `again`,
+    the refused ones' contacts are resolved anew (amoCRM may no longer have them) and linked once more."""
     states = ctx.ledger.chats.states(conversations.index)
     unlinked: list[ChatState] = [s for s in states.values() if not s.linked and not s.quarantine and s.contact_id
                                  and s.conversation_id not in ctx.report.stopped]
     if not unlinked:
         return
     links: dict[str, ChatLink] = {}
+    refused: dict[str, AmojoError] = {}
     unread = [s.chat_id for s in unlinked if s.conversation_id not in fresh]
 
     async def read_back() -> bool:
@@ -104,21 +136,48 @@ async def _link_chats(ctx: LoadContext, conversations: pd.DataFrame, fresh: set[
         if unread:
             links.update((link.chat_id, link) for link in await ctx.api.rest.chat_links(unread))
         # From now on a fresh chat too may have been linked, by a request whose answer was lost.
-        unread = [s.chat_id for s in unlinked if s.chat_id not in links]
+        unread = [s.chat_id for s in unlinked if s.chat_id not in links and s.chat_id not in refused]
         return not unread
 
-    async def link() -> None:
-        made = await ctx.api.rest.link_chats([ChatLink(s.chat_id, s.contact_id) for s in unlinked
-                                              if s.chat_id not in links])
+    async def send(batch: list[ChatLink]) -> None:
+        """Link a batch; one amoCRM refuses (nothing of it made) is halved until the refused links are alone."""
+        try:
+            made = await ctx.api.rest.link_chats(batch)
+        except AmojoError as exc:
+            if exc.retryable or exc.may_have_landed or isinstance(exc, FATAL):
+                raise
+            if len(batch) == 1:
+                refused[batch[0].chat_id] = exc
+                return
+            for half in (batch[:len(batch) // 2], batch[len(batch) // 2:]):
+                await send(half)
+            return
         ctx.report.links_created += len(made)
         links.update((link.chat_id, link) for link in made)
+
+    async def link() -> None:
+        todo = [ChatLink(s.chat_id, s.contact_id) for s in unlinked  # type: ignore[arg-type]
+                if s.chat_id not in links and s.chat_id not in refused]
+        while todo:
+            size = ctx.api.rest.batch_size
+            await send(todo[:size])
+            todo = todo[size:]
 
     error = await resolve(link, read_back, read_first=True)
     ctx.ledger.chats.save([
         {"conversation_id": s.conversation_id, "contact_id": links[s.chat_id].contact_id, "linked": True}
         for s in unlinked if s.chat_id in links
     ])
-    if error is not None:
-        for state in unlinked:
-            if state.chat_id not in links:
-                ctx.report.stop(state.conversation_id, error)
+    for state in unlinked:
+        if state.chat_id not in links and state.chat_id not in refused and error is not None:
+            ctx.report.stop(state.conversation_id, error)
+    refusals = [s for s in unlinked if s.chat_id in refused]
+    if refusals and again:
+        # Most likely the contact is gone, merged or deleted by a person in amoCRM: no chat goes to it any more.
+        ctx.ledger.contacts.forget({s.contact_id for s in refusals if s.contact_id is not None})
+        affected = conversations.loc[[s.conversation_id for s in refusals]]
+        await resolve_contacts(ctx, affected, None, again=True)
+        await _link_chats(ctx, affected, fresh, again=False)
+    else:
+        for state in refusals:
+            ctx.report.stop(state.conversation_id, refused[state.chat_id])
