@@ -7,6 +7,7 @@ is, so that a script written against `--json` reads a flow's return value the sa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -90,6 +91,16 @@ def import_headline(summary: dict[str, Any]) -> str:
     if lookback:
         parts.append(f"{len(lookback)} earlier days again")
     return " · ".join([*parts, "dry run" if summary.get("dry_run") else summary.get("verdict", "incomplete")])
+
+
+def quarantine_notes(quarantined: Mapping[str, str], most: int = 10) -> list[str]:
+    """A line per quarantine reason (which says the contacts and the fix) with its conversations, the first `most`
+    of them: what a person needs to act on it, in the plain output, `status` and the artifacts alike."""
+    by_reason: dict[str, list[str]] = {}
+    for conversation_id, reason in sorted(quarantined.items()):
+        by_reason.setdefault(reason, []).append(conversation_id)
+    return [f"{reason} — conversation{'s' if len(ids) > 1 else ''} {', '.join(ids[:most])}"
+            + (f" and {len(ids) - most} more" if len(ids) > most else "") for reason, ids in by_reason.items()]
 
 
 @dataclass

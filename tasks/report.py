@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.urls import url_for
 
 from etl.settings import Settings, load_settings
-from etl.summary import RunSummary
+from etl.summary import RunSummary, quarantine_notes
 
 from .load import LoadReport
 from .reconcile import Verdict
@@ -232,15 +232,24 @@ async def publish_artifacts(summary: RunSummary) -> None:
                     + "".join(f" · {count} {reason}" for reason, count in summary.rejects_by_reason.items()),
     )
     await acreate_markdown_artifact(
+        verdict_markdown(summary),
+        key=artifact_key("import-verdict", settings),
+        description=f"Read-back of {summary.interval}: {summary.confirmed} of {summary.expected} confirmed, "
+                    f"{summary.missing} missing · {summary.verdict}",
+    )
+
+
+def verdict_markdown(summary: RunSummary) -> str:
+    """The read-back's verdict and its counts; each quarantine with its contacts and the fix."""
+    return (
         f"## Reconciliation: **{summary.verdict}**\n\n"
         f"- confirmed in amoCRM: {summary.confirmed} of {summary.expected}\n"
         f"- missing: {summary.missing}\n- duplicates: {summary.duplicates}\n"
         f"- content mismatches: {summary.mismatched}\n- quarantined conversations: {len(summary.quarantined)}\n"
         f"- surplus (in amoCRM with an id of ours the ledger does not know): {summary.surplus}\n"
-        f"- warnings: {json.dumps(summary.warnings, ensure_ascii=False)}\n",
-        key=artifact_key("import-verdict", settings),
-        description=f"Read-back of {summary.interval}: {summary.confirmed} of {summary.expected} confirmed, "
-                    f"{summary.missing} missing · {summary.verdict}",
+        f"- warnings: {json.dumps(summary.warnings, ensure_ascii=False)}\n"
+        + "".join(f"\n**Quarantined** (none of its messages is sent until this is fixed): {_plain(line)}\n"
+                  for line in quarantine_notes(summary.quarantined))
     )
 
 

@@ -181,3 +181,26 @@ def test_fail_prints_the_message_as_data(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read message:[/bold] [red]x \\x1b[31mred")
     assert "\x1b" not in err
+
+
+AMBIGUOUS = ("ambiguous contact: 2 contacts match the client's phone (3100301, 3100302); merge them in amoCRM, "
+             "then run again")
+
+
+def test_a_quarantine_shows_its_reason_contacts_and_fix_in_the_plain_output(
+        ledger_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 25: a quarantine was only a count outside --json; a person needs the contacts and what to do."""
+    cli._print_summary(RunSummary(interval="2026-10-01..2026-10-02", quarantined={"ae-cv5": AMBIGUOUS}))
+    output = capsys.readouterr().out
+    assert "3100301, 3100302" in output and "merge them in amoCRM, then run again" in output and "ae-cv5" in output
+
+    ledger = Ledger(ledger_url)
+    ledger.chats.save([{"conversation_id": "ae-cv5", "chat_id": "c5", "quarantine": AMBIGUOUS}])
+    ledger.chats.save([{"conversation_id": "ae-cv6", "chat_id": "c6", "contact_id": 7}])
+    ledger.close()
+    result = CliRunner().invoke(cli.app, ["status"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "3100301, 3100302" in result.output and "merge them in amoCRM" in result.output
+    assert "ae-cv5" in result.output and "ae-cv6" not in result.output
+    result = CliRunner().invoke(cli.app, ["status", "--json"])
+    assert json.loads(result.output)["quarantined"] == {"ae-cv5": AMBIGUOUS}

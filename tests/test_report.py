@@ -15,7 +15,14 @@ from etl.ledger import Ledger
 from etl.settings import Settings
 from etl.summary import RunSummary, import_headline
 from flows.backfill import days_done_line
-from tasks.report import REJECT_SAMPLES, artifact_key, backfill_days_markdown, progress_line, rejects_markdown
+from tasks.report import (
+    REJECT_SAMPLES,
+    artifact_key,
+    backfill_days_markdown,
+    progress_line,
+    rejects_markdown,
+    verdict_markdown,
+)
 
 
 def test_the_headline_names_the_counts_and_the_verdict():
@@ -142,3 +149,13 @@ def test_artifact_keys_tell_accounts_apart():
     assert key("https://mycompany.amocrm.ru.") == "import-summary-mycompany"  # the same account, with a root dot
     assert key("https://компания.amocrm.ru") == "import-summary-xn-80aqeigdi5k"  # a name, not no account
     assert all(re.fullmatch(r"[a-z0-9-]+", key(u)) for u in ("https://Ünï.amocrm.com", "http://[::1]:80"))
+
+
+def test_the_verdict_names_each_quarantine_with_its_contacts_and_the_fix():
+    reason = ("ambiguous contact: 2 contacts match the client's phone (3100301, 3100302); merge them in amoCRM, "
+              "then run again")
+    text = verdict_markdown(RunSummary(interval="2026-10-01..2026-10-02", verdict="incomplete",
+                                       quarantined={"ae-cv5": reason, "ae-cv7": reason}))
+    assert "quarantined conversations: 2" in text
+    assert "3100301, 3100302" in text and "merge them in amoCRM, then run again" in text
+    assert "ae-cv5, ae-cv7" in text

@@ -122,6 +122,7 @@ def status(as_json: JsonOption = False) -> None:
     intervals = _with_last_audits(ledger.intervals.rows(), ledger.audits.last())
     counts = ledger.messages.status_counts()
     unplaced = sum(ledger.rejects.counts("unplaced").values())
+    quarantined = ledger.chats.quarantined()
     now = ledger.clock()  # claims expire by the ledger's clock, not this machine's
     running = [{"interval": interval_label(row.key), "alive": row.expires_at >= now,
                 "registered_through": datetime.fromtimestamp(row.frontier_ms / 1000, UTC).isoformat()}
@@ -129,9 +130,9 @@ def status(as_json: JsonOption = False) -> None:
     ledger.close()
     if as_json:
         print(json.dumps({"intervals": intervals, "messages_by_status": counts, "running": running,
-                          "unplaced": unplaced}, ensure_ascii=False, default=str))
+                          "unplaced": unplaced, "quarantined": quarantined}, ensure_ascii=False, default=str))
         return
-    status_tables(intervals, counts, unplaced, running)
+    status_tables(intervals, counts, unplaced, running, quarantined)
 
 
 def _with_last_audits(intervals: list[dict[str, Any]],

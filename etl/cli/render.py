@@ -18,7 +18,15 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import one_line, redact
-from ..summary import DIFFERENCES, AuditSummary, BackfillSummary, ReconcileSummary, Result, RunSummary
+from ..summary import (
+    DIFFERENCES,
+    AuditSummary,
+    BackfillSummary,
+    ReconcileSummary,
+    Result,
+    RunSummary,
+    quarantine_notes,
+)
 
 console = Console(stderr=True)
 
@@ -130,6 +138,7 @@ def _print_summary(summary: RunSummary | Mapping[str, Any]) -> None:
         if summary.media["unreachable"] > len(unreachable):
             note(f"and {summary.media['unreachable'] - len(unreachable)} more; `amojo-etl rejects --reason "
                  "media_unreachable` lists the rejected ones")
+    _print_quarantines(summary.quarantined)
     if summary.dry_run and summary.plan["sample_payloads"]:
         Console().print("sample payloads, exactly as they would be sent:")
         # soft_wrap: a long line is left to the terminal, not broken by a newline inside a JSON string
@@ -141,6 +150,15 @@ def _media_checked(media: Mapping[str, Any]) -> str:
     if not media.get("checked"):
         return "not asked (AMOJO_ETL_MEDIA_CHECK=dry-run asks each URL)"
     return f"{media['checked']}, {media['unreachable']} not answering"
+
+
+def _print_quarantines(quarantined: Mapping[str, str]) -> None:
+    """Quarantined conversations by reason, with the contacts and the fix the reason names."""
+    if quarantined:
+        Console().print(_plain("quarantined conversations (none of their messages is sent until this is fixed):",
+                               style="yellow", limit=None))
+        for line in quarantine_notes(quarantined):
+            Console().print(_plain(f"  {line}", limit=None))
 
 
 def _typed(summary: R | Mapping[str, Any]) -> Any:
@@ -222,8 +240,9 @@ def audit_table(start: date, end: date) -> Callable[[AuditSummary], None]:
 
 
 def status_tables(intervals: list[dict[str, Any]], counts: dict[str, int], unplaced: int,
-                  running: list[dict[str, Any]]) -> None:
-    """The ledger's intervals with their last audits, its messages by status, and the intervals running now."""
+                  running: list[dict[str, Any]], quarantined: Mapping[str, str] | None = None) -> None:
+    """The ledger's intervals with their last audits, its messages by status, its quarantined conversations, and
+    the intervals running now."""
     rows = []
     for row in intervals:
         summary = row["summary"]
@@ -240,6 +259,7 @@ def status_tables(intervals: list[dict[str, Any]], counts: dict[str, int], unpla
                            limit=None))
     if unplaced:
         Console().print(_plain(unplaced_note(unplaced), style="yellow", limit=None))
+    _print_quarantines(quarantined or {})
     if running:
         _table("intervals being imported now (a dead run's is taken over once its claim expires)",
                ["interval", "run", "messages registered through"],

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from .database import Database, slices
 from .schema import chats, contacts, persons, uncertain
 
@@ -33,6 +35,12 @@ class Chats:
                                            row.quarantine)
             for row in self.db.rows_where_in(chats, chats.c.conversation_id, conversation_ids)
         }
+
+    def quarantined(self) -> dict[str, str]:
+        """Every conversation quarantined now, with its reason (the contacts and the fix)."""
+        with self.db.engine.connect() as conn:
+            return dict(conn.execute(sa.select(chats.c.conversation_id, chats.c.quarantine)
+                                     .where(chats.c.quarantine.is_not(None))).all())  # type: ignore[arg-type]
 
     def save(self, rows: list[dict[str, Any]]) -> None:
         now = time.time()
