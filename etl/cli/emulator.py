@@ -28,7 +28,8 @@ SWITCHES = ("state_path", "duplicate_msgid", "content_md5", "legacy_signatures",
             "rest_block_after", "rest_block_window_s", "rest_block_s", "amojo_rate", "fetch_media",
             "fetch_media_timeout_s", "fetch_media_concurrency")
 FAULTS = ("seed", "latency_ms", "jitter_ms", "error_rates", "retry_after", "retry_after_s", "lost_answer_rate",
-          "lost_answer_endpoints", "hang_rate", "hang_seconds", "history_lag_ms")
+          "lost_answer_endpoints", "hang_rate", "hang_seconds", "history_lag_ms", "late_commit_rate",
+          "late_commit_ms", "late_commit_endpoints")
 """The fields that are options, in the order --help lists them (the rest, such as `users` or `script`, are not)."""
 
 _FIELDS = {f.name: f for f in fields(EmulatorConfig)} | {f.name: f for f in fields(Faults)}
