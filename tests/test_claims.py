@@ -279,3 +279,19 @@ def test_a_worker_whose_clock_runs_ahead_does_not_take_live_claims(server_ledger
     assert first.leases.renew("first-run", 0.6) == 0
     first.close()
     second.close()
+
+
+async def test_an_item_of_several_keys_comes_only_once_all_are_held_and_its_half_is_let_go(tmp_path):
+    """Issue 25: a client is claimed by its phone and its email; another run holding the email keeps it waiting,
+    and the phone it could take is let go meanwhile, so the other run's clients sharing that phone are not held."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    async with RunClaims(ledger, ttl_s=30, poll_s=0.01) as mine, RunClaims(ledger, ttl_s=30) as other:
+        assert other.take("person", {"email:a@b.c"}) == {"email:a@b.c"}
+        turns = mine.turns("person", {"both": {"phone:9151112233", "email:a@b.c"}, "free": {"phone:9160000000"}})
+        assert await anext(turns) == {"free"}
+        held = {row.key for row in ledger.leases.live("person") if row.holder == mine.holder}
+        assert held == {"phone:9160000000"}  # not the phone of `both`, whose email another run holds
+        other.release("person", {"email:a@b.c"})
+        assert await anext(turns) == {"both"}
+        await turns.aclose()
+    ledger.close()

@@ -4,13 +4,15 @@ one contact, whatever run or crash came before.
 A person is who amoCRM's search finds: clients whose phones end in the same ten digits (`+7 (915) 111-22-33`,
 `8 915 111 22 33`, `79151112233`), or whose emails are the same once lowercased and stripped, are one person and
 get one contact, in one batch, one run, or several runs at once. The product's matching rule, phone first, then
-email, is applied the same way to what the account held before and to what we create: a client is looked up by
+email, is applied the same way to what the account held before and to what we created: a client is looked up by
 its phone (the contact the ledger's `persons` holds for it, else the account), and only when that finds nothing by
-its email. So a client whose phone matches one client and whose email matches another goes with the phone's
-contact; a client with an email only goes with a contact created in the same batch for another client with that
-email. A client with neither is a person of its own. Runs claim each client by every key it is found by
-(`person_keys`), so that two runs never resolve one person at the same time; the first to come writes the contact
-to `persons`, and the next finds it there, though its page-through of the account is older.
+its email. So a client whose phone matches one contact and whose email matches another goes with the phone's.
+Clients found nowhere are created one contact per person: those sharing a phone or an email within the batch,
+directly or through another client, are one person, and its contact carries all their phones and emails, so that
+a later search by any of them finds it (`_people`). A client with neither phone nor email is a person of its own.
+Runs claim each client by every key it is found by (`person_keys`), so that two runs never resolve one person at
+the same time; the first writes the person's contact to `persons`, and the next finds it there, though its
+page-through of the account is older.
 
 A search that matches several contacts the product did not create quarantines the client's conversations: sending
 them to the wrong contact cannot be undone, and a person can tell which one is right (merge them in amoCRM, then

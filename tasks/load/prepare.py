@@ -92,7 +92,9 @@ async def _still_linked(ctx: LoadContext, states: dict[str, ChatState], linked: 
     ctx.ledger.chats.save([{"conversation_id": c, "contact_id": shown[states[c].chat_id]} for c in linked
                            if shown.get(states[c].chat_id, states[c].contact_id) != states[c].contact_id])
     gone = [c for c in linked if states[c].chat_id not in shown]
-    ctx.ledger.contacts.forget({states[c].contact_id for c in gone if states[c].contact_id is not None})
+    # A contact none of whose chats is linked any more was deleted; one whose other chats are was only unlinked
+    # from this chat (by a person), and the client's contact stays.
+    ctx.ledger.contacts.forget({states[c].contact_id for c in gone} - set(shown.values()) - {None})
     ctx.ledger.chats.save([{"conversation_id": c, "contact_id": None, "linked": False} for c in gone])
     return [c for c in linked if c not in gone]
 
