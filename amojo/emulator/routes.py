@@ -2,8 +2,7 @@
 
 Outermost first: the request log, the exception boundary, the body limit, the API's gate (the Chats API's signature,
 REST's account block and token) and rate limit, then the faults (the script, random faults before any effect, late
-commits, lost
-answers after it).
+commits, lost answers after it).
 """
 
 from __future__ import annotations
