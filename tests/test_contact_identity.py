@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import date, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from load_harness import DAY, landed, run_interval, settings_for
 
@@ -82,11 +83,12 @@ def _chat_contacts(emulator) -> dict[str, int]:
     return {chat["conversation_id"]: by_chat.get(chat["id"]) for chat in snapshot["chats"]}
 
 
-async def test_clients_sharing_a_phone_typed_three_ways_get_one_contact(emulator, tmp_path):
+@pytest.mark.parametrize("concurrency", [8, 1])  # one wave (one batch of creates), or p0 alone in the first wave
+async def test_clients_sharing_a_phone_typed_three_ways_get_one_contact(emulator, tmp_path, concurrency):
     source, ledger_url = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
     ids = _write(source, {f"p{n}": (phone, None) for n, phone in enumerate(SHARED)} | {"other": ("+7 916 000 00 01",
                                                                                                  None)})
-    result = await run_interval(settings_for(emulator, source, ledger_url))
+    result = await run_interval(settings_for(emulator, source, ledger_url, concurrency=concurrency))
 
     contacts = emulator.emulator.snapshot()["contacts"]
     assert len(contacts) == 2, [c["phones"] for c in contacts]
