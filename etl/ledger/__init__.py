@@ -1,8 +1,8 @@
 """The ledger: what has been done in amoCRM, kept in the state database so that runs resume and never repeat.
 
 One `Ledger` per database, its tables grouped by concern: `messages` (and their statuses, `status.py`), `chats`,
-`contacts` and `effects` (requests whose outcome is unknown), `intervals`, `rejects` and `audits` of runs, `leases`
-of concurrent runs, and the `account`'s scope and OAuth pair.
+`contacts` (and the `persons` they resolve) and `effects` (requests whose outcome is unknown), `intervals`,
+`rejects` and `audits` of runs, `leases` of concurrent runs, and the `account`'s scope and OAuth pair.
 """
 
 from __future__ import annotations
