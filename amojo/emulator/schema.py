@@ -13,7 +13,7 @@ CREATE TABLE IF NOT EXISTS chats (id TEXT PRIMARY KEY, scope_id TEXT, conversati
 CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, scope_id TEXT,
     chat_id TEXT, msgid TEXT, timestamp INTEGER, msec_timestamp INTEGER, sender_json TEXT, receiver_json TEXT,
     message_json TEXT, silent INTEGER, unlinked INTEGER, stored_at REAL, edited_at REAL, sender_amojo_id TEXT,
-    receiver_amojo_id TEXT, UNIQUE (scope_id, msgid));
+    receiver_amojo_id TEXT, reply_to TEXT, UNIQUE (scope_id, msgid));
 CREATE INDEX IF NOT EXISTS messages_chat ON messages (chat_id, msec_timestamp);
 CREATE TABLE IF NOT EXISTS contacts (id INTEGER PRIMARY KEY, name TEXT, phones TEXT, emails TEXT, body_json TEXT,
     created_at REAL, field_values TEXT NOT NULL DEFAULT '[]');
@@ -57,6 +57,7 @@ def message_row(row: sqlite3.Row | None) -> dict | None:
         "unlinked": bool(row["unlinked"]),
         "stored_at": row["stored_at"],
         "edited_at": row["edited_at"],
+        "reply_to": row["reply_to"],  # the quoted message's amojo id, as accepted; history does not show it
         "sender_amojo_id": row["sender_amojo_id"],
         "receiver_amojo_id": row["receiver_amojo_id"],
     }

@@ -71,6 +71,9 @@ class Store:
             with self.transaction() as db:
                 db.execute("ALTER TABLE messages ADD COLUMN sender_amojo_id TEXT")
                 db.execute("ALTER TABLE messages ADD COLUMN receiver_amojo_id TEXT")
+        if "reply_to" not in columns:  # before issue 26: no quote was kept
+            with self.transaction() as db:
+                db.execute("ALTER TABLE messages ADD COLUMN reply_to TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -167,7 +170,10 @@ class Store:
         return message_row(self._one("SELECT * FROM messages WHERE id = ?", message_id))
 
     def add_message(self, scope_id: str, chat_id: str, payload: dict, *, unlinked: bool,
-                    sender_amojo_id: str | None = None, receiver_amojo_id: str | None = None) -> dict:
+                    sender_amojo_id: str | None = None, receiver_amojo_id: str | None = None,
+                    reply_to: str | None = None) -> dict:
+        """Store a new message; `reply_to` is the amojo id of the message it quotes, kept for inspection only (the
+        documented history does not carry it)."""
         message_id = derived_id("message", scope_id, payload["msgid"])
         msec = payload.get("msec_timestamp")
         if msec is None:
@@ -175,8 +181,8 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO messages (id, scope_id, chat_id, msgid, timestamp, msec_timestamp, sender_json, "
-                "receiver_json, message_json, silent, unlinked, stored_at, sender_amojo_id, receiver_amojo_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "receiver_json, message_json, silent, unlinked, stored_at, sender_amojo_id, receiver_amojo_id, "
+                "reply_to) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     message_id,
                     scope_id,
@@ -192,6 +198,7 @@ class Store:
                     time.time(),
                     sender_amojo_id,
                     receiver_amojo_id,
+                    reply_to,
                 ),
             )
         return self.message(message_id)  # type: ignore[return-value]

@@ -58,14 +58,16 @@ class MessagesHandlers(Handlers):
                                "conversation_ref_id", "CONVERSATION_MISMATCH")
         return chat
 
-    def _check_quote(self, scope_id: str, chat: dict | None, quoted: dict) -> None:
-        """A reply quotes a message of the same chat (§3.4); ⚠️ an unknown one is refused 400, not ignored."""
+    def _check_quote(self, scope_id: str, chat: dict | None, quoted: dict) -> str | None:
+        """A reply quotes a message of the same chat (§3.4); ⚠️ an unknown one is refused 400, not ignored. The
+        quoted message's amojo id, None for one quoted in full."""
         if not (quoted.get("id") or quoted.get("msgid")):
-            return  # quoted in full: nothing to look up
+            return None  # quoted in full: nothing to look up
         stored = self.store.message(quoted["id"]) if quoted.get("id") else \
             self.store.message_by_msgid(scope_id, quoted["msgid"])
         if stored is None or chat is None or stored["chat_id"] != chat["id"]:
             raise ApiError(400, "reply_to.message is not a message of this chat", "REPLY_TO_NOT_FOUND")
+        return stored["id"]
 
     def _new_message(self, scope_id: str, payload: dict) -> Response:
         msgid = string(payload, "msgid", required=True)
@@ -99,8 +101,7 @@ class MessagesHandlers(Handlers):
             client = self.participants.client(scope_id, receiver_given, "receiver")
         else:
             sender = client = self.participants.client(scope_id, sender_given, "sender")
-        if quoted is not None:
-            self._check_quote(scope_id, chat, quoted)
+        reply_to = self._check_quote(scope_id, chat, quoted) if quoted is not None else None
         if chat is None:  # a new conversation_id creates a new chat (AMO-REF)
             chat, _ = self.store.create_chat(scope_id, conversation_id,  # type: ignore[arg-type]
                                              self.participants.chat_user(receiver_given or sender_given, client))
@@ -110,17 +111,18 @@ class MessagesHandlers(Handlers):
         if client is not sender:  # an incoming message's sender is its client: one record, kept once
             self.participants.remember(scope_id, client)
         stored = self._store_message(scope_id, chat["id"], payload, sender["amojo_id"],
-                                     client["amojo_id"] if outgoing else None)
+                                     client["amojo_id"] if outgoing else None, reply_to)
         self.emulator.media.fetch(stored["msgid"], stored["chat_id"], payload["message"])
         return self._sent_answer(scope_id, stored)
 
     def _store_message(self, scope_id: str, chat_id: str, payload: dict, sender_amojo_id: str,
-                       receiver_amojo_id: str | None) -> dict:
+                       receiver_amojo_id: str | None, reply_to: str | None = None) -> dict:
         """Store a new message, and do what amoCRM does on one: a lead and a notification in the unsorted for a
         chat linked to no contact, else a notification (Q17); nothing for a silent one."""
         linked = self.store.is_linked(chat_id)
         stored = self.store.add_message(scope_id, chat_id, payload, unlinked=not linked,
-                                        sender_amojo_id=sender_amojo_id, receiver_amojo_id=receiver_amojo_id)
+                                        sender_amojo_id=sender_amojo_id, receiver_amojo_id=receiver_amojo_id,
+                                        reply_to=reply_to)
         if not payload.get("silent", False):
             if not linked:
                 self.store.add_lead(chat_id, stored["id"])
