@@ -14,6 +14,7 @@ from typing import NotRequired, Protocol, TypedDict
 MESSAGE_TYPES = ("text", "picture", "video", "file", "voice", "audio", "sticker", "location", "contact")
 MEDIA_TYPES = ("picture", "video", "file", "voice", "audio", "sticker")
 NEEDS_FILE_META = ("picture", "video", "file")  # amojo requires file_name and file_size for these (§3.4)
+TIMED_TYPES = ("video", "audio", "voice")  # media_duration, in seconds (§3.4)
 
 
 class Conversation(Protocol):
@@ -46,6 +47,7 @@ class Message(Protocol):
     lon: float | None
     contact_name: str | None
     contact_phone: str | None
+    duration: int | None  # seconds, of a video, audio or voice
 
 
 class Profile(TypedDict, total=False):
@@ -84,6 +86,15 @@ class MessageBody(TypedDict):
     file_size: NotRequired[int]
     location: NotRequired[Location]
     contact: NotRequired[ContactCard]
+    media_duration: NotRequired[int]
+
+
+class Quote(TypedDict):
+    msgid: str
+
+
+class ReplyTo(TypedDict):
+    message: Quote
 
 
 class Sender(TypedDict):
@@ -101,6 +112,7 @@ class MessagePayload(TypedDict):
     receiver: NotRequired[Participant]
     message: MessageBody
     silent: bool
+    reply_to: NotRequired[ReplyTo]
 
 
 class EditPayload(TypedDict):
@@ -189,6 +201,9 @@ def message_body(message: Message) -> MessageBody:
         if message.type in NEEDS_FILE_META or _present(message.file_name):
             body["file_name"] = message.file_name if _present(message.file_name) else "file"
             body["file_size"] = int(message.file_size) if _present(message.file_size) else 0
+        duration = getattr(message, "duration", None)
+        if message.type in TIMED_TYPES and _present(duration):
+            body["media_duration"] = int(duration)
     elif message.type == "location":
         body["location"] = {"lat": float(message.lat), "lon": float(message.lon)}
     elif message.type == "contact":
@@ -196,17 +211,23 @@ def message_body(message: Message) -> MessageBody:
     return body
 
 
-def message_payload(message: Message, client: Participant) -> MessagePayload:
-    """The new_message payload (§3.4): client messages without `receiver`; manager messages to the client."""
+def message_payload(message: Message, client: Participant, reply_to: str | None = None) -> MessagePayload:
+    """The new_message payload (§3.4): client messages without `receiver`; manager messages to the client. With
+    `reply_to` (our msgid of a message already in the same chat), it quotes that message (§3.4, §4.7)."""
     msec = message.msec
+    payload: MessagePayload
     if message.outgoing:
-        return {"timestamp": msec // 1000, "msec_timestamp": msec, "msgid": message.msgid,
-                "conversation_id": message.conversation_id,
-                "sender": {"id": message.sender_id, "name": message.sender_name, "ref_id": message.ref_id},
-                "receiver": client, "message": message_body(message), "silent": True}
-    return {"timestamp": msec // 1000, "msec_timestamp": msec, "msgid": message.msgid,
-            "conversation_id": message.conversation_id, "sender": client, "message": message_body(message),
-            "silent": True}
+        payload = {"timestamp": msec // 1000, "msec_timestamp": msec, "msgid": message.msgid,
+                   "conversation_id": message.conversation_id,
+                   "sender": {"id": message.sender_id, "name": message.sender_name, "ref_id": message.ref_id},
+                   "receiver": client, "message": message_body(message), "silent": True}
+    else:
+        payload = {"timestamp": msec // 1000, "msec_timestamp": msec, "msgid": message.msgid,
+                   "conversation_id": message.conversation_id, "sender": client, "message": message_body(message),
+                   "silent": True}
+    if reply_to is not None:
+        payload["reply_to"] = {"message": {"msgid": reply_to}}
+    return payload
 
 
 def edit_payload(message: Message) -> EditPayload:

@@ -39,7 +39,24 @@ CREATE TABLE messages (
     lat             DOUBLE PRECISION,
     lon             DOUBLE PRECISION,
     contact_name    TEXT,
-    contact_phone   TEXT
+    contact_phone   TEXT,
+    reply_to_id     VARCHAR(255)                     -- the id of the message this one answers, if any
+);
+
+-- A message's attachments, each sent as its own amoCRM message right after the message's text, in id order.
+CREATE TABLE attachments (
+    message_id    VARCHAR(255) NOT NULL,
+    id            VARCHAR(255) NOT NULL,
+    type          VARCHAR(16) NOT NULL,               -- picture|video|file|voice|audio|sticker|location|contact
+    media_url     TEXT,
+    file_name     TEXT,
+    file_size     BIGINT,
+    duration      INTEGER,                            -- seconds, for video, audio and voice
+    lat           DOUBLE PRECISION,
+    lon           DOUBLE PRECISION,
+    contact_name  TEXT,
+    contact_phone TEXT,
+    PRIMARY KEY (message_id, id)
 );
 
 CREATE INDEX messages_created_at ON messages (created_at);

@@ -1,4 +1,5 @@
-"""Reconcile: read each chat of the interval back from amoCRM and compare it, by our msgid, with the ledger.
+"""Reconcile: read each chat of the interval back from amoCRM and compare it, by our msgid, with the ledger: each
+message's text, and each attachment's (any message not text) type and file name.
 
 The ledger holds every valid message of the interval (from `pending` on), so the comparison needs no second
 read of the source. History is newest first, 50 a page; reading stops once a page is
@@ -21,7 +22,7 @@ from amojo.errors import FATAL, AmojoError
 from etl.api import Api
 from etl.ledger import Ledger, MessageStatus
 
-from .transform import text_hash
+from .transform import history_hash, text_hash
 
 CONVERSATIONS_PER_BATCH = 200
 
@@ -86,21 +87,41 @@ def _expected(rows: list) -> tuple[list, set[str]]:
 
 @dataclass
 class _Reading:
-    """One read of a chat's history, by our msgid (`client_id`): how often each is there, and its text's hash."""
+    """One read of a chat's history, by our msgid (`client_id`): how often each is there, and the digests of what
+    it shows (`shown_hash`: its text; and the type and file name of a message that is not text, such as an
+    attachment), with the digest of its text alone beside it (`texts`), which the ledger kept for a media message
+    sent before attachments were compared."""
 
     history: list[dict]
     ids: list[str | None]
     seen: Counter
     hashes: dict
+    texts: dict
 
     @classmethod
     def of(cls, history: list[dict]) -> _Reading:
-        ids = [item.get("message", {}).get("client_id") for item in history]
-        texts = pd.Series([item.get("message", {}).get("text", "") for item in history], dtype=object)
-        return cls(history, ids, Counter(ids), dict(zip(ids, text_hash(texts), strict=True)))
+        messages = [item.get("message", {}) for item in history]
+        ids = [message.get("client_id") for message in messages]
+        shown = pd.DataFrame({"type": [m.get("type") or "text" for m in messages],
+                              "text": [m.get("text", "") for m in messages],
+                              "file_name": [m.get("file_name") or "" for m in messages]}, dtype=object)
+        texts = text_hash(shown["text"])
+        hashes = texts.copy()
+        other = shown["type"] != "text"
+        if other.any():
+            hashes[other] = history_hash(shown.loc[other, "type"], shown.loc[other, "text"],
+                                         shown.loc[other, "file_name"])
+        return cls(history, ids, Counter(ids), dict(zip(ids, hashes, strict=True)),
+                   dict(zip(ids, texts, strict=True)))
 
     def other_text(self, row) -> bool:
-        return row.text_hash is not None and self.hashes.get(row.msgid) != row.text_hash
+        """The chat shows other than the ledger's: other text, or another type or file name."""
+        return row.text_hash is not None and row.text_hash not in (self.hashes.get(row.msgid),
+                                                                   self._legacy(row.msgid))
+
+    def _legacy(self, msgid: str) -> int | None:
+        """A media message's text digest, as the ledger kept it before attachments: still its match."""
+        return self.texts.get(msgid) if self.texts.get(msgid) != self.hashes.get(msgid) else None
 
     def differing(self, expected: list) -> set[str]:
         """The expected messages the chat holds other than once, or with other text than the ledger's."""

@@ -36,6 +36,14 @@ class Messages:
         return {row.msgid: MessageState(row.status, row.content_hash, row.conversation_id, row.msec)
                 for row in self.db.rows_where_in(messages, messages.c.msgid, msgids)}
 
+    def parts_of(self, msgid: str) -> dict[str, MessageState]:
+        """The attachment parts of a message (msgids `{msgid}#...`) the ledger knows: a message of attachments
+        alone is known only by them."""
+        query = sa.select(messages).where(messages.c.msgid.startswith(f"{msgid}#", autoescape=True))
+        with self.db.engine.connect() as conn:
+            return {row.msgid: MessageState(row.status, row.content_hash, row.conversation_id, row.msec)
+                    for row in conn.execute(query)}
+
     def register(self, rows: list[dict[str, Any]]) -> None:
         """Record messages as `pending` unless the ledger already knows them (whatever their status)."""
         if not rows:

@@ -12,17 +12,27 @@ SQL query per entity) adapts any other schema, as long as its queries return the
 from .checks import check_source
 from .frames import COMPOUND_TYPES, SourceFrames, as_text, compound_text
 from .queries import CANONICAL, SourceQueries, load_queries
-from .schema import CLIENT_COLUMNS, CONVERSATION_COLUMNS, MANAGER_COLUMNS, MESSAGE_COLUMNS, create_schema
+from .schema import (
+    ATTACHMENT_COLUMNS,
+    CLIENT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    MANAGER_COLUMNS,
+    MESSAGE_COLUMNS,
+    MESSAGE_OPTIONAL_COLUMNS,
+    create_schema,
+)
 from .stream import SourceStream, open_source, read_unplaced
 from .timestamps import to_utc_ms
 
 __all__ = [
+    "ATTACHMENT_COLUMNS",
     "CANONICAL",
     "CLIENT_COLUMNS",
     "COMPOUND_TYPES",
     "CONVERSATION_COLUMNS",
     "MANAGER_COLUMNS",
     "MESSAGE_COLUMNS",
+    "MESSAGE_OPTIONAL_COLUMNS",
     "SourceFrames",
     "SourceQueries",
     "SourceStream",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..settings import ConfigurationError
+from .schema import ATTACHMENT_COLUMNS
 
 
 @dataclass
@@ -17,7 +18,8 @@ class SourceFrames:
     """One chunk of messages with the conversations, clients and managers they refer to, canonical columns.
 
     `messages` are the interval's only, with `created_ms` (created_at read as unix milliseconds, NA where it
-    cannot be read); `rows_read` counts the rows the query returned, those of the neighbouring days included.
+    cannot be read); `rows_read` counts the rows the query returned, those of the neighbouring days included;
+    `attachments` are those of the chunk's messages (none without an attachments query).
     """
 
     messages: pd.DataFrame
@@ -25,6 +27,7 @@ class SourceFrames:
     clients: pd.DataFrame
     managers: pd.DataFrame
     rows_read: int = 0
+    attachments: pd.DataFrame = field(default_factory=lambda: frame_of([], [], ATTACHMENT_COLUMNS))
 
 
 COMPOUND_TYPES = (list, tuple, dict, set, frozenset, np.ndarray)
@@ -61,12 +64,18 @@ def check_columns(columns: list[str], wanted: tuple[str, ...], entity: str) -> N
         )
 
 
-def frame_of(rows: list, columns: list[str], wanted: tuple[str, ...]) -> pd.DataFrame:
-    """Rows (tuples, or row objects) -> a frame of the wanted columns, every column as objects."""
+def frame_of(rows: list, columns: list[str], wanted: tuple[str, ...], optional: tuple[str, ...] = ()
+             ) -> pd.DataFrame:
+    """Rows (tuples, or row objects) -> a frame of the wanted columns and the optional ones (None where the query
+    does not return them), every column as objects."""
     if not rows:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted})
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in wanted + optional})
     if type(rows[0]) is not tuple:
         rows = [tuple(row) for row in rows]
     frame = pd.DataFrame(rows, columns=columns, dtype=object)
-    return frame[list(wanted)]
+    frame = frame[list(wanted) + [c for c in optional if c in frame.columns]]
+    for column in optional:
+        if column not in frame.columns:
+            frame[column] = pd.Series(None, index=frame.index, dtype=object)
+    return frame
 

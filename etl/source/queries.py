@@ -8,8 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from ..settings import ConfigurationError
-from .schema import CLIENT_COLUMNS, CONVERSATION_COLUMNS, MANAGER_COLUMNS, MESSAGE_COLUMNS
+from .schema import (
+    ATTACHMENT_COLUMNS,
+    CLIENT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    MANAGER_COLUMNS,
+    MESSAGE_COLUMNS,
+    MESSAGE_OPTIONAL_COLUMNS,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,9 @@ class SourceQueries:
     created before it; `unplaced`,
     if given, binds nothing and returns the messages no interval can select (created_at NULL or not a time).
     Conversations and clients are looked up by id for each chunk, so their queries need no filter (they may
-    bind `:start`/`:end` too).
+    bind `:start`/`:end` too). `attachments`, if given, binds `:start` and `:end` like `messages` (the window of the
+    messages they belong to, on their created_at) and is looked up by `message_id` for each chunk's messages.
+    A messages query may also return `reply_to_id` (MESSAGE_OPTIONAL_COLUMNS).
     """
 
     messages: str
@@ -31,6 +42,7 @@ class SourceQueries:
     managers: str
     edits: str | None = None
     unplaced: str | None = None
+    attachments: str | None = None
 
 
 CANONICAL = SourceQueries(
@@ -41,7 +53,8 @@ CANONICAL = SourceQueries(
     edits=f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE updated_at >= :start AND updated_at < :end",
 )
 ENTITIES = {"messages": MESSAGE_COLUMNS, "conversations": CONVERSATION_COLUMNS, "clients": CLIENT_COLUMNS,
-            "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS, "unplaced": MESSAGE_COLUMNS}
+            "managers": MANAGER_COLUMNS, "edits": MESSAGE_COLUMNS, "unplaced": MESSAGE_COLUMNS,
+            "attachments": ATTACHMENT_COLUMNS}
 UNPLACED = {  # dialect -> the canonical messages no interval can send: no time, or one amojo cannot take
     "sqlite": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
               "OR typeof(created_at) <> 'text' OR created_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' "
@@ -50,6 +63,26 @@ UNPLACED = {  # dialect -> the canonical messages no interval can send: no time,
              "OR created_at < '1970-01-01'",
 }
 REQUIRED = ("messages", "conversations", "clients", "managers")
+
+
+def canonical_queries(conn: sa.Connection) -> SourceQueries:
+    """The canonical queries for what this database has: `reply_to_id` and the attachments table are newer than
+    the canonical schema, so a database created before them is read without them."""
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("messages"):
+        return CANONICAL
+    columns = MESSAGE_COLUMNS + tuple(c for c in MESSAGE_OPTIONAL_COLUMNS
+                                      if c in {col["name"] for col in inspector.get_columns("messages")})
+    attachments = None
+    if inspector.has_table("attachments"):
+        attachments = (f"SELECT {', '.join('a.' + c for c in ATTACHMENT_COLUMNS)} FROM attachments a "
+                       "JOIN messages m ON m.id = a.message_id WHERE m.created_at >= :start AND m.created_at < :end")
+    return SourceQueries(
+        messages=f"SELECT {', '.join(columns)} FROM messages WHERE created_at >= :start AND created_at < :end",
+        conversations=CANONICAL.conversations, clients=CANONICAL.clients, managers=CANONICAL.managers,
+        edits=f"SELECT {', '.join(columns)} FROM messages WHERE updated_at >= :start AND updated_at < :end",
+        attachments=attachments,
+    )
 
 
 def load_queries(mapping: Path | None) -> SourceQueries:

@@ -12,6 +12,13 @@ MESSAGE_COLUMNS = (
     "id", "conversation_id", "created_at", "updated_at", "direction", "manager_id", "type", "text", "media_url",
     "file_name", "file_size", "lat", "lon", "contact_name", "contact_phone",
 )
+MESSAGE_OPTIONAL_COLUMNS = ("reply_to_id",)
+"""Columns a messages query may return: `reply_to_id`, the source id of the message this one answers."""
+ATTACHMENT_COLUMNS = (
+    "message_id", "id", "type", "media_url", "file_name", "file_size", "duration", "lat", "lon", "contact_name",
+    "contact_phone",
+)
+"""An attachment of a message (several per message, in attachment id order); `duration` in seconds."""
 CONVERSATION_COLUMNS = ("id", "client_id", "created_at")
 CLIENT_COLUMNS = ("id", "name", "phone", "email", "avatar_url", "profile_url")
 MANAGER_COLUMNS = ("id", "name", "email")

@@ -13,8 +13,15 @@ import sqlalchemy as sa
 
 from .connection import DriverCursor, driver_errors, source_engine, unreadable
 from .frames import SourceFrames, as_text, check_columns, frame_of
-from .queries import UNPLACED, SourceQueries, bind, load_queries
-from .schema import CLIENT_COLUMNS, CONVERSATION_COLUMNS, MANAGER_COLUMNS, MESSAGE_COLUMNS
+from .queries import CANONICAL, UNPLACED, SourceQueries, bind, canonical_queries, load_queries
+from .schema import (
+    ATTACHMENT_COLUMNS,
+    CLIENT_COLUMNS,
+    CONVERSATION_COLUMNS,
+    MANAGER_COLUMNS,
+    MESSAGE_COLUMNS,
+    MESSAGE_OPTIONAL_COLUMNS,
+)
 from .timestamps import to_utc_ms
 from .window import Window, bound, candidate_bounds
 
@@ -45,11 +52,15 @@ class SourceStream:
         self.chunks = 0
         self._carried = {"conversations": frame_of([], [], CONVERSATION_COLUMNS),
                          "clients": frame_of([], [], CLIENT_COLUMNS)}
-        self._passes = [(q, p, q is queries.edits) for q, p in self._queries_and_bounds()]
         self._cursor: DriverCursor | None = None
         self._edits_pass = False
+        # The edits pass reads messages created before the interval: their attachments by id, from any earlier time.
+        self._since_ever = bound(datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC")), dialect, zone)
         try:
             self._lookup = self.engine.connect()
+            if queries is CANONICAL:
+                self.queries = queries = canonical_queries(self._lookup)
+            self._passes = [(q, p, q is queries.edits) for q, p in self._queries_and_bounds()]
             if dialect == "sqlite":
                 self._time_order = self._sqlite_time_order()
             self.managers = self._select(queries.managers, MANAGER_COLUMNS, "managers")
@@ -158,16 +169,35 @@ class SourceStream:
         if not rows:
             return None
         try:
-            messages = self._of_interval(frame_of(rows, self._cursor.columns, MESSAGE_COLUMNS))
+            messages = self._of_interval(frame_of(rows, self._cursor.columns, MESSAGE_COLUMNS,
+                                                  MESSAGE_OPTIONAL_COLUMNS))
+            attachments = self._attachments_of(messages)
             conversation_ids = [str(v) for v in messages["conversation_id"].dropna().unique()]
             conversations = self._by_ids(self.queries.conversations, conversation_ids, CONVERSATION_COLUMNS,
                                          "conversations")
             client_ids = [str(v) for v in conversations["client_id"].dropna().unique()]
             clients = self._by_ids(self.queries.clients, client_ids, CLIENT_COLUMNS, "clients")
         except driver_errors(self.engine) as exc:
-            raise unreadable(self.engine.url, exc, "conversations or clients") from None
+            raise unreadable(self.engine.url, exc, "attachments, conversations or clients") from None
         self.chunks += 1
-        return SourceFrames(messages, conversations, clients, self.managers, len(rows))
+        return SourceFrames(messages, conversations, clients, self.managers, len(rows), attachments)
+
+    def _attachments_of(self, messages: pd.DataFrame) -> pd.DataFrame:
+        """The attachments of these messages, by message id, bound to the span their messages were read from."""
+        sql = self.queries.attachments
+        ids = sorted({as_text(v) for v in messages["id"] if as_text(v) is not None})
+        if not sql or not ids:
+            return frame_of([], [], ATTACHMENT_COLUMNS)
+        span = dict(self.candidate_params, start=self._since_ever) if self._edits_pass else self.candidate_params
+        statement = sa.text(f"SELECT * FROM ({sql}) q WHERE q.message_id IN :ids").bindparams(
+            sa.bindparam("ids", expanding=True))
+        frames = []
+        for first in range(0, len(ids), self.LOOKUP_SLICE):
+            result = self._lookup.execute(statement, {**bind(sql, span), "ids": ids[first:first + self.LOOKUP_SLICE]})
+            columns = list(result.keys())
+            check_columns(columns, ATTACHMENT_COLUMNS, "attachments")
+            frames.append(frame_of(result.fetchall(), columns, ATTACHMENT_COLUMNS))
+        return pd.concat(frames, ignore_index=True)
 
     def _of_interval(self, messages: pd.DataFrame) -> pd.DataFrame:
         """The rows of the pass that belong to the interval, with `created_ms`: new messages by their creation time,
@@ -204,7 +234,7 @@ def read_unplaced(url: str, mapping: Path | None) -> pd.DataFrame | None:
             result = conn.execute(sa.text(f"SELECT * FROM ({sql}) q"))
             columns = list(result.keys())
             check_columns(columns, MESSAGE_COLUMNS, "unplaced")
-            return frame_of(result.fetchall(), columns, MESSAGE_COLUMNS)
+            return frame_of(result.fetchall(), columns, MESSAGE_COLUMNS, MESSAGE_OPTIONAL_COLUMNS)
     except sa.exc.SQLAlchemyError as exc:
         raise unreadable(url, exc) from None
     finally:

@@ -27,6 +27,8 @@ class LoadReport:
     api_rejected: Counter = field(default_factory=Counter)
     failed: int = 0
     held_back: int = 0  # messages of conversations stopped earlier in the run: they wait for the next run
+    replies_quoted: int = 0  # replies sent quoting the message they answer
+    quotes_dropped: Counter = field(default_factory=Counter)  # replies sent without their quote, by reason
     quarantined: dict[str, str] = field(default_factory=dict)  # conversation_id -> reason
     stopped: dict[str, str] = field(default_factory=dict)  # conversation_id -> the error that stopped it
 

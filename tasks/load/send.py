@@ -33,6 +33,7 @@ from etl.ledger import NEEDS_EDIT_HASH, UNCERTAIN, MessageStatus
 from ..transform import text_hash
 from .context import LoadContext
 from .plan import ledger_row
+from .replies import quote_of
 
 
 async def landed_in_chat(ctx: LoadContext, chat_id: str, msgids: set[str], since_ms: int, patience: int = 0
@@ -124,11 +125,13 @@ class ConversationSend:
         ctx = self.ctx
         ctx.claims.check()
         sent, landed, refusal = None, {}, None
+        quote = quote_of(ctx.ledger, message, {row["msgid"] for row in self.outcomes
+                                               if row.get("status") == MessageStatus.SENT})
 
         async def send() -> None:
             nonlocal sent, refusal
             try:
-                sent = await ctx.api.chats.new_message(message_payload(message, self.client))
+                sent = await ctx.api.chats.new_message(message_payload(message, self.client, quote.msgid))
             except InvalidRequest as exc:
                 refusal = exc
                 raise
@@ -158,6 +161,7 @@ class ConversationSend:
             if self.outcomes[-1]["content_hash"] == NEEDS_EDIT_HASH:
                 self.resent.append(message)
         ctx.report.messages_sent += 1
+        quote.count(ctx.report)
 
     async def _edit(self, message: Any) -> None:
         ctx = self.ctx

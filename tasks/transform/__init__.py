@@ -11,13 +11,14 @@ The bodies amoCRM takes are built from these rows in `amojo.payloads`.
 from .batch import Batch, SeenIds, Senders
 from .chunk import transform, transform_task
 from .clients import normalise_emails, normalise_phones
-from .digests import source_digest, text_hash
+from .digests import history_hash, source_digest, text_hash
 from .rejects import json_lines, source_keys, unplaced_rejects
 
 __all__ = [
     "Batch",
     "SeenIds",
     "Senders",
+    "history_hash",
     "json_lines",
     "normalise_emails",
     "normalise_phones",

@@ -16,6 +16,14 @@ from .values import as_texts
 Check = tuple[pd.Series, str, str]
 """Where rows fail, the reason, and the detail for people."""
 
+WHOLE_MESSAGE = frozenset({
+    "missing_id", "bad_id", "id_too_long", "missing_conversation", "bad_conversation_id", "orphan_conversation",
+    "missing_client", "bad_client_id", "orphan_client", "unknown_direction", "bad_timestamp", "future_timestamp",
+    "no_sender_ref",
+})
+"""Reasons that concern the message as a whole (where and when it goes, and as whom): they reject its attachments
+too. The others concern its own content alone, and its attachments go without it."""
+
 
 def id_checks(m: pd.DataFrame, conversations: pd.DataFrame, client_ids: set[str], prefix: str) -> list[Check]:
     """The message's id, and its conversation's and client's: present, fit for the ledger and for JSON, short
@@ -41,6 +49,13 @@ def id_checks(m: pd.DataFrame, conversations: pd.DataFrame, client_ids: set[str]
     ]
 
 
+def _with_attachments(m: pd.DataFrame) -> pd.Series:
+    """Where a message has attachments: its text, blank, is then no fault (nothing of it is sent)."""
+    if "has_attachments" not in m.columns:
+        return pd.Series(False, index=m.index)
+    return m["has_attachments"].fillna(False).astype(bool)
+
+
 def content_checks(m: pd.DataFrame, now: datetime, text_limit: int | None) -> list[Check]:
     """What the message says: its direction, type and time, and the fields its type needs, as amojo takes them.
 
@@ -59,8 +74,8 @@ def content_checks(m: pd.DataFrame, now: datetime, text_limit: int | None) -> li
          "created_at is missing, unreadable (ISO 8601 expected) or before 1970"),
         (m["msec"] > now.timestamp() * 1000, "future_timestamp", "created_at is in the future"),
         (m["bad_utf8"], "invalid_utf8", "the text is not valid UTF-8"),
-        ((m["type"] == "text") & m["blank_text"], "empty_text",
-         "a text message with NULL, empty or only control characters as text"),
+        ((m["type"] == "text") & m["blank_text"] & ~_with_attachments(m), "empty_text",
+         "a text message with NULL, empty or only control characters as text, and no attachments"),
         (media_type & ~media_url_ok, "bad_media_url",
          "a media message needs a media_url amoCRM can fetch: http(s)://..., or s3://bucket/key (presigned)"),
         (media_type & m["file_size"].notna() & m["file_bytes"].isna(), "bad_file_size",

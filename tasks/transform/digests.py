@@ -1,10 +1,12 @@
-"""Stable 64-bit digests: of what a message says (to tell an edit), of its text as sent (to compare with the chat
-history), of a whole chunk (to tell a changed day), and of one string."""
+"""Stable 64-bit digests: of what a message says (to tell an edit), of what the chat history shows of it (its text,
+and a non-text message's type and file name), of a whole chunk (to tell a changed day), and of one string."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from amojo.payloads import MEDIA_TYPES, NEEDS_FILE_META
 
 from .batch import Batch
 
@@ -18,14 +20,45 @@ def digest(frame: pd.DataFrame | pd.Series) -> pd.Series:
 
 
 def content_hash(frame: pd.DataFrame) -> pd.Series:
-    """A stable 64-bit digest of what a message says, to tell an edited message from an unchanged one."""
-    return digest(frame[CONTENT_COLUMNS].astype(object).where(frame[CONTENT_COLUMNS].notna(), ""))
+    """A stable 64-bit digest of what a message says, to tell an edited message from an unchanged one. A media
+    duration counts where there is one (the digest of a message without one is the same as before durations)."""
+    hashes = digest(frame[CONTENT_COLUMNS].astype(object).where(frame[CONTENT_COLUMNS].notna(), ""))
+    if "duration" in frame.columns and frame["duration"].notna().any():
+        timed = frame["duration"].notna()
+        columns = CONTENT_COLUMNS + ["duration"]
+        hashes[timed] = digest(frame.loc[timed, columns].astype(object).where(frame.loc[timed, columns].notna(), ""))
+    return hashes
 
 
 def text_hash(texts: pd.Series) -> pd.Series:
     """A 64-bit digest of the text as sent (blank counts as none), comparable with what the chat history returns."""
     texts = texts.astype(object).where(texts.notna(), "")
     return digest(texts.where(texts.str.strip() != "", ""))
+
+
+def shown_hash(frame: pd.DataFrame) -> pd.Series:
+    """A 64-bit digest of what the chat history shows of each message: a text message's text (its `text_hash`), and
+    of any other its type, text and file name as sent (`file` for a picture, video or file without one)."""
+    hashes = text_hash(frame["text"])
+    other = frame["type"] != "text"
+    if other.any():
+        kinds, names = frame.loc[other, "type"], frame.loc[other, "file_name"]
+        sent_names = names.where(names.notna(), kinds.map(_default_name)).where(kinds.isin(MEDIA_TYPES), "")
+        hashes[other] = history_hash(kinds, frame.loc[other, "text"], sent_names)
+    return hashes
+
+
+def history_hash(types: pd.Series, texts: pd.Series, file_names: pd.Series) -> pd.Series:
+    """The digest `shown_hash` gives a message that is not text, of the type, text and file name history shows."""
+    texts = texts.astype(object).where(texts.notna(), "")
+    shown = pd.DataFrame({"marker": "shown", "type": types.astype(object).where(types.notna(), ""),
+                          "text": texts.where(texts.str.strip() != "", ""),
+                          "file_name": file_names.astype(object).where(file_names.notna(), "")})
+    return digest(shown)
+
+
+def _default_name(kind: str) -> str:
+    return "file" if kind in NEEDS_FILE_META else ""
 
 
 def source_digest(batch: Batch) -> tuple[int, int]:

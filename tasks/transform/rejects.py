@@ -22,11 +22,12 @@ class Rejects:
     """A chunk's rejects as the checks find them, in the order they are found.
 
     `raw` holds the rows as read (what a reject shows); `ids` and `msec` the message ids as text and the times
-    as read, by which a reject's key names its row.
+    as read, by which a reject's key names its row; `kind` what the rows are (`message`, `attachment`).
     """
 
-    def __init__(self, raw: pd.DataFrame, ids: pd.Series, msec: pd.Series, seen: SeenIds) -> None:
-        self._raw, self._ids, self._msec, self._seen = raw, ids, msec, seen
+    def __init__(self, raw: pd.DataFrame, ids: pd.Series, msec: pd.Series, seen: SeenIds,
+                 kind: str = "message") -> None:
+        self._raw, self._ids, self._msec, self._seen, self._kind = raw, ids, msec, seen, kind
         self._found: list[pd.DataFrame] = []
 
     def add(self, mask: pd.Series, reason: str, detail: str, *, duplicate: bool = False) -> None:
@@ -34,8 +35,8 @@ class Rejects:
         mask = mask.fillna(False).astype(bool)
         if mask.any():
             rows = self._raw.loc[mask[mask].index]
-            key = source_keys(self._ids.loc[rows.index], self._msec.loc[rows.index], rows["created_at"], rows,
-                              self._seen, always_digest=duplicate)
+            key = source_keys(self._ids.loc[rows.index], self._msec.loc[rows.index], rows.get("created_at"), rows,
+                              self._seen, always_digest=duplicate, kind=self._kind)
             self._found.append(pd.DataFrame({
                 "source_key": key,
                 "reason": reason,
@@ -75,8 +76,9 @@ def unplaced_rejects(messages: pd.DataFrame, source_zone: ZoneInfo) -> pd.DataFr
 
 
 def source_keys(ids: pd.Series, msec: pd.Series, created_at: pd.Series | None, rows: pd.DataFrame,
-                seen: SeenIds | None = None, *, always_digest: bool = False) -> pd.Series:
-    """`message:{id}@{created_at in UTC}`: which source row a reject is, the same across chunks, runs and days.
+                seen: SeenIds | None = None, *, always_digest: bool = False, kind: str = "message") -> pd.Series:
+    """`message:{id}@{created_at in UTC}`: which source row a reject is, the same across chunks, runs and days
+    (`attachment:{message id}#{attachment id}@{its message's created_at}` for an attachment).
 
     Rows that this cannot tell apart (a repeated id, no id, no readable time) get a digest of what they hold,
     and identical rows a count of the copies before them in the interval (they are interchangeable).
@@ -86,7 +88,7 @@ def source_keys(ids: pd.Series, msec: pd.Series, created_at: pd.Series | None, r
     unreadable = msec.isna()
     if created_at is not None and unreadable.any():
         when[unreadable] = created_at[unreadable].map(key_part)
-    keys = "message:" + shown.fillna("<null id>") + "@" + when.fillna("<null time>")
+    keys = f"{kind}:" + shown.fillna("<null id>") + "@" + when.fillna("<null time>")
     ambiguous = shown.isna() | (ids == "") | unreadable if not always_digest else pd.Series(True, index=ids.index)
     if ambiguous.any():
         digests = digest(rows.loc[ambiguous[ambiguous].index].map(printable).astype(str))
