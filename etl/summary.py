@@ -53,6 +53,8 @@ class RunSummary(Result):
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     warnings: dict[str, int] = field(default_factory=dict)
     quarantined: dict[str, str] = field(default_factory=dict)
+    replies_quoted: int = 0  # replies sent quoting the message they answer
+    quotes_dropped: dict[str, int] = field(default_factory=dict)  # replies sent unquoted, by why (tasks/load/replies)
     expected: int = 0
     confirmed: int = 0
     missing: int = 0

@@ -95,6 +95,8 @@ class RunTotals:
             rejects_by_reason={str(k): int(v) for k, v in sorted(by_reason.items())},
             warnings={str(k): int(v) for k, v in sorted(self.warnings.items()) if v},
             quarantined=dict(load.quarantined),
+            replies_quoted=load.replies_quoted,
+            quotes_dropped={str(k): int(v) for k, v in sorted(load.quotes_dropped.items()) if v},
             duration_s=round(duration_s, 2),
             reject_samples=self.reject_samples,
             source_rows=self.source_rows,

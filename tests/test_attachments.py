@@ -12,7 +12,10 @@ from test_emulator_api import Amojo
 
 from etl.api import open_api
 from etl.ledger import Ledger
+from etl.summary import RunSummary
+from tasks.load import LoadReport
 from tasks.reconcile import reconcile
+from tasks.report import RunTotals
 
 PREFIX = "ae-"
 NOON = datetime.combine(DAY, datetime.min.time()) + timedelta(hours=12)
@@ -190,3 +193,12 @@ def test_the_emulator_keeps_an_accepted_quote_in_its_state_and_history_does_not_
     # The documented history carries no reply_to: a quote is checked when accepted, not read back.
     assert all("reply_to" not in item and "reply_to" not in item["message"]
                for item in amojo.history(chat_id).json()["messages"])
+
+
+def test_the_run_summary_counts_replies_quoted_and_quotes_dropped_by_reason():
+    load = LoadReport(replies_quoted=3)
+    load.quotes_dropped.update({"not_in_chat": 2, "unknown": 1})
+    totals = RunTotals("2026-10-05", load=load)
+    summary = totals.summary(None, 1.0)
+    assert summary.replies_quoted == 3 and summary.quotes_dropped == {"not_in_chat": 2, "unknown": 1}
+    assert RunSummary(**summary.as_dict()).quotes_dropped == {"not_in_chat": 2, "unknown": 1}

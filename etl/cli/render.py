@@ -181,6 +181,9 @@ def _summary_rows(summary: RunSummary) -> list[tuple[str, Any]]:
     rows += [(f"  {reason}", count) for reason, count in summary.rejects_by_reason.items()]
     if summary.media.get("checked"):
         rows.append(("media URLs checked", _media_checked(summary.media)))
+    if summary.replies_quoted or summary.quotes_dropped:
+        rows += [("replies quoted / unquoted", f"{summary.replies_quoted} / {sum(summary.quotes_dropped.values())}")]
+        rows += [(f"  {reason}", count) for reason, count in summary.quotes_dropped.items()]
     return rows + [
         ("quarantined conversations", len(summary.quarantined)),
         ("confirmed by read-back", f"{summary.confirmed} of {summary.expected}"),
