@@ -1,7 +1,8 @@
 """A deterministic sample source database in the canonical schema: the same seed and size give the same rows.
 
 October 2026 of client <-> manager chats in Russian and English, both directions, some media, locations and
-contacts, five managers (one unknown to amoCRM, one without an amojo_id, some messages with no manager at all),
+contacts, some messages with attachments (a caption and one or two files, or the files alone), some replies to the
+message before, five managers (one unknown to amoCRM, one without an amojo_id, some messages with no manager at all),
 and three broken rows so that the demo shows its rejects. Rows are generated column-wise with numpy, conversation
 batch by conversation batch, so 10 million messages take memory for one batch, not for all of them.
 """
@@ -67,7 +68,9 @@ MEDIA = pd.DataFrame({
     "named": [True, True, False, True],
 })
 MESSAGE_COLUMNS = ["id", "conversation_id", "created_at", "updated_at", "direction", "manager_id", "type", "text",
-                   "media_url", "file_name", "file_size", "lat", "lon", "contact_name", "contact_phone"]
+                   "media_url", "file_name", "file_size", "lat", "lon", "contact_name", "contact_phone",
+                   "reply_to_id"]
+BROKEN_ROWS = ((5, "text", None), (50, "text", "   "), (120, "type", "gif"))
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ def _conversation_sizes(rng: np.random.Generator, messages: int, conversations: 
 
 
 def _messages(rng: np.random.Generator, first: int, sizes: np.ndarray, clients: int) -> tuple[pd.DataFrame, ...]:
-    """Conversations `first`.. with `sizes` messages each, and their messages, in time order per conversation."""
+    """Conversations `first`.. with `sizes` messages each, their messages in time order per conversation, and the
+    attachments of some of them."""
     count = len(sizes)
     number = np.arange(first + 1, first + count + 1)
     opened = MONTH_START + rng.integers(0, OPENING_DAYS * 86400, size=count).astype("timedelta64[s]")
@@ -175,7 +179,26 @@ def _messages(rng: np.random.Generator, first: int, sizes: np.ndarray, clients: 
         "contact_name": np.where(is_contact, "Служба доставки", None),
         "contact_phone": np.where(is_contact, "+74951234567", None),
     })
-    return conversations, messages
+    # Drawn after the rows above, so that a seed gives the same messages as before attachments and replies.
+    replies = (position > 0) & (rng.random(total) < 0.04)
+    messages["reply_to_id"] = pd.Series(np.roll(msg_ids, 1), dtype=object).where(replies, None)
+    attached = ~(is_media | is_location | is_contact) & (rng.random(total) < 0.03)
+    files = np.where(attached, rng.integers(1, 3, size=total), 0)
+    messages.loc[attached & (rng.random(total) < 0.5), "text"] = None  # the files alone, no caption
+    return conversations, messages, _attachments(rng, msg_ids[files > 0], files[files > 0])
+
+
+def _attachments(rng: np.random.Generator, message_ids: np.ndarray, files: np.ndarray) -> pd.DataFrame:
+    """`files` attachments (pictures and files) for each of these messages, ids 1, 2, ... within each."""
+    message_id = np.repeat(message_ids, files)
+    number = (np.arange(len(message_id)) - np.repeat(np.cumsum(files) - files, files) + 1).astype(str)
+    media = MEDIA.iloc[rng.choice([0, 1], size=len(message_id))].reset_index(drop=True)
+    name = media["stem"] + "-" + pd.Series(message_id, dtype=object) + "-" + number + "." + media["ext"]
+    return pd.DataFrame({
+        "message_id": message_id, "id": number.astype(object), "type": media["type"],
+        "media_url": "https://example.com/media/" + name, "file_name": name,
+        "file_size": media["size"].astype("Int64"),
+    })
 
 
 def generate(seed: int = 7, size: SampleSize | None = None) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -186,13 +209,16 @@ def generate(seed: int = 7, size: SampleSize | None = None) -> Iterator[tuple[st
     yield "clients", _clients(rng, size.client_count)
     sizes = _conversation_sizes(rng, size.messages, size.conversation_count, size.even)
     for first in range(0, len(sizes), BATCH_CONVERSATIONS):
-        conversations, messages = _messages(rng, first, sizes[first:first + BATCH_CONVERSATIONS], size.client_count)
+        conversations, messages, attachments = _messages(rng, first, sizes[first:first + BATCH_CONVERSATIONS],
+                                                         size.client_count)
         if first == 0:  # rows that break the rules, as real databases do: the demo shows them as rejects
-            for row, column, value in ((5, "text", None), (50, "text", "   "), (120, "type", "gif")):
+            for row, column, value in BROKEN_ROWS:
                 if row < len(messages) and messages.at[row, "type"] == "text":
                     messages.at[row, column] = value
+                    attachments = attachments[attachments["message_id"] != messages.at[row, "id"]]
         yield "conversations", conversations
         yield "messages", messages
+        yield "attachments", attachments
 
 
 def _rows(frame: pd.DataFrame, dialect: str) -> list[tuple]:

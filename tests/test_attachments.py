@@ -4,14 +4,19 @@ Each test runs the flow's steps against the emulator, without Prefect."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 from load_harness import DAY, execute, landed, run_interval, settings_for, write_source
 from test_emulator_api import Amojo
 
 from etl.api import open_api
+from etl.intervals import Interval
 from etl.ledger import Ledger
+from etl.sample import SampleSize, generate, write_sample
+from etl.source import open_source
 from etl.summary import RunSummary
 from tasks.load import LoadReport
 from tasks.reconcile import reconcile
@@ -202,3 +207,34 @@ def test_the_run_summary_counts_replies_quoted_and_quotes_dropped_by_reason():
     summary = totals.summary(None, 1.0)
     assert summary.replies_quoted == 3 and summary.quotes_dropped == {"not_in_chat": 2, "unknown": 1}
     assert RunSummary(**summary.as_dict()).quotes_dropped == {"not_in_chat": 2, "unknown": 1}
+
+
+async def test_the_sample_has_attachments_and_replies_and_they_arrive(emulator, tmp_path, ledger_url):
+    url = f"sqlite:///{tmp_path / 'sample.db'}"
+    counts = write_sample(url, size=SampleSize(messages=400, conversations=20, clients=10))
+    assert counts["attachments"] > 0
+    result = await run_interval(settings_for(emulator, url, ledger_url), date(2026, 10, 1), days=45)
+    assert result.verdict.verdict == "complete", result.verdict
+    held = landed(emulator)
+    assert any("#" in msgid for msgid in held) and {len(copies) for copies in held.values()} == {1}
+    assert result.load.replies_quoted > 0
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres", "mariadb"])
+def test_each_chunk_comes_with_the_attachments_of_its_messages_and_their_replies(dialect, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 's.db'}" if dialect == "sqlite" else request.getfixturevalue(f"{dialect}_url")
+    size = SampleSize(messages=400, conversations=20, clients=10)
+    write_sample(url, size=size)
+    generated = dict(pd.concat(rows for table, rows in generate(size=size) if table == "attachments")
+                     .groupby("message_id").size())
+    replies = {r.id: r.reply_to_id for table, rows in generate(size=size) if table == "messages"
+               for r in rows.itertuples() if r.reply_to_id}
+    interval = Interval.days(date(2026, 9, 1), date(2026, 12, 1), ZoneInfo("UTC"))
+    found: dict[str, int] = {}
+    read_replies: dict[str, str] = {}
+    with open_source(url, None, interval.start, interval.end, ZoneInfo("UTC"), chunk_size=37) as stream:
+        while (frames := stream.next_chunk()) is not None:
+            assert set(frames.attachments["message_id"].astype(str)) <= set(frames.messages["id"].astype(str))
+            found.update(frames.attachments.groupby("message_id").size().to_dict())
+            read_replies.update({r.id: r.reply_to_id for r in frames.messages.itertuples() if r.reply_to_id})
+    assert found == generated and read_replies == replies and replies
