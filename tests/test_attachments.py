@@ -238,3 +238,16 @@ def test_each_chunk_comes_with_the_attachments_of_its_messages_and_their_replies
             found.update(frames.attachments.groupby("message_id").size().to_dict())
             read_replies.update({r.id: r.reply_to_id for r in frames.messages.itertuples() if r.reply_to_id})
     assert found == generated and read_replies == replies and replies
+
+
+async def test_an_attachment_changed_on_a_later_day_is_edited_by_that_days_run(emulator, source, ledger_url):
+    _message(source, "doc", "cv0", "the contract", NOON)
+    _attachment(source, "doc", "1", kind="file", name="draft.pdf")
+    await run_interval(settings_for(emulator, source, ledger_url))
+    execute(source, "UPDATE attachments SET file_name = 'final.pdf' WHERE message_id = 'doc'")
+    execute(source, "UPDATE messages SET updated_at = :t WHERE id = 'doc'",
+            t=(NOON + timedelta(days=5)).strftime("%Y-%m-%d %H:%M:%S"))
+    # Days later: the attachments query reads the message's attachments from before that day's wider span.
+    result = await run_interval(settings_for(emulator, source, ledger_url), DAY + timedelta(days=5))
+    assert (result.load.messages_sent, result.load.messages_edited) == (0, 1)
+    assert landed(emulator)[PREFIX + "doc#1"][0]["message"]["file_name"] == "final.pdf"

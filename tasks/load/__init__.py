@@ -8,6 +8,7 @@ amoCRM before anything is done again (`amojo.resolve`).
     plan.py      which of a batch's messages are new (registered `pending`), to send, to edit, to leave
     prepare.py   a wave of conversations: chats created, contacts resolved (contacts.py), chats linked
     send.py      one conversation's messages: the message state machine and its crash windows
+    replies.py   whether a reply quotes the message it answers, or why not
     loader.py    the stages run for a batch, under the run's claims; the Prefect tasks
 """
 
