@@ -251,3 +251,19 @@ async def test_an_attachment_changed_on_a_later_day_is_edited_by_that_days_run(e
     result = await run_interval(settings_for(emulator, source, ledger_url), DAY + timedelta(days=5))
     assert (result.load.messages_sent, result.load.messages_edited) == (0, 1)
     assert landed(emulator)[PREFIX + "doc#1"][0]["message"]["file_name"] == "final.pdf"
+
+
+async def test_a_bad_text_leaves_its_attachments_to_go_and_a_bad_message_takes_them_along(emulator, source, ledger_url):
+    execute(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                    "VALUES ('odd', 'cv0', :t, 'in', 'gif', 'a gif caption')", t=NOON.strftime("%Y-%m-%d %H:%M:%S"))
+    _attachment(source, "odd", "1", name="still.jpg")
+    _message(source, "lost", "nowhere", "in no conversation", NOON)
+    _attachment(source, "lost", "1", name="lost.jpg")
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    held = landed(emulator)
+    assert PREFIX + "odd#1" in held and PREFIX + "odd" not in held
+    assert not [msgid for msgid in held if "lost" in msgid]
+    reasons = {r["source_key"].split("@")[0]: r["reason"] for r in _rejects(ledger_url)}
+    assert reasons == {"message:odd": "unknown_type", "message:lost": "orphan_conversation",
+                       "attachment:lost#1": "orphan_conversation"}
