@@ -24,9 +24,14 @@ MONTH = (date(2026, 10, 1), date(2026, 11, 2))
 
 
 def _source_counts(url: str) -> tuple[int, set[str]]:
+    """The clients, and the ids of what the source holds to send: each message with text or without attachments
+    (those without text are rejected), and each attachment as `{message id}#{attachment id}`."""
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        ids = {row[0] for row in conn.execute(sa.text("SELECT id FROM messages"))}
+        ids = {row[0] for row in conn.execute(sa.text(
+            "SELECT id FROM messages m WHERE text IS NOT NULL OR type <> 'text' "
+            "OR NOT EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = m.id)"))}
+        ids |= {f"{row[0]}#{row[1]}" for row in conn.execute(sa.text("SELECT message_id, id FROM attachments"))}
         clients = conn.execute(sa.text("SELECT COUNT(DISTINCT client_id) FROM conversations")).scalar()
     engine.dispose()
     return clients, ids

@@ -36,12 +36,13 @@ class Quote:
             report.quotes_dropped[self.dropped] += 1
 
 
-def quote_of(ledger: Ledger, message: Any, sent_here: set[str]) -> Quote:
-    """The quote of `message` (a batch row with `reply_to`, our msgid of the message it answers); `sent_here`: the
-    msgids this conversation's send has sent and not yet recorded."""
+def quote_of(ledger: Ledger, message: Any, outcomes: list[dict[str, Any]]) -> Quote:
+    """The quote of `message` (a batch row with `reply_to`, our msgid of the message it answers); `outcomes`: the
+    ledger rows this conversation's send has found so far and not yet recorded."""
     wanted = getattr(message, "reply_to", None)
     if not isinstance(wanted, str) or not wanted:
         return Quote()
+    sent_here = {row["msgid"] for row in outcomes if row.get("status") == MessageStatus.SENT}
     if wanted in sent_here:
         return Quote(wanted)
     state = ledger.messages.states([wanted]).get(wanted)

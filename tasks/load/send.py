@@ -125,8 +125,7 @@ class ConversationSend:
         ctx = self.ctx
         ctx.claims.check()
         sent, landed, refusal = None, {}, None
-        quote = quote_of(ctx.ledger, message, {row["msgid"] for row in self.outcomes
-                                               if row.get("status") == MessageStatus.SENT})
+        quote = quote_of(ctx.ledger, message, self.outcomes)
 
         async def send() -> None:
             nonlocal sent, refusal

@@ -54,9 +54,9 @@ def attachment_parts(a: pd.DataFrame, raw: pd.DataFrame, parents: pd.DataFrame, 
     row), in the columns of a message; the others rejected alone, with their reason. An attachment of a message
     rejected as a whole (`fallen`: message id -> reason, detail) is rejected with its message's reason."""
     of_fallen = a["message_id"].isin(fallen.keys())
+    why = a["message_id"].map({message_id: reason for message_id, (reason, _) in fallen.items()})
     for reason, detail in sorted(set(fallen.values())):
-        mask = of_fallen & a["message_id"].map(lambda i, r=reason, d=detail: fallen.get(i) == (r, d))
-        rejects.add(mask, reason, f"its message is rejected: {detail}")
+        rejects.add(of_fallen & (why == reason), reason, f"its message is rejected: {detail}")
     a, raw = a[~of_fallen], raw[~of_fallen]
     parent = parents.reset_index(names="row").drop_duplicates("id").set_index("id")
     a = a[a["message_id"].isin(parent.index)]
