@@ -4,8 +4,8 @@ the quote, and why.
 amoCRM takes a quote only of a message already in the same chat, so a message is quoted when the ledger (or this
 conversation's send, before it records) has it sent in the same conversation. A message of attachments alone is
 quoted by its first attachment. Otherwise the reply goes unquoted, and the run counts why: `not_in_chat` (another
-conversation's), `not_sent_yet` (later, or still unsent), `rejected` (amoCRM or the source refused it) or
-`unknown` (the ledger has never seen it: not in the source, or not imported yet).
+conversation's), `not_sent_yet` (later, or still unsent), `rejected` (amoCRM refused its data) or `unknown` (the
+ledger holds no such message: not in the source, rejected there, or of an interval not run yet).
 """
 
 from __future__ import annotations
