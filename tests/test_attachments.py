@@ -5,6 +5,7 @@ Each test runs the flow's steps against the emulator, without Prefect."""
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -14,11 +15,13 @@ from test_emulator_api import Amojo
 
 from etl.api import open_api
 from etl.intervals import Interval
-from etl.ledger import Ledger
+from etl.ledger import Ledger, MessageStatus
+from etl.ledger.messages import MessageState
 from etl.sample import SampleSize, generate, write_sample
 from etl.source import open_source
 from etl.summary import RunSummary
 from tasks.load import LoadReport
+from tasks.load.replies import Quote, quote_of
 from tasks.reconcile import reconcile
 from tasks.report import RunTotals
 
@@ -267,3 +270,27 @@ async def test_a_bad_text_leaves_its_attachments_to_go_and_a_bad_message_takes_t
     reasons = {r["source_key"].split("@")[0]: r["reason"] for r in _rejects(ledger_url)}
     assert reasons == {"message:odd": "unknown_type", "message:lost": "orphan_conversation",
                        "attachment:lost#1": "orphan_conversation"}
+
+
+def test_a_quote_names_why_it_is_dropped_and_quotes_a_message_of_attachments_by_its_first():
+    known = {"q-sent": MessageState("sent", 0, "c1", 1), "q-rejected": MessageState("rejected", 0, "c1", 1),
+             "q-pending": MessageState("pending", 0, "c1", 1), "q-other": MessageState("confirmed", 0, "c2", 1),
+             "photo#10": MessageState("sent", 0, "c1", 1), "photo#9": MessageState("sent", 0, "c1", 1)}
+
+    class Messages:
+        def states(self, msgids):
+            return {m: known[m] for m in msgids if m in known}
+
+        def parts_of(self, msgid):
+            return {m: s for m, s in known.items() if m.startswith(f"{msgid}#")}
+
+    ledger = SimpleNamespace(messages=Messages())
+
+    def quote(reply_to: str | None, outcomes: list | None = None) -> Quote:
+        return quote_of(ledger, SimpleNamespace(reply_to=reply_to, conversation_id="c1"), outcomes or [])
+
+    assert quote(None) == Quote()
+    assert quote("q-sent") == Quote("q-sent") and quote("photo") == Quote("photo#9")
+    assert quote("q-pending", [{"msgid": "q-pending", "status": MessageStatus.SENT}]) == Quote("q-pending")
+    assert [quote(m).dropped for m in ("q-rejected", "q-pending", "q-other", "nowhere")] == \
+        ["rejected", "not_sent_yet", "not_in_chat", "unknown"]
