@@ -152,12 +152,18 @@ def _message_rows(m: pd.DataFrame, managers: pd.DataFrame, senders: Senders, pre
     })
     # One conversation's messages in time order, whatever order the source's text timestamps sorted in.
     messages = messages.sort_values(["conversation_id", "msec"], kind="stable").reset_index(drop=True)
-    needs_name = messages["type"].isin(NEEDS_FILE_META) & messages["file_name"].isna()
+    # An empty or blank name is no name (amojo refuses it): named from the URL as a missing one is.
+    needs_name = messages["type"].isin(NEEDS_FILE_META) & ~_named(messages["file_name"])
     if needs_name.any():
         messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].map(url_file_name)
     messages["content_hash"] = content_hash(messages)
     messages["text_hash"] = text_hash(messages["text"])
     return messages
+
+
+def _named(names: pd.Series) -> pd.Series:
+    """Where a file name is there: not missing, and not empty or blank."""
+    return names.map(lambda name: isinstance(name, str) and bool(name.strip())).astype(bool)
 
 
 @task(name="transform", task_run_name="transform-{label}", cache_policy=NO_CACHE)
