@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
 
     _announce_prefect()
     _plain_prefect_logs()
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         with tags(*run_tags(load_settings())):
             state = asyncio.run(flow(**parameters, return_state=True))
@@ -84,6 +86,8 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
         raise RunError(f"Prefect's temporary server did not start within {timeout} s "
                        "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS): raise it, or run a Prefect server and "
                        "set PREFECT_API_URL (see README, Running it with Prefect)") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if state.is_failed() or state.is_crashed():
         try:
             outcome = state.result(raise_on_failure=False)
@@ -95,6 +99,13 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
             return outcome, None  # a run that finished incomplete (its state is Failed, named Incomplete)
         return None, state.message or "the run failed"
     return state.result(), None
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager or container runtime stopping the command): the run ends as a failed one, in one
+    line. Prefect marks the flow run Crashed first, then passes the signal on to this handler."""
+    raise RunError("the run was stopped by SIGTERM before it finished: run the same command again; it goes on from "
+                   "what the ledger recorded, and nothing is sent twice")
 
 
 def run_tags(settings: Settings) -> list[str]:
