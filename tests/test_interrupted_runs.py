@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,7 @@ def _assert_one_error_line(stderr: str, names: str) -> None:
 
 
 @pytest.fixture
-def slow_emulator() -> RunningEmulator:
+def slow_emulator() -> Iterator[RunningEmulator]:
     """An emulator slow enough (20 ms an answer) that the fault lands while messages are being sent."""
     with start() as running:
         running.emulator.set_faults(Faults(latency_ms=20))
@@ -69,8 +70,9 @@ def slow_emulator() -> RunningEmulator:
 
 
 @pytest.fixture
-def dropped_database() -> tuple[str, sa.Engine, str]:
-    """A PostgreSQL database of its own for the ledger (so that it can be dropped), or a skip that says why."""
+def dropped_database() -> Iterator[tuple[str, sa.Engine, str]]:
+    """A PostgreSQL database of its own for the ledger (so that it can be dropped), or a skip that says why: its
+    name, a connection to the server, and the ledger's URL."""
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -105,8 +107,13 @@ def test_a_ledger_database_dropped_mid_run_ends_in_one_line(slow_emulator, dropp
     assert left == []
 
 
-def test_sigterm_mid_run_ends_in_one_line(slow_emulator, tmp_path):
-    process = _start(slow_emulator, tmp_path, f"sqlite:///{tmp_path / 'ledger.db'}")
+@pytest.mark.parametrize("ledger", ["sqlite", "postgres"])
+def test_sigterm_mid_run_ends_in_one_line(ledger, slow_emulator, tmp_path, request):
+    """Wherever the signal lands: in the flow's code, in the event loop, or inside a ledger statement (psycopg's
+    cleanup after it then fails too: still the stop, not a ledger error)."""
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}" if ledger == "sqlite" else \
+        request.getfixturevalue("dropped_database")[2]
+    process = _start(slow_emulator, tmp_path, ledger_url)
     _when_sending(slow_emulator, process)
     process.send_signal(signal.SIGTERM)  # what a service manager or a container runtime sends to stop it
 
