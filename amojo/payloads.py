@@ -199,7 +199,8 @@ def message_body(message: Message) -> MessageBody:
     if message.type in MEDIA_TYPES:
         body["media"] = message.media_url
         if message.type in NEEDS_FILE_META or _present(message.file_name):
-            body["file_name"] = message.file_name if _present(message.file_name) else "file"
+            named = _present(message.file_name) and str(message.file_name).strip()
+            body["file_name"] = message.file_name if named else "file"  # amojo refuses an empty name
             body["file_size"] = int(message.file_size) if _present(message.file_size) else 0
         duration = getattr(message, "duration", None)
         if message.type in TIMED_TYPES and _present(duration):

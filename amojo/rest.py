@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Protocol
 
 import httpx
 
-from .errors import InvalidRequest, Unauthorized
+from .errors import AmojoError, InvalidRequest, Unauthorized
 from .transport import Limiter, RetryPolicy, TokenBucket, Transport, connection_pool
 
 log = logging.getLogger(__name__)
@@ -136,20 +136,27 @@ class RefreshingAuth(httpx.Auth):
         body = {"client_id": self._app.client_id, "client_secret": self._app.client_secret,
                 "grant_type": "refresh_token", "refresh_token": refresh_token, "redirect_uri": self._app.redirect_uri}
         async with httpx.AsyncClient(base_url=self._base_url, transport=self._transport, timeout=30) as client:
-            response = await client.post("/oauth2/access_token", json=body)
-        if response.status_code == 200:
-            answer = response.json()
-            pair = TokenPair(answer["access_token"], answer["refresh_token"],
-                             time.time() + float(answer.get("expires_in", 86400)))
-            self._store.save(pair)
-            return pair
+            try:
+                # Retried like every request, 5xx included: a refresh that landed spent its token, so its repeat
+                # is refused below, as it would have been without the repeat.
+                response = await Transport(client, "OAuth").request("POST", "/oauth2/access_token", json_body=body)
+            except AmojoError as exc:
+                if exc.retryable:
+                    raise  # amoCRM did not answer in time, or failed, through every retry: the run fails for that
+                refused = exc
+            else:
+                answer = response.json()
+                pair = TokenPair(answer["access_token"], answer["refresh_token"],
+                                 time.time() + float(answer.get("expires_in", 86400)))
+                self._store.save(pair)
+                return pair
         latest = self._store.load()
         if latest is not None and latest.refresh_token != refresh_token:
             return latest  # another worker spent it first and saved the pair that came back
         raise Unauthorized(
-            f"the OAuth refresh was refused ({response.status_code}): the refresh token is spent, expired or revoked."
+            f"the OAuth refresh was refused ({refused.status}): the refresh token is spent, expired or revoked."
             " Authorise the integration again and set AMOJO_ETL_OAUTH_REFRESH_TOKEN to the new refresh token.",
-            status=response.status_code)
+            status=refused.status)
 
 
 class RestClient:

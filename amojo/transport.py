@@ -43,7 +43,8 @@ class RetryPolicy:
     Backoff is exponential with full jitter, unless the API says how long to wait (`Retry-After`, in seconds or as
     an HTTP date): that is honoured up to `retry_after_cap` seconds a time. A 429 is retried for as long as the
     request's `patience` lasts, however many attempts that takes (the account's budget is a reason to wait, not to
-    fail); other retryable answers at most `attempts` times, within the same patience.
+    fail); other retryable answers at most `attempts` times, within the same patience. A request that reached no
+    server at all (the connection refused, no such host) is sent again only when `unreachable` says so.
     """
 
     attempts: int = 6
@@ -51,6 +52,9 @@ class RetryPolicy:
     max_delay: float = 10.0
     retry_after_cap: float = 300.0
     patience: float = 900.0
+    unreachable: bool = True
+    """Whether to try again a request no server took: a run waits out a restart of amoCRM, while the check before
+    a run says at once that the host or port is wrong (a definitive answer, like a 401 or a 404)."""
 
     def delay(self, attempt: int, error: AmojoError) -> float:
         """The backoff, or what the API asked for when that is longer (a `Retry-After: 0` repeated does not make
@@ -65,7 +69,14 @@ class RetryPolicy:
         """Whether to send the request once more, `delay` seconds from now, having spent `waited` on it so far."""
         if not error.retryable or waited + delay > self.patience:
             return False
+        if not self.unreachable and _unreached(error):
+            return False
         return isinstance(error, RateLimited) or attempt < self.attempts
+
+
+def _unreached(error: AmojoError) -> bool:
+    """No server took the request, in this attempt or an earlier one: no status, and nothing may have landed."""
+    return isinstance(error, Transient) and error.status is None and not error.may_have_landed
 
 
 class Limiter(Protocol):

@@ -127,15 +127,18 @@ async def _channel(chats: ChatsClient, account_id: str, settings: Settings) -> s
 
 
 async def check_api(settings: Settings, *, chats: bool = True) -> None:
-    """One request to each API before a run starts, none repeated: a wrong URL, token, channel or account, or a
-    server that hangs, fails within AMOJO_ETL_TIMEOUT_S instead of after every retry of the run.
+    """One request to each API before a run starts: a wrong URL, token, channel or account, a host that refuses the
+    connection, or a server that hangs, fails within AMOJO_ETL_TIMEOUT_S instead of after every retry of the run.
+    A transient answer (5xx, 408, 429) is retried by the transport's one rule within that time: one blip of amoCRM
+    does not fail a night.
 
     Only what the settings hold is checked (secrets kept in Prefect blocks are read inside the run)."""
     if not (settings.amocrm_url and settings.amocrm_token):
         return
-    once = RetryPolicy(attempts=1, patience=settings.timeout_s)
+    # A hang spends the whole patience on its first attempt, so it is not sent again.
+    quick = RetryPolicy(patience=settings.timeout_s, unreachable=False)
     rest = RestClient(settings.amocrm_url, settings.amocrm_token.get_secret_value(), timeout=settings.timeout_s,
-                      retry=once, rate=settings.rest_rate)
+                      retry=quick, rate=settings.rest_rate)
     try:
         account_id = await _account(rest, settings)
     finally:
@@ -147,7 +150,7 @@ async def check_api(settings: Settings, *, chats: bool = True) -> None:
     if not (chats and settings.channel_id and settings.channel_secret):
         return
     client = ChatsClient(settings.amojo_url, settings.channel_id, settings.channel_secret.get_secret_value(),
-                         timeout=settings.timeout_s, max_connections=2, retry=once)
+                         timeout=settings.timeout_s, max_connections=2, retry=quick)
     try:
         await _channel(client, account_id, settings)
     finally:

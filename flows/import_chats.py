@@ -52,9 +52,11 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
                        lookback_days: Annotated[int, Field(ge=0, le=31)] | None = None) -> RunSummary | State:
     """Import the messages of [start, end) (days in AMOJO_ETL_TIMEZONE; end exclusive), then verify them.
 
-    Then the `lookback_days` days before `start` are read again, and those whose source rows changed since they were
-    recorded (rows that arrived late, edits) are imported again: only what the ledger has not seen is sent. Unset,
-    a scheduled run (no dates) looks back AMOJO_ETL_LOOKBACK_DAYS days, and a run for given dates none.
+    First the `lookback_days` days before `start` are read again, and those not complete (failed, incomplete, never
+    imported) or whose source rows changed since they were recorded (rows that arrived late, edits) are imported
+    again, oldest first, before [start, end): a conversation's messages go in time order after a night that failed.
+    Only what the ledger has not seen is sent. Unset, a scheduled run (no dates) looks back AMOJO_ETL_LOOKBACK_DAYS
+    days, and a run for given dates none.
 
     Args:
         start: first day imported (inclusive), in AMOJO_ETL_TIMEZONE. Leave start and end empty for the day
@@ -69,16 +71,21 @@ async def import_chats(start: date | None = None, end: date | None = None, dry_r
 
     async def body(run: FlowRun) -> RunSummary | State:
         settings, interval = run.settings, run.interval
+        days_back = lookback_days if lookback_days is not None else settings.lookback_days if scheduled else 0
+        # The earlier days first: a conversation's messages of a day that failed or was left incomplete go before
+        # its messages of this run's own day, and those it could not send hold its later ones back.
+        lookback: list[dict[str, Any]] = []
+        held: dict[str, str] = {}
+        if days_back and not dry_run:
+            lookback = await _look_back(settings, interval, days_back, held)
         try:
-            summary = await _import(settings, interval, dry_run, began)
+            summary = await _import(settings, interval, dry_run, began, held)
         except BaseException as exc:
             _record_failure(settings, interval, dry_run, exc)
             raise
-        days_back = lookback_days if lookback_days is not None else settings.lookback_days if scheduled else 0
-        if days_back and not dry_run:
-            summary.lookback = await _look_back(settings, interval, days_back)
-            if any(day["outcome"] == "failed" or day.get("verdict") == "incomplete" for day in summary.lookback):
-                summary.verdict = "incomplete"
+        summary.lookback = lookback
+        if any(day["outcome"] == "failed" or day.get("verdict") == "incomplete" for day in lookback):
+            summary.verdict = "incomplete"
         return await _finish(settings, summary)
 
     return await run_flow(body, lambda settings: data_interval(start, end, settings.timezone), api=False)
@@ -98,9 +105,12 @@ async def _finish(settings: Settings, summary: RunSummary) -> State:
     return final_state(summary, summary.headline)
 
 
-async def _look_back(settings: Settings, interval: Interval, days: int) -> list[dict[str, Any]]:
+async def _look_back(settings: Settings, interval: Interval, days: int,
+                     held: dict[str, str]) -> list[dict[str, Any]]:
     """Read each of the `days` days before `interval` again, oldest first, and import again those that need it
-    (`days_to_revisit`), through the same exactly-once path. Returns what came of each day."""
+    (`days_to_revisit`: new, failed, incomplete or changed), through the same exactly-once path, before `interval`
+    itself. Returns what came of each day; `held` gains the conversations a day left unsent (conversation -> why),
+    whose later messages must wait for the next run."""
     logger = get_run_logger()
     first = interval.start.date()
     days_back = [Interval.days(first - timedelta(days=n), first - timedelta(days=n - 1), settings.zone)
@@ -110,7 +120,7 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
     except Exception as exc:
         if (error := expected_failure(exc)) is None:
             raise
-        # The run's own day is recorded already: the look-back fails alone, and the next run looks again.
+        # The look-back fails alone: the run's own day is imported all the same, and the next run looks again.
         logger.warning("look-back: could not tell which days changed: %s", error)
         return [{"interval": day.label, "outcome": "failed", "error": str(error)} for day in days_back]
     outcomes: list[dict[str, Any]] = []
@@ -121,18 +131,36 @@ async def _look_back(settings: Settings, interval: Interval, days: int) -> list[
         why = revisit[day.label]
         logger.info("look-back: %s is %s: importing it again", day.label, why)
         try:
-            summary = await _import(settings, day, False, time.monotonic())
+            summary = await _import(settings, day, False, time.monotonic(), held)
         except Exception as exc:
             _record_failure(settings, day, False, exc)
             if (error := expected_failure(exc)) is None:
                 raise
             logger.warning("look-back: %s failed: %s", day.label, error)
             outcomes.append({"interval": day.label, "outcome": "failed", "reason": why, "error": str(error)})
+            held.update(_unsent(settings, day, f"{day.label} failed: {error}"))
             continue
+        if summary.verdict != "complete":
+            held.update(_unsent(settings, day, f"{day.label} is {summary.verdict}"))
         outcomes.append({"interval": day.label, "outcome": "imported", "reason": why,
                          "messages_sent": summary.messages_sent, "messages_edited": summary.messages_edited,
                          "verdict": summary.verdict})
     return outcomes
+
+
+def _unsent(settings: Settings, day: Interval, why: str) -> dict[str, str]:
+    """The conversations with messages of `day` the ledger holds unsent (conversation -> `why`): their later
+    messages would land before those."""
+    ledger = Ledger(settings.state_url)
+    try:
+        conversations = [conversation for conversation, _ in ledger.messages.conversations_between(day.start_ms,
+                                                                                                  day.end_ms)]
+        return dict.fromkeys(ledger.messages.earliest_unsent(conversations, [(day.start_ms, day.end_ms)]), why)
+    except Exception:  # noqa: BLE001 - the ledger may be what failed the day; the next run settles it first again
+        get_run_logger().warning("look-back: could not read which conversations %s left unsent", day.label)
+        return {}
+    finally:
+        ledger.close()
 
 
 def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error: BaseException) -> None:
@@ -152,8 +180,10 @@ def _record_failure(settings: Settings, interval: Interval, dry_run: bool, error
         get_run_logger().warning("could not record the failure in the ledger")
 
 
-async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float) -> RunSummary:
-    """extract -> transform -> load, chunk by chunk, then reconcile the whole interval."""
+async def _import(settings: Settings, interval: Interval, dry_run: bool, began: float,
+                  held: dict[str, str] | None = None) -> RunSummary:
+    """extract -> transform -> load, chunk by chunk, then reconcile the whole interval. `held`: conversations an
+    earlier day of the same run left unsent, none of whose messages is sent here; it gains those that fail here."""
     source = open_interval(settings, interval)
     ledger = Ledger(settings.state_url)
     try:
@@ -170,7 +200,8 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             ledger.rejects.clear(interval.label)  # what is still bad is rejected again below
             senders = await resolve_senders_task(api.rest, settings.bot_id)
             registered = interval.start_ms
-            stopped: dict[str, str] = {}  # conversations that failed: their later chunks wait for the next run
+            # Conversations that failed (here or on an earlier day): their later chunks wait for the next run.
+            stopped = held if held is not None else {}
             for frames, batch in transformed_chunks(source, settings, senders, interval.label):
                 chunk = f"{interval.label}#{source.chunks}"
                 totals.add_source(batch)

@@ -91,9 +91,9 @@ async def test_a_backfill_of_changed_days_takes_the_day_that_gained_a_row_and_no
 
 async def test_a_look_back_that_loses_its_claims_or_cannot_read_is_a_failed_day_not_a_crashed_run(tmp_path,
                                                                                                  monkeypatch):
-    """The run's own day is imported and recorded before the look-back: a look-back day whose claims are lost (a
-    stall; the main day's path expects it too), or days whose change cannot be told (amoCRM's users do not answer),
-    are failed days of the look-back, and the run still ends with its summary."""
+    """A look-back day whose claims are lost (a stall; the main day's path expects it too), or days whose change
+    cannot be told (amoCRM's users do not answer), are failed days of the look-back, and the run goes on to its own
+    day and ends with its summary."""
     import logging
     from types import SimpleNamespace
     from zoneinfo import ZoneInfo
@@ -110,12 +110,12 @@ async def test_a_look_back_that_loses_its_claims_or_cannot_read_is_a_failed_day_
     async def every_day_changed(settings, days):
         return {day.label: "changed" for day in days}
 
-    async def claims_lost(settings, day, dry_run, began):
+    async def claims_lost(settings, day, dry_run, began, held):
         raise ClaimLost("this run could not keep its claims")
 
     monkeypatch.setattr(flow, "days_to_revisit", every_day_changed)
     monkeypatch.setattr(flow, "_import", claims_lost)
-    outcomes = await flow._look_back(settings, interval, 2)
+    outcomes = await flow._look_back(settings, interval, 2, {})
     assert [(d["interval"], d["outcome"]) for d in outcomes] == [
         ("2026-10-06..2026-10-07", "failed"), ("2026-10-07..2026-10-08", "failed")]
 
@@ -123,5 +123,93 @@ async def test_a_look_back_that_loses_its_claims_or_cannot_read_is_a_failed_day_
         raise Transient("REST v4 answered 503", status=503)
 
     monkeypatch.setattr(flow, "days_to_revisit", users_unanswered)
-    outcomes = await flow._look_back(settings, interval, 2)
+    outcomes = await flow._look_back(settings, interval, 2, {})
     assert [d["outcome"] for d in outcomes] == ["failed", "failed"] and "503" in outcomes[0]["error"]
+
+
+def _chat_order(emulator, conversation_prefix: str) -> list[str]:
+    """The msgids amoCRM holds whose ids start with `conversation_prefix`, in the order it stored them."""
+    return [m["msgid"] for m in emulator.emulator.store.messages() if m["msgid"].startswith(conversation_prefix)]
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("failure", [
+    {"endpoint": "connect", "status": 403},  # the night failed before it registered anything
+    {"endpoint": "message", "status": 401, "times": 2},  # it registered its messages, then failed sending them
+], ids=["before-registering", "mid-send"])
+async def test_after_a_failed_night_the_next_night_settles_the_earlier_day_before_its_own(emulator, source_env,
+                                                                                        failure):
+    """A conversation open across two days: the night of its first day fails; the next night's run (its own day,
+    looking back two days, as the nightly schedule runs it) sends the first day's messages before its own day's,
+    and both days end complete."""
+    from amojo.emulator.config import Faults
+    from flows.import_chats import import_chats
+
+    source = source_env
+    for day in DAYS[:3]:
+        write_source(source, conversations=2, messages=3, day=day, tag=f"d{day.day}-")
+    for m in range(3):  # the client of d5-cv0 writes again the next day
+        execute(source, "INSERT INTO messages (id, conversation_id, created_at, direction, type, text) "
+                        "VALUES (:i, 'd5-cv0', :t, 'in', 'text', 'the next day')",
+                i=f"d5-cv0-next{m}", t=f"{DAYS[2].isoformat()} 0{m}:30:00")
+    assert (await import_chats(start=DAYS[0], end=DAYS[1]))["verdict"] == "complete"
+
+    emulator.emulator.set_faults(Faults(script=[failure]))
+    failed = await import_chats(start=DAYS[1], end=DAYS[2], return_state=True)
+    assert failed.is_failed() and failed.name != "Incomplete"  # the run failed, not merely incomplete
+    emulator.emulator.set_faults(Faults())
+
+    night = await import_chats(start=DAYS[2], end=DAYS[3], lookback_days=2)
+
+    assert night["verdict"] == "complete" and night["messages_sent"] == 6 + 3
+    assert [(d["interval"], d["outcome"], d.get("verdict")) for d in night["lookback"]] == [
+        ("2026-10-04..2026-10-05", "unchanged", None), ("2026-10-05..2026-10-06", "imported", "complete")]
+    held = _chat_order(emulator, "ae-d5-cv0-")
+    assert held == [f"ae-d5-cv0-{m}" for m in range(3)] + [f"ae-d5-cv0-next{m}" for m in range(3)]
+    held_all = Counter(m["msgid"] for m in emulator.emulator.store.messages())
+    assert set(held_all.values()) == {1} and len(held_all) == 3 * 6 + 3
+
+
+async def test_what_a_look_back_day_leaves_unsent_holds_back_its_conversations_later_messages(tmp_path,
+                                                                                           monkeypatch):
+    """An earlier day that fails again, or ends incomplete, leaves some conversations' messages unsent: the run's
+    own day sends none of theirs (they would land before those), and the next run settles both days in order. The
+    conversations it did send, or never had, are not held."""
+    import logging
+    from types import SimpleNamespace
+    from zoneinfo import ZoneInfo
+
+    import flows.import_chats as flow
+    from amojo.errors import Transient
+    from etl.intervals import Interval
+    from etl.ledger import Ledger, MessageStatus
+    from etl.summary import RunSummary
+
+    settings = SimpleNamespace(state_url=f"sqlite:///{tmp_path / 'ledger.db'}", zone=ZoneInfo("UTC"))
+    days = [Interval.days(day, day + timedelta(days=1), settings.zone) for day in DAYS[:3]]
+    ledger = Ledger(settings.state_url)
+    rows = [("ae-a-1", "ae-a", days[0]), ("ae-b-1", "ae-b", days[0]), ("ae-c-1", "ae-c", days[1])]
+    ledger.messages.register([{"msgid": msgid, "conversation_id": conversation, "msec": day.start_ms + 1000,
+                               "content_hash": 1, "text_hash": 1} for msgid, conversation, day in rows])
+    ledger.messages.mark(["ae-b-1"], MessageStatus.SENDING)
+    ledger.messages.mark(["ae-b-1"], MessageStatus.SENT)
+    ledger.close()
+    monkeypatch.setattr(flow, "get_run_logger", lambda: logging.getLogger("test"))
+
+    async def both_unfinished(settings, days):
+        return {days[0].label: "incomplete", days[1].label: "failed"}
+
+    async def first_incomplete_then_down(settings, day, dry_run, began, held):
+        if day == days[0]:
+            return RunSummary(interval=day.label, verdict="incomplete")
+        raise Transient("amojo answered 503", status=503)
+
+    monkeypatch.setattr(flow, "days_to_revisit", both_unfinished)
+    monkeypatch.setattr(flow, "_import", first_incomplete_then_down)
+    held: dict[str, str] = {}
+    outcomes = await flow._look_back(settings, days[2], 2, held)
+
+    assert [d["outcome"] for d in outcomes] == ["imported", "failed"]
+    assert sorted(held) == ["ae-a", "ae-c"]
+    assert "incomplete" in held["ae-a"] and "503" in held["ae-c"]

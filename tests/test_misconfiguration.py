@@ -340,3 +340,28 @@ def test_a_blocked_account_stops_the_command_at_its_first_html_403(working_env: 
     _assert_one_line(result.output, "blocked")
     assert "AMOJO_ETL_REST_RATE" in result.output and "wait" in result.output
     assert log == [("rest", "account", 403)]  # the first answer was the block's, and nothing followed it
+
+
+@pytest.mark.parametrize("endpoint, status", [("account", 502), ("account", 503), ("connect", 502)])
+def test_a_transient_answer_to_the_preflight_is_retried_and_the_run_goes_on(
+        endpoint: str, status: int, working_env: dict[str, str], servers: Servers, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 5xx from amoCRM before the run starts is a blip, retried by the transport's one rule: the run starts;
+    only definitive answers (401, 403, 404, a refused connection) stop it there (the cases of `PREFLIGHT`)."""
+    from amojo.emulator.config import Faults
+
+    started: list[str] = []
+
+    def run(flow: object, **parameters: object) -> tuple[None, str]:
+        started.append(getattr(flow, "name", str(flow)))
+        return None, "stopped here: the test needs only the preflight"
+
+    monkeypatch.setattr(cli, "_run", run)
+    emulator = servers.emulator.emulator
+    emulator.set_faults(Faults(script=[{"endpoint": endpoint, "status": status}]))
+    try:
+        result = CliRunner().invoke(cli.app, ["import", *TODAY_RANGE], env=working_env)
+        assert started == ["import-chats"], result.output
+        assert emulator.injector.script_left() == []  # the blip was served, and the request sent again
+    finally:
+        emulator.set_faults(Faults())

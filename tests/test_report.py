@@ -159,3 +159,25 @@ def test_the_verdict_names_each_quarantine_with_its_contacts_and_the_fix():
     assert "quarantined conversations: 2" in text
     assert "3100301, 3100302" in text and "merge them in amoCRM, then run again" in text
     assert "ae-cv5, ae-cv7" in text
+
+
+def test_a_row_dated_after_the_workers_clock_leaves_its_day_incomplete_for_a_later_run():
+    """A worker whose clock is behind the source's sees the newest rows in the future: they are held back
+    (`future_timestamp`, listed with the rejects), not judged, so their day is not complete and the next run (the
+    nightly look-back, `backfill --reprocess failed`) takes them once they are due. Other rejects do not."""
+    import pandas as pd
+
+    from tasks.reconcile import Verdict
+    from tasks.report import RunTotals
+    from tasks.transform import Batch
+
+    def verdict_with(reason: str) -> str:
+        totals = RunTotals("2026-10-05..2026-10-06")
+        totals.add_batch(Batch(pd.DataFrame(), pd.DataFrame(columns=["msgid", "msec", "content_hash"]),
+                               pd.DataFrame([("message:m1@1", reason)], columns=["source_key", "reason"])))
+        summary = totals.summary(Verdict(), 1.0)
+        assert summary.rejects_by_reason == {reason: 1}
+        return summary.verdict
+
+    assert verdict_with("future_timestamp") == "incomplete"
+    assert verdict_with("empty_text") == "complete"

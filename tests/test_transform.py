@@ -38,6 +38,8 @@ VALID = {  # id -> (direction, manager, type, fields)
                                            "file_size": 10}),
     "ok-video": ("in", None, "video", {"media_url": "https://x.example/v.mp4", "file_name": "v.mp4", "file_size": 9}),
     "ok-file-unnamed": ("in", None, "file", {"media_url": "https://x.example/docs/invoice.pdf"}),
+    "ok-file-empty-name": ("in", None, "file", {"media_url": "https://x.example/docs/report.pdf", "file_name": ""}),
+    "ok-picture-blank-name": ("in", None, "picture", {"media_url": "https://x.example/p/", "file_name": "  "}),
     "ok-voice": ("in", None, "voice", {"media_url": "http://x.example/v.ogg"}),
     "ok-audio": ("in", None, "audio", {"media_url": "https://x.example/a.mp3"}),
     "ok-sticker": ("in", None, "sticker", {"media_url": "https://x.example/s.webp"}),
@@ -147,6 +149,10 @@ def _check_hostile(url: str) -> None:
             assert "receiver" not in payload
         if message.source_id == "ok-file-unnamed":
             assert payload["message"]["file_name"] == "invoice.pdf"
+        if message.source_id == "ok-file-empty-name":  # empty or blank: named as when missing
+            assert payload["message"]["file_name"] == "report.pdf"
+        if message.source_id == "ok-picture-blank-name":  # and a URL that names nothing: the payload's own name
+            assert payload["message"]["file_name"] == "file"
         if message.source_id == "ok-control-chars":
             assert payload["message"]["text"] == "bell removed"
         if message.source_id == "dup":

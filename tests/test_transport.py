@@ -250,3 +250,44 @@ async def test_over_the_real_pool_a_server_that_hangs_up_after_reading_the_reque
         with pytest.raises(Transient) as lost:
             await rest.create_contacts([{"name": "Client"}])
     assert lost.value.may_have_landed and lost.value.attempts == 1
+
+
+async def test_a_refused_connection_is_sent_again_unless_the_policy_says_fail_fast():
+    """A run waits out amoCRM's restart; the check before a run says at once that the host or port is wrong. A
+    5xx is sent again either way."""
+    refused = httpx.ConnectError("connection refused")
+    transport, _, sent = _transport([refused, 200])
+    assert (await transport.request("GET", "/x")).status_code == 200 and len(sent) == 2
+
+    transport, _, sent = _transport([refused, 200], RetryPolicy(unreachable=False))
+    with pytest.raises(Transient) as raised:
+        await transport.request("GET", "/x")
+    assert len(sent) == 1 and not raised.value.may_have_landed
+
+    transport, _, sent = _transport([502, 503, 200], RetryPolicy(unreachable=False))
+    assert (await transport.request("GET", "/x")).status_code == 200 and len(sent) == 3
+
+
+async def test_an_oauth_refresh_answered_502_is_sent_again_under_the_one_retry_rule(emulator):
+    """The refresh is a request like any other: a 5xx is retried (spending nothing: a refresh token that a lost
+    answer did spend is refused, as without a retry), not turned into "the refresh token is spent"."""
+    from amojo.emulator.config import Faults
+    from amojo.rest import OAuthApp, RefreshingAuth, RestClient
+
+    class Memory:
+        pair = None
+
+        def load(self):
+            return self.pair
+
+        def save(self, pair):
+            self.pair = pair
+
+    config = emulator.emulator.config
+    emulator.emulator.set_faults(Faults(script=[{"endpoint": "oauth", "status": 502}]))
+    store = Memory()
+    auth = RefreshingAuth(emulator.url, OAuthApp(config.oauth_client_id, config.oauth_client_secret,
+                                                 "https://example.com/oauth"), store, config.oauth_refresh_token)
+    async with RestClient(emulator.url, auth) as rest:
+        assert await rest.users()
+    assert store.pair is not None and emulator.emulator.injector.script_left() == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,12 @@ def _preflight(api: bool = True, days: tuple[date, date] | None = None) -> Setti
 
 class _PlainExpectedErrors(logging.Filter):
     """Drops the traceback from a log record of an expected failure: Prefect logs a failed task's exception with
-    it; the message (which names the setting) stays."""
+    it; the message (which names the setting) stays. An interruption (SIGTERM as Prefect raises it, wherever it
+    lands: asyncio logs one that broke a socket read) is no defect either: the command ends with its one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None and classify(record.exc_info[1]) is not None:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and (classify(error) is not None or not isinstance(error, Exception)):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -71,9 +74,11 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
     """Run a flow here, as a deployment would; (result, None) when it finished, (None, reason) when it failed.
     An expected failure inside the run (its state's data) is raised, for the command's report."""
     from prefect import tags
+    from prefect.exceptions import TerminationSignal
 
     _announce_prefect()
     _plain_prefect_logs()
+    previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         with tags(*run_tags(load_settings())):
             state = asyncio.run(flow(**parameters, return_state=True))
@@ -84,6 +89,10 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
         raise RunError(f"Prefect's temporary server did not start within {timeout} s "
                        "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS): raise it, or run a Prefect server and "
                        "set PREFECT_API_URL (see README, Running it with Prefect)") from None
+    except TerminationSignal:  # SIGTERM that Prefect's handler raised outside the flow's code (the event loop's)
+        raise RunError(STOPPED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if state.is_failed() or state.is_crashed():
         try:
             outcome = state.result(raise_on_failure=False)
@@ -95,6 +104,16 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
             return outcome, None  # a run that finished incomplete (its state is Failed, named Incomplete)
         return None, state.message or "the run failed"
     return state.result(), None
+
+
+STOPPED = ("the run was stopped by SIGTERM before it finished: run the same command again; it goes on from what the "
+           "ledger recorded, and nothing is sent twice")
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager or container runtime stopping the command): the run ends as a failed one, in one
+    line. During a flow Prefect marks its run Crashed first, then passes the signal on to this handler."""
+    raise RunError(STOPPED)
 
 
 def run_tags(settings: Settings) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
+from ..errors import RunError
 from ..settings import ConfigurationError
 from .schema import SCHEMA_VERSION, UPGRADES, meta, metadata
 
@@ -62,15 +63,30 @@ def _schema_lock(conn: sa.Connection) -> Iterator[None]:
         conn.commit()
 
 
+def _shown(url: str) -> str:
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a SQLAlchemy URL)"
+
+
 def _unusable(url: str, exc: Exception) -> ConfigurationError:
     """The ledger cannot be opened or written: name the setting, show the URL without its password."""
-    try:
-        shown = sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        shown = "(not a SQLAlchemy URL)"
     reason = str(getattr(exc, "orig", None) or exc).strip()
-    return ConfigurationError(f"cannot open the ledger {shown}: {reason}. Check AMOJO_ETL_STATE_URL: the database "
-                              "must be reachable and writable (a SQLite file: its directory too)")
+    return ConfigurationError(f"cannot open the ledger {_shown(url)}: {reason}. Check AMOJO_ETL_STATE_URL: the "
+                              "database must be reachable and writable (a SQLite file: its directory too)")
+
+
+def _interruption(exc: BaseException | None) -> BaseException | None:
+    """The interruption (SIGTERM as Prefect raises it, Ctrl-C) that broke a statement off, if one did: the driver's
+    error then comes from cleaning up after it, and is not the ledger's fault."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if not isinstance(exc, Exception):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _write_ahead(connection: Any, _record: Any) -> None:
@@ -108,6 +124,17 @@ class Database:
         except sa.exc.SQLAlchemyError as exc:
             self.engine.dispose()
             raise _unusable(url, exc) from None
+        sa.event.listen(self.engine, "handle_error", self._lost)
+
+    def _lost(self, context: sa.engine.ExceptionContext) -> None:
+        """The ledger stopped answering after it opened (its database dropped or down, its file gone or
+        unreadable): one of our errors naming the setting, so the run ends in one line, not a driver's traceback."""
+        if (interruption := _interruption(context.original_exception)) is not None:
+            raise interruption  # a run stopped mid-statement stays a stopped run
+        if isinstance(context.sqlalchemy_exception, sa.exc.OperationalError | sa.exc.InterfaceError):
+            reason = str(context.original_exception).strip()
+            raise RunError(f"the ledger {_shown(self.url)} stopped answering mid-run: {reason}. Check the database "
+                           "of AMOJO_ETL_STATE_URL, then run again: the run goes on from what the ledger recorded")
 
     def _open_schema(self) -> None:
         """Upgrade the schema the first time this process opens the ledger; after that, one read checks that it is

@@ -9,12 +9,14 @@ The bodies amoCRM takes are built from these rows in `amojo.payloads`.
 """
 
 from .batch import Batch, SeenIds, Senders
+from .checks import NOT_YET
 from .chunk import transform, transform_task
 from .clients import normalise_emails, normalise_phones
 from .digests import history_hash, source_digest, text_hash
 from .rejects import json_lines, source_keys, unplaced_rejects
 
 __all__ = [
+    "NOT_YET",
     "Batch",
     "SeenIds",
     "Senders",

@@ -24,6 +24,10 @@ WHOLE_MESSAGE = frozenset({
 """Reasons that concern the message as a whole (where and when it goes, and as whom): they reject its attachments
 too. The others concern its own content alone, and its attachments go without it."""
 
+NOT_YET = frozenset({"future_timestamp"})
+"""Reasons that say "not yet" rather than "bad": a row dated after this worker's clock (the source's clock may be
+ahead of it) is held back, and its interval is not complete, so a later run takes it once it is due."""
+
 
 def id_checks(m: pd.DataFrame, conversations: pd.DataFrame, client_ids: set[str], prefix: str) -> list[Check]:
     """The message's id, and its conversation's and client's: present, fit for the ledger and for JSON, short
@@ -72,7 +76,8 @@ def content_checks(m: pd.DataFrame, now: datetime, text_limit: int | None) -> li
         (~m["type"].isin(MESSAGE_TYPES), "unknown_type", f"type must be one of {', '.join(MESSAGE_TYPES)}"),
         (m["msec"].isna() | (m["msec"] < 0), "bad_timestamp",
          "created_at is missing, unreadable (ISO 8601 expected) or before 1970"),
-        (m["msec"] > now.timestamp() * 1000, "future_timestamp", "created_at is in the future"),
+        (m["msec"] > now.timestamp() * 1000, "future_timestamp",
+         "created_at is after this worker's clock: held back; a later run sends it once it is due"),
         (m["bad_utf8"], "invalid_utf8", "the text is not valid UTF-8"),
         ((m["type"] == "text") & m["blank_text"] & ~_with_attachments(m), "empty_text",
          "a text message with NULL, empty or only control characters as text, and no attachments"),

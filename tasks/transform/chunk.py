@@ -193,12 +193,18 @@ def _message_rows(m: pd.DataFrame, parts: pd.DataFrame, managers: pd.DataFrame, 
         "duration": pd.array(rows["duration"], dtype="Int64"),
         "reply_to": (prefix + rows["reply_to_id"]).where(first_part & rows["reply_to_id"].notna(), None),
     })
-    needs_name = messages["type"].isin(NEEDS_FILE_META) & messages["file_name"].isna()
+    # An empty or blank name is no name (amojo refuses it): named from the URL as a missing one is.
+    needs_name = messages["type"].isin(NEEDS_FILE_META) & ~_named(messages["file_name"])
     if needs_name.any():
         messages.loc[needs_name, "file_name"] = messages.loc[needs_name, "media_url"].map(url_file_name)
     messages["content_hash"] = content_hash(messages)
     messages["text_hash"] = shown_hash(messages)
     return messages
+
+
+def _named(names: pd.Series) -> pd.Series:
+    """Where a file name is there: not missing, and not empty or blank."""
+    return names.map(lambda name: isinstance(name, str) and bool(name.strip())).astype(bool)
 
 
 @task(name="transform", task_run_name="transform-{label}", cache_policy=NO_CACHE)
