@@ -268,6 +268,11 @@ class EmulatorConfig:
         "env": "AMOJO_ETL_AMOCRM_TOKEN", "secret": True})
     bot_id: str = field(default=DEMO_BOT_ID, metadata={"help": "the channel bot's id", "env": "AMOJO_ETL_BOT_ID"})
     users: tuple[EmulatedUser, ...] = DEMO_USERS
+    # A rehearsal's own managers (`users.load_users`): when given, the file's users replace the demo's.
+    users_path: str | None = field(default=None, metadata={
+        "help": "TOML file of the account's users, [[users]] with name, email and optionally amojo_id (default: "
+                "the demo's four, whose emails are the sample managers')", "flag": "--users",
+        "env": "AMOJO_ETL_EMULATOR_USERS"})
     # OAuth (§6.6): an integration whose refresh token rotates on every use.
     oauth_client_id: str = "demo-client-id"
     oauth_client_secret: str = "demo-client-secret"
@@ -335,3 +340,7 @@ class EmulatorConfig:
             setattr(self, name, _number(name, getattr(self, name), MAX_DELAY_S))
         _choice("ref_id_participants", self.ref_id_participants, ("reject", "accept"))
         _choice("participant_updates", self.participant_updates, ("merge", "keep"))
+        if self.users_path:
+            from .users import load_users  # users imports this module
+
+            self.users = load_users(self.users_path)

@@ -3,6 +3,7 @@
 Outermost first: the request log, the exception boundary, the body limit, the API's gate (the Chats API's signature,
 REST's account block and token) and rate limit, then the faults (the script, random faults before any effect, late
 commits, lost answers after it).
+The pages of amoCRM's view (`views`) take none of it: they are for people, not an API of amoCRM's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .middleware.ratelimit import RateBucket, RateLimit
 from .middleware.script import ScriptedFaults
 from .middleware.signature import SignatureGate
 from .middleware.token import TokenGate, bearer_token
+from .views import view_routes
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -86,7 +88,7 @@ def routes(emulator: Emulator) -> list[Route]:
              for path, handler, name, layers in api]
     built += [Route(path, _endpoint(handler, middleware.admin(path, label)), methods=methods)
               for path, handler, methods, label in admin_api]
-    return built
+    return built + view_routes(emulator)  # pages for people: none of the APIs' middleware
 
 
 class ApiMiddleware:

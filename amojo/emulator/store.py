@@ -162,6 +162,22 @@ class Store:
     def chats(self) -> list[dict]:
         return [chat_row(row) for row in self._all("SELECT * FROM chats ORDER BY rowid")]  # type: ignore[misc]
 
+    def chat_overview(self, offset: int = 0, limit: int = 100) -> list[dict]:
+        """A page of chats in creation order, each with its message count, its last message's msec timestamp and
+        the contact it is linked to (None): what a list of the chats shows, read in one query."""
+        rows = self._all(
+            "SELECT chats.*, COUNT(m.seq) AS message_count, MAX(m.msec_timestamp) AS last_msec, "
+            "links.contact_id AS contact_id FROM chats LEFT JOIN messages m ON m.chat_id = chats.id "
+            "LEFT JOIN links ON links.chat_id = chats.id GROUP BY chats.id ORDER BY chats.rowid LIMIT ? OFFSET ?",
+            limit, offset)
+        return [{**chat_row(row), "message_count": row["message_count"], "last_msec": row["last_msec"],  # type: ignore[dict-item]
+                 "contact_id": row["contact_id"]} for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table of the account's data (chats, messages, contacts, links, leads, notifications)."""
+        tables = ("chats", "messages", "contacts", "links", "leads", "notifications")
+        return {table: int(self._one(f"SELECT COUNT(*) FROM {table}")[0]) for table in tables}  # type: ignore[index]
+
     # -- messages
     def message_by_msgid(self, scope_id: str, msgid: str) -> dict | None:
         return message_row(self._one("SELECT * FROM messages WHERE scope_id = ? AND msgid = ?", scope_id, msgid))

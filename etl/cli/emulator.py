@@ -23,8 +23,8 @@ from .render import console
 
 IDENTITY = ("channel_id", "channel_secret", "account_id", "token", "bot_id")
 """Each from its flag, else the importer's variable, else the importer's settings file, else the demo's."""
-SWITCHES = ("state_path", "duplicate_msgid", "content_md5", "legacy_signatures", "history_limit", "text_limit",
-            "ref_id_participants", "participant_updates", "max_body_bytes", "rest_batch_max", "rest_rate",
+SWITCHES = ("state_path", "users_path", "duplicate_msgid", "content_md5", "legacy_signatures", "history_limit",
+            "text_limit", "ref_id_participants", "participant_updates", "max_body_bytes", "rest_batch_max", "rest_rate",
             "rest_block_after", "rest_block_window_s", "rest_block_s", "amojo_rate", "fetch_media",
             "fetch_media_timeout_s", "fetch_media_concurrency")
 FAULTS = ("seed", "latency_ms", "jitter_ms", "error_rates", "retry_after", "retry_after_s", "lost_answer_rate",
@@ -89,9 +89,9 @@ def emulator(**given: Any) -> None:
 
     try:
         faults = Faults(**{name: _value(name, given[name]) for name in FAULTS})
+        config = EmulatorConfig(**{name: _value(name, given[name]) for name in SWITCHES}, faults=faults)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    config = EmulatorConfig(**{name: _value(name, given[name]) for name in SWITCHES}, faults=faults)
     chosen = _identity(given["config_file"], **{name: given[name] for name in IDENTITY})
     for name, value in chosen.items():
         setattr(config, name, value)
@@ -162,5 +162,22 @@ def _print_settings(config: EmulatorConfig, url: str, given: dict[str, str]) -> 
     lines = [f"# {name}: as given" if name in hidden else f"export {name}={value}"
              for name, value in importer_env(config, url).items()]
     console.print(Text("\n".join([f"# amoCRM emulator on {url}; the importer's settings for it:", *lines,
+                                  f"# {users_line(config)}",
+                                  f"# the chats as amoCRM shows them: {view_url(url)}",
                                   f"# inspect: {url}/_emulator/state   faults: {url}/_emulator/faults"])),
                   soft_wrap=True)
+
+
+def view_url(url: str) -> str:
+    """The address of the emulator's pages (amoCRM's view of the chats) for an emulator at `url`."""
+    from amojo.emulator.views import VIEW_PATH
+
+    return f"{url}{VIEW_PATH}"
+
+
+def users_line(config: EmulatorConfig) -> str:
+    """Which amoCRM users the emulator has: the importer matches managers to them by email."""
+    where = f"from {config.users_path}" if config.users_path else "(the demo's; --users FILE for your own)"
+    named = ", ".join(f"{u.name} <{u.email}>" + ("" if u.amojo_id else " (no amojo_id: sent as the bot)")
+                      for u in config.users)
+    return f"{len(config.users)} users {where}: {named}"
