@@ -195,7 +195,13 @@ class AccountView:
                 chats.append({"id": chat["id"], "conversation_id": chat["conversation_id"],
                               "client": _client_name(chat), "message_count": len(messages),
                               "last": moment(max((m["msec_timestamp"] for m in messages), default=None))})
-        return {**contact, "fields": _custom_fields(contact["body"]), "chats": chats}
+        fields = _custom_fields(contact["body"])
+        # the phones and emails as they were sent (amoCRM shows them so), the rest of the fields after them
+        shown = {code: values for code, _, values in fields if code in ("PHONE", "EMAIL")}
+        return {**contact, "phones": shown.get("PHONE") or contact["phones"],
+                "emails": shown.get("EMAIL") or contact["emails"],
+                "fields": [(label, ", ".join(values)) for code, label, values in fields
+                           if code not in ("PHONE", "EMAIL")], "chats": chats}
 
     # -- what amoCRM did on its own
     def unsorted(self) -> dict[str, list[dict]]:
@@ -275,16 +281,17 @@ def _client_name(chat: dict) -> str:
     return str(user.get("name") or user.get("id") or "")
 
 
-def _custom_fields(body: dict) -> list[tuple[str, str]]:
-    """A contact's custom fields as (label, values) pairs, as the card lists them."""
+def _custom_fields(body: dict) -> list[tuple[str, str, list[str]]]:
+    """A contact's filled custom fields as (field_code, label, values), in the order they were sent."""
     out = []
     fields_given = body.get("custom_fields_values")
     for custom in fields_given if isinstance(fields_given, list) else []:
         if not isinstance(custom, dict):
             continue
-        label = custom.get("field_name") or custom.get("field_code") or f"field {custom.get('field_id', '')}"
+        code = str(custom.get("field_code") or "")
+        label = custom.get("field_name") or code or f"field {custom.get('field_id', '')}"
         values = custom.get("values") if isinstance(custom.get("values"), list) else []
         shown = [str(v.get("value")) for v in values if isinstance(v, dict) and v.get("value") not in (None, "")]
         if shown:
-            out.append((str(label), ", ".join(shown)))
+            out.append((code, str(label), shown))
     return out

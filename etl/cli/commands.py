@@ -21,7 +21,7 @@ import typer
 from ..settings import SAMPLE_DB, ConfigurationError, load_settings
 from ..summary import RunSummary
 from .app import DryRunOption, EndOption, JsonOption, StartOption, _reported, app
-from .emulator import emulator, importer_env
+from .emulator import emulator, importer_env, view_url
 from .render import (
     _fail,
     _finish,
@@ -239,7 +239,9 @@ def alerts_install(notify: Annotated[str, typer.Option(
 
 
 @command()
-def demo(as_json: JsonOption = False) -> None:
+def demo(as_json: JsonOption = False,
+         stay: Annotated[bool, typer.Option("--stay", help="keep the emulator running after the import, to look at "
+                                                          "the chats in a browser; Ctrl-C ends it")] = False) -> None:
     """Import the sample database into a local emulator and verify it: the whole pipeline in one command."""
     from amojo.emulator.config import EmulatorConfig
     from amojo.emulator.server import start as start_emulator
@@ -257,10 +259,26 @@ def demo(as_json: JsonOption = False) -> None:
                            **importer_env(config, running.url, account=False)})
         console.print(_plain(f"demo: emulator at {running.url}; importing {first} .. {last} (end exclusive)",
                              limit=None))
+        console.print(_plain(f"demo: the chats as amoCRM shows them, while the demo runs: {view_url(running.url)}",
+                             limit=None))
         summary, error = _run_import(first, last, dry_run=False)
         extra = {"demo_total_s": round(time.monotonic() - began, 2),
                  "emulator_requests": sum(running.emulator.request_counts().values())}
-    _finish(summary, error, as_json, _print_summary, extra)
+        try:
+            _finish(summary, error, as_json, _print_summary, extra)
+        finally:  # the outcome is printed first; its exit status waits for the person looking
+            if stay:
+                _stay(view_url(running.url))
+
+
+def _stay(url: str) -> None:
+    """Wait until Ctrl-C, the emulator serving `url` meanwhile."""
+    console.print(_plain(f"demo: the emulator stays up: {url} (Ctrl-C ends it)", limit=None))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _sample_range(url: str) -> tuple[date, date]:
