@@ -178,7 +178,7 @@ class AccountView:
         cache: dict[str, dict | None] = {}
         messages = [self._message(chat, m, cache) for m in stored]
         links = self.store.links(chat_ids=[chat_id])
-        contact = self.store.contact(links[0]["contact_id"]) if links else None
+        contact = _as_sent(self.store.contact(links[0]["contact_id"])) if links else None
         return {"id": chat["id"], "conversation_id": chat["conversation_id"], "client": _client_name(chat),
                 "contact": contact, "messages": messages}
 
@@ -195,13 +195,7 @@ class AccountView:
                 chats.append({"id": chat["id"], "conversation_id": chat["conversation_id"],
                               "client": _client_name(chat), "message_count": len(messages),
                               "last": moment(max((m["msec_timestamp"] for m in messages), default=None))})
-        fields = _custom_fields(contact["body"])
-        # the phones and emails as they were sent (amoCRM shows them so), the rest of the fields after them
-        shown = {code: values for code, _, values in fields if code in ("PHONE", "EMAIL")}
-        return {**contact, "phones": shown.get("PHONE") or contact["phones"],
-                "emails": shown.get("EMAIL") or contact["emails"],
-                "fields": [(label, ", ".join(values)) for code, label, values in fields
-                           if code not in ("PHONE", "EMAIL")], "chats": chats}
+        return {**_as_sent(contact), "chats": chats}
 
     # -- what amoCRM did on its own
     def unsorted(self) -> dict[str, list[dict]]:
@@ -279,6 +273,18 @@ class AccountView:
 def _client_name(chat: dict) -> str:
     user = chat.get("user") or {}
     return str(user.get("name") or user.get("id") or "")
+
+
+def _as_sent(contact: dict | None) -> dict | None:
+    """A contact with its phones and emails as they were sent (amoCRM shows them so, the store keeps them
+    normalised for search), and its other fields as (label, values)."""
+    if contact is None:
+        return None
+    fields = _custom_fields(contact["body"])
+    shown = {code: values for code, _, values in fields if code in ("PHONE", "EMAIL")}
+    return {**contact, "phones": shown.get("PHONE") or contact["phones"],
+            "emails": shown.get("EMAIL") or contact["emails"],
+            "fields": [(label, ", ".join(values)) for code, label, values in fields if code not in ("PHONE", "EMAIL")]}
 
 
 def _custom_fields(body: dict) -> list[tuple[str, str, list[str]]]:
