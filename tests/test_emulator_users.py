@@ -100,3 +100,10 @@ def test_the_emulator_command_takes_a_users_file(served: list[Any], tmp_path: Pa
 def test_a_bad_users_file_stops_the_emulator_command_with_its_reason(served: list[Any], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli.app, ["emulator", "--users", _users_file(tmp_path, "[[users]]\nname = 'x'\n")])
     assert result.exit_code == 2 and "email is required" in result.output and not served
+
+
+def test_the_example_users_file_is_the_sample_managers() -> None:
+    """docs/emulator-users.toml, the README's example, loads, and its users are sample managers by email."""
+    users = load_users(str(Path(__file__).parent.parent / "docs" / "emulator-users.toml"))
+    assert {u.email for u in users} <= set(MANAGERS["email"])
+    assert [u.amojo_id is None for u in users] == [False, False, False, True]

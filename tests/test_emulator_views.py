@@ -162,3 +162,17 @@ def test_a_state_file_from_before_replies_were_kept_opens(tmp_path: Path) -> Non
         assert store.message("m")["reply_to"] is None
     finally:
         store.close()
+
+
+def test_the_emulator_command_prints_the_views_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from amojo.emulator import server
+    from etl import cli
+
+    monkeypatch.setattr(server, "serve", lambda config, **kwargs: None)
+    monkeypatch.delenv("AMOJO_ETL_EMULATOR_USERS", raising=False)
+    result = CliRunner().invoke(cli.app, ["emulator", "--port", "8123"], env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    assert f"# the chats as amoCRM shows them: http://127.0.0.1:8123{VIEW_PATH}\n" in result.output
+    assert "4 users (the demo's; --users FILE for your own): Анна Смирнова <anna@example.com>" in result.output

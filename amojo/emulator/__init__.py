@@ -9,5 +9,8 @@ Where things are:
   (`/_emulator/...`);
 - apart from HTTP: `store` and `schema` (the SQLite state), `participants`, `contacts`, `injector` (what the faults
   decide), `requestlog`, `inputs` (the typed checks of a body), `verify` (amojo's signature check);
-- `envelopes`: each API's answer shapes; `config`: what the emulator is told at start; `server`: running it.
+- `envelopes`: each API's answer shapes; `config`: what the emulator is told at start, `users` its users file;
+  `server`: running it;
+- for people: `views` (amoCRM's view of the account as pages under `/_emulator/ui`), `viewmodel` (what they show),
+  `templates/`.
 """

@@ -259,8 +259,8 @@ def demo(as_json: JsonOption = False,
                            **importer_env(config, running.url, account=False)})
         console.print(_plain(f"demo: emulator at {running.url}; importing {first} .. {last} (end exclusive)",
                              limit=None))
-        console.print(_plain(f"demo: the chats as amoCRM shows them, while the demo runs: {view_url(running.url)}",
-                             limit=None))
+        console.print(_plain(f"demo: the chats as amoCRM shows them (while the demo runs; --stay keeps them up): "
+                             f"{view_url(running.url)}", limit=None), soft_wrap=True)
         summary, error = _run_import(first, last, dry_run=False)
         extra = {"demo_total_s": round(time.monotonic() - began, 2),
                  "emulator_requests": sum(running.emulator.request_counts().values())}
@@ -272,13 +272,19 @@ def demo(as_json: JsonOption = False,
 
 
 def _stay(url: str) -> None:
-    """Wait until Ctrl-C, the emulator serving `url` meanwhile."""
-    console.print(_plain(f"demo: the emulator stays up: {url} (Ctrl-C ends it)", limit=None))
+    """Wait until Ctrl-C (or SIGTERM), the emulator serving `url` meanwhile. Our own handlers: the flow run leaves
+    SIGINT with a handler of Prefect's that does not end the wait."""
+    import signal
+    import threading
+
+    ended = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: ended.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    console.print(_plain(f"demo: the emulator stays up: {url} (Ctrl-C ends it)", limit=None), soft_wrap=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        ended.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _sample_range(url: str) -> tuple[date, date]:
