@@ -4,7 +4,8 @@ quoting its original, the attachments shown (a picture loaded as a thumbnail), a
 contact card with its chats, and no unsorted lead or notification.
 
 Selenium drives Debian's chromium through its chromium-driver: the two packages come in matching versions, and
-nothing is downloaded (Playwright would bring a Node driver and expects its own browser build). Skipped, with the
+nothing is downloaded (the driver's path is given, so Selenium Manager never runs; Playwright would bring a Node
+driver of its own and is built against its own browser builds, not Debian's). Skipped, with the
 reason, where they are not installed; `AMOJO_ETL_REQUIRE_BROWSER=1` (set by .ci/run) makes that a failure.
 
 `AMOJO_ETL_SCREENSHOTS=docs/img` writes the README's screenshots there (else into the test's temporary directory).
