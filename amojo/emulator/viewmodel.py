@@ -47,11 +47,11 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Quote:
-    """The message a reply quotes: its sender and the start of its text, and its anchor when it is in the chat."""
+    """The message a reply quotes: its sender, the start of its text, and its id, the anchor it is shown at."""
 
-    sender: Sender | None
+    sender: Sender
     summary: str
-    anchor: str | None
+    anchor: str
 
 
 @dataclass(frozen=True)
@@ -249,22 +249,13 @@ class AccountView:
             cache[amojo_id] = self.store.participant(scope_id, amojo_id)
         return cache[amojo_id]
 
-    def _quote(self, chat: dict, quoted: dict | None, cache: dict[str, dict | None]) -> Quote | None:
-        """What a reply quotes: the stored message it names (by amojo `id` or our `msgid`), else the message it
-        carried in full (§3.4 `embedded_message`)."""
-        if not quoted:
+    def _quote(self, chat: dict, quoted_id: str | None, cache: dict[str, dict | None]) -> Quote | None:
+        """What a reply quotes: the message of the chat whose amojo id the store kept for its accepted `reply_to`
+        (§3.4; a message quoted in full, with no id, is not kept, so it shows no quote)."""
+        original = self.store.message(quoted_id) if quoted_id else None
+        if original is None or original["chat_id"] != chat["id"]:
             return None
-        original = None
-        if quoted.get("id"):
-            original = self.store.message(quoted["id"])
-        elif quoted.get("msgid"):
-            original = self.store.message_by_msgid(chat["scope_id"], quoted["msgid"])
-        if original is not None and original["chat_id"] == chat["id"]:
-            return Quote(self._sender(chat["scope_id"], original, cache), summary(original["message"]),
-                         original["id"])
-        sender = quoted.get("sender") if isinstance(quoted.get("sender"), dict) else {}
-        name = sender.get("name") or sender.get("ref_id") or sender.get("id")
-        return Quote(Sender("", str(name)) if name else None, summary(quoted), None)
+        return Quote(self._sender(chat["scope_id"], original, cache), summary(original["message"]), original["id"])
 
     def _contact_names(self, ids: list[int]) -> dict[int, str]:
         return {i: c["name"] for i in set(ids) if (c := self.store.contact(i)) is not None}
