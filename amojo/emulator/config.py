@@ -270,8 +270,8 @@ class EmulatorConfig:
     users: tuple[EmulatedUser, ...] = DEMO_USERS
     # A rehearsal's own managers (`users.load_users`): when given, the file's users replace the demo's.
     users_path: str | None = field(default=None, metadata={
-        "help": "TOML file of the account's users, [[users]] with name, email and optionally amojo_id (default: "
-                "the demo's four, whose emails are the sample managers')", "flag": "--users",
+        "help": "TOML file of the account's users, a users table each with name, email and optionally amojo_id "
+                "(default: the demo's four, the sample's managers; see README, The emulator)", "flag": "--users",
         "env": "AMOJO_ETL_EMULATOR_USERS"})
     # OAuth (§6.6): an integration whose refresh token rotates on every use.
     oauth_client_id: str = "demo-client-id"
