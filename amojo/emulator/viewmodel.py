@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import Faults
+from .inputs import MEDIA_TYPES
 from .participants import record_from_payload
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 CHATS_PER_PAGE = 100
 QUOTE_CHARS = 200  # a quote shows the start of its original, as a messenger does
-MEDIA_TYPES = ("picture", "video", "file", "voice", "audio", "sticker")
 
 
 @dataclass(frozen=True)
