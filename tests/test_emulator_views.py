@@ -137,6 +137,15 @@ def test_the_pages_pass_no_gate_or_fault_and_are_not_in_the_request_log(emulator
     assert "default-src 'none'" in policy and "script-src" not in policy  # no script may run
 
 
+def test_the_account_block_shows_among_the_faults_when_it_is_on() -> None:
+    from amojo.emulator.config import EmulatorConfig
+    from amojo.emulator.server import start
+
+    with start(EmulatorConfig(rest_block_after=3)) as running:
+        assert "rest_block_after" in _page(running, "/account")
+        assert 'data-counter="faults"><b>3</b>' in _page(running)
+
+
 def test_the_managers_are_the_configured_users(emulator) -> None:
     page = _page(emulator, "/account")
     assert "Анна Смирнова" in page and MANAGER in page and "dmitry@example.com" in page

@@ -214,9 +214,13 @@ class AccountView:
                 "notifications": [with_chat(r) for r in self.store.notifications()]}
 
     def glance(self) -> Glance:
-        """Counters, requests by endpoint and status, the faults that differ from none, the users."""
+        """Counters, requests by endpoint and status, the faults that differ from none (and the account block when
+        it is on), the users."""
         injector, defaults = self.emulator.injector, asdict(Faults())
         faults = {k: v for k, v in asdict(injector.faults).items() if k != "script" and v != defaults[k]}
+        if self.config.rest_block_after:  # the account block is a switch of the config, not a fault, but as harsh
+            faults |= {name: getattr(self.config, name)
+                       for name in ("rest_block_after", "rest_block_window_s", "rest_block_s")}
         users = [{"id": u.id, "name": u.name, "email": u.email, "amojo_id": u.amojo_id or ""}
                  for u in self.config.users]
         identity = {"channel": self.config.channel_id, "account": self.config.account_id, "bot": self.config.bot_id,
