@@ -7,7 +7,7 @@ Plain values only: the pages (`views`, `templates/`) lay them out and escape the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -90,8 +90,8 @@ class Glance:
     unhandled: list[str]
     faults: dict[str, Any]
     script_left: list[dict]
-    users: list[dict] = field(default_factory=list)
-    identity: dict[str, str] = field(default_factory=dict)
+    users: list[dict]
+    identity: dict[str, str]
 
 
 def moment(msec: int | float | None) -> str:
