@@ -163,3 +163,28 @@ def test_the_emulator_command_prints_the_views_address(monkeypatch: pytest.Monke
     assert result.exit_code == 0, result.output
     assert f"# the chats as amoCRM shows them: http://127.0.0.1:8123{VIEW_PATH}\n" in result.output
     assert "4 users (the demo's; --users FILE for your own): Анна Смирнова <anna@example.com>" in result.output
+
+
+def test_media_amocrm_could_not_fetch_are_marked_on_the_message_and_listed() -> None:
+    """With --fetch-media, a rehearsal shows which attachments amoCRM will not be able to download."""
+    import socket
+    import time
+
+    from amojo.emulator.config import EmulatorConfig
+    from amojo.emulator.server import start
+
+    with socket.socket() as closed:  # a port nothing listens on: the download is refused at once
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/lost.pdf"
+    with start(EmulatorConfig(fetch_media=True, fetch_media_timeout_s=5)) as running:
+        amojo = Amojo(running)
+        amojo.connect()
+        amojo.chat()
+        sent = amojo.message("m1", message={"type": "file", "media": dead, "file_name": "lost.pdf", "file_size": 9})
+        assert sent.status_code == 200, sent.text
+        deadline = time.monotonic() + 10  # the download runs in the background: wait for its outcome
+        while running.emulator.media.snapshot()["failed"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        chat, account = _chat_page(running), _page(running, "/account")
+    assert "amoCRM could not fetch it:" in chat
+    assert 'id="media-failures"' in account and dead in account and 'data-counter="media failed"><b>1</b>' in account

@@ -66,6 +66,7 @@ class MessageView:
     unlinked: bool
     quote: Quote | None
     attachment: Attachment | None
+    fetch_failed: str | None  # why amoCRM could not download its media (with --fetch-media), else None
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Glance:
     script_left: list[dict]
     users: list[dict]
     identity: dict[str, str]
+    media: dict[str, Any]  # the media fetches (`mediafetch`): enabled, fetched, failed, pending, failures
 
 
 def moment(msec: int | float | None) -> str:
@@ -176,7 +178,8 @@ class AccountView:
         # amoCRM orders a chat by the messages' times; arrival breaks ties, as history does
         stored = [m for _, m in sorted(enumerate(stored), key=lambda im: (im[1]["msec_timestamp"], im[0]))]
         cache: dict[str, dict | None] = {}
-        messages = [self._message(chat, m, cache) for m in stored]
+        failed = {f["msgid"]: f["why"] for f in self.emulator.media.snapshot()["failures"] if f["chat_id"] == chat_id}
+        messages = [self._message(chat, m, cache, failed.get(m["msgid"])) for m in stored]
         links = self.store.links(chat_ids=[chat_id])
         contact = _as_sent(self.store.contact(links[0]["contact_id"])) if links else None
         return {"id": chat["id"], "conversation_id": chat["conversation_id"], "client": _client_name(chat),
@@ -215,7 +218,7 @@ class AccountView:
 
     def glance(self) -> Glance:
         """Counters, requests by endpoint and status, the faults that differ from none (and the account block when
-        it is on), the users."""
+        it is on), the users, and the media amoCRM could not fetch (when it fetches them)."""
         injector, defaults = self.emulator.injector, asdict(Faults())
         faults = {k: v for k, v in asdict(injector.faults).items() if k != "script" and v != defaults[k]}
         if self.config.rest_block_after:  # the account block is a switch of the config, not a fault, but as harsh
@@ -226,16 +229,18 @@ class AccountView:
         identity = {"channel": self.config.channel_id, "account": self.config.account_id, "bot": self.config.bot_id,
                     "scope": self.emulator.scope_id, "users from": self.config.users_path or "the demo's"}
         return Glance(self.store.counts(), sorted(self.emulator.request_counts().items()),
-                      list(self.emulator.requests.unhandled), faults, injector.script_left(), users, identity)
+                      list(self.emulator.requests.unhandled), faults, injector.script_left(), users, identity,
+                      self.emulator.media.snapshot())
 
     # -- one message
-    def _message(self, chat: dict, stored: dict, cache: dict[str, dict | None]) -> MessageView:
+    def _message(self, chat: dict, stored: dict, cache: dict[str, dict | None],
+                 fetch_failed: str | None = None) -> MessageView:
         body = stored["message"]
         text = body.get("text") if isinstance(body.get("text"), str) else ""
         return MessageView(stored["id"], stored["msgid"], moment(stored["msec_timestamp"]),
                            self._sender(chat["scope_id"], stored, cache), text, stored["silent"],
                            stored["edited_at"] is not None, stored["unlinked"],
-                           self._quote(chat, stored.get("reply_to"), cache), attachment(body))
+                           self._quote(chat, stored.get("reply_to"), cache), attachment(body), fetch_failed)
 
     def _sender(self, scope_id: str, stored: dict, cache: dict[str, dict | None]) -> Sender:
         """Who wrote `stored`: the client (incoming), the bot, or a manager by the name amoCRM has for the user."""
