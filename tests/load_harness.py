@@ -93,6 +93,7 @@ async def run_interval(settings: Settings, day: date = DAY, days: int = 1) -> Ru
                                                                 request_s=settings.timeout_s) as claims:
             api.guard(claims.check)
             await claims.hold_interval(interval)
+            ledger.rejects.clear(interval.label)  # as the flow does: what is still bad is rejected again
             senders = await resolve_senders(api.rest, settings.bot_id)
             seen = SeenIds(source.repeated_ids())
             registered = interval.start_ms

@@ -44,6 +44,12 @@ class Messages:
             return {row.msgid: MessageState(row.status, row.content_hash, row.conversation_id, row.msec)
                     for row in conn.execute(query)}
 
+    def refusals(self, msgids: Iterable[str]) -> dict[str, str | None]:
+        """msgid -> what the ledger kept of amoCRM's refusal (`last_error`), for these messages refused for their
+        data (`rejected`)."""
+        return {row.msgid: row.last_error for row in self.db.rows_where_in(messages, messages.c.msgid, msgids)
+                if row.status == MessageStatus.REJECTED}
+
     def register(self, rows: list[dict[str, Any]]) -> None:
         """Record messages as `pending` unless the ledger already knows them (whatever their status)."""
         if not rows:

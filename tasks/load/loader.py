@@ -28,6 +28,7 @@ from ..transform import Batch, Senders
 from .context import LoadContext, LoadReport, bounded
 from .plan import plan, restricted
 from .prepare import prepared
+from .refusals import refusal_rejects
 from .send import ConversationSend
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ async def load(batch: Batch, api: Api, ledger: Ledger, claims: RunClaims, regist
 
     async for mine in claims.turns("conversation", active, out_of_turn):
         await _load_conversations(ctx, restricted(batch, mine), progress)
+    # amoCRM's refusals of the batch's data, this run's and earlier ones: listed with the interval's rejects.
+    ledger.rejects.save(refusal_rejects(batch.messages, ledger), interval_label)
     return report
 
 

@@ -11,7 +11,13 @@ One message's states (`etl.ledger.status`), and what each crash window or lost a
                looked up in the history (`amojo.resolve`): found, it is `sent`; not shown yet, it stays uncertain.
     failed     the first message that could not be sent, for any reason but its data: the conversation stops there
                until the next run (its later messages would land before it), which looks it up first.
-    rejected   amoCRM refused its data (400, 422): it waits for the source to change it; the conversation goes on.
+    rejected   amoCRM refused its data (400, 422) and the chat does not hold it: at once when nothing of it can
+               have landed; when an earlier run's attempt may have (a 5xx, a 409, a lost answer, a kill, a lost
+               claim left it `sending` or `failed`), once the history read with `REFUSAL_PATIENCE` does not show
+               it. A read that fails is no answer, and a refusal of a retry of this run's own uncertain attempt may
+               be a duplicate the history does not show yet: both leave it uncertain for the next run. A reject
+               with the API's reason (`tasks.load.refusals`), listed by `amojo-etl rejects`; it waits for the
+               source to change it; the conversation goes on.
     edit       a message whose content changed since it was sent is edited; an edit that fails keeps a hash that
                differs from the source's, so the next run tries again.
 
@@ -33,7 +39,15 @@ from etl.ledger import NEEDS_EDIT_HASH, UNCERTAIN, MessageStatus
 from ..transform import text_hash
 from .context import LoadContext
 from .plan import ledger_row
+from .refusals import refusal_note, refusal_reason
 from .replies import quote_of
+
+REPEAT_PATIENCE = 4
+"""History re-reads (with backoff: 3.75 s in all) for a message whose answer was lost before it is left uncertain."""
+REFUSAL_PATIENCE = 5
+"""History re-reads (7.75 s in all) before a refused message that an earlier run's attempt may have landed is taken
+for refused for its data: well beyond amojo's usual delay in showing a message, since a repeat refused as a
+duplicate and a refusal of the data may read alike (amojo-api.md §9, Q1)."""
 
 
 async def landed_in_chat(ctx: LoadContext, chat_id: str, msgids: set[str], since_ms: int, patience: int = 0
@@ -120,8 +134,9 @@ class ConversationSend:
 
     async def _send(self, message: Any) -> None:
         """Send one message. A refusal that may concern a repeat (after a lost answer, in this run or an earlier
-        one) is resolved by the chat's history: shown there, it was sent; not shown yet, it stays uncertain and the
-        conversation stops here."""
+        one) is resolved by the chat's history: shown there, it was sent; not shown after `REFUSAL_PATIENCE`, it was
+        refused for its data (a reject). A history that cannot be read leaves it uncertain, and the conversation
+        stops here."""
         ctx = self.ctx
         ctx.claims.check()
         sent, landed, refusal = None, {}, None
@@ -136,17 +151,22 @@ class ConversationSend:
                 raise
 
         async def read_back() -> bool:
-            landed.update(await landed_in_chat(ctx, self.chat_id, {message.msgid}, int(message.msec), patience=4))
+            patience = REFUSAL_PATIENCE if refusal is not None and not refusal.may_have_landed else REPEAT_PATIENCE
+            landed.update(await landed_in_chat(ctx, self.chat_id, {message.msgid}, int(message.msec), patience))
             return bool(landed)
 
         def may_be_repeat(exc: AmojoError) -> bool:
             return isinstance(exc, InvalidRequest) and (exc.may_have_landed or message.msgid in self.unresolved)
 
         error = await resolve(send, read_back, rounds=1, may_have_landed=may_be_repeat)
-        if error is not None and error is refusal and not may_be_repeat(refusal):
-            # amoCRM refused this message's data, and nothing of it can have landed: the conversation goes on.
-            self.outcomes.append(ledger_row(message, status=MessageStatus.REJECTED, last_error=str(refusal)))
-            ctx.report.api_rejected[f"api_{refusal.code or refusal.status}"] += 1
+        if error is not None and error is refusal and not refusal.may_have_landed:
+            # amoCRM refused this message's data, and the chat does not hold it: nothing could have landed, or the
+            # history, read with patience, does not show what an earlier run sent (a read that failed is returned as
+            # its own error, never as the refusal). A reject; the conversation goes on. A refusal that answers a
+            # retry of this run's own uncertain attempt (a 5xx, a lost answer) may be a duplicate of a message the
+            # history does not show yet: it stays uncertain, and the next run decides, its attempt then older.
+            self.outcomes.append(ledger_row(message, status=MessageStatus.REJECTED, last_error=refusal_note(refusal)))
+            ctx.report.api_rejected[refusal_reason(refusal)] += 1
             return
         if error is not None:
             raise error
