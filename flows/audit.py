@@ -3,9 +3,10 @@
 Per day, the source's rows created on it and what became of them (in amoCRM, rejected, or not there), the rows
 created earlier and edited on it (each counted on the day it was created), the ledger's messages by status, and
 the differences by message id: in the source but not sent; sent but missing in amoCRM; in amoCRM with other content;
-changed at the source since it was sent; in amoCRM but no longer in the source (deleted at the source: reported,
-never deleted in amoCRM). With `repair`, what is missing is sent and what differs is edited, through the same
-exactly-once path as an import (an import of the day). An audit writes nothing to amoCRM without `repair`.
+changed at the source since it was sent; in amoCRM, or registered and never sent, but no longer in the source
+(deleted at the source: reported, never deleted in amoCRM). With `repair`, what is missing is sent and what differs
+is edited, through the same exactly-once path as an import (an import of the day). An audit writes nothing to
+amoCRM without `repair`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from prefect.states import State
 
 from etl.api import open_api
 from etl.intervals import Interval
-from etl.ledger import DONE, Ledger, MessageStatus
+from etl.ledger import DONE, MOVABLE, Ledger, MessageStatus
 from etl.settings import Settings
 from etl.summary import DIFFERENCES, AuditSummary, DayAudit
 from tasks.interval import open_interval, transformed_chunks
 from tasks.load import own_ids, resolve_senders_task
-from tasks.reconcile import reconcile_task
+from tasks.reconcile import NOT_EXPECTED, reconcile_task
 from tasks.report import artifact_key
 from tasks.transform import Senders
 
@@ -106,12 +107,15 @@ async def _audit_day(settings: Settings, ledger: Ledger, api: Any, senders: Send
     found.rejected += found.source_rejected - (edited_rows - (len(source) - len(created)))  # created on the day
     conversations = [c for c, _ in ledger.messages.conversations_between(day.start_ms, day.end_ms)]
     held = ledger.messages.between(conversations, day.start_ms, day.end_ms)
-    found.deleted_at_source = sorted(row.msgid for row in held if row.status in DONE and row.msgid not in source)
+    # Sent, or never sent (an import of the day no longer expects these; one not run since still has them pending).
+    found.deleted_at_source = sorted(row.msgid for row in held if (row.status in DONE or row.status in MOVABLE)
+                                     and row.msgid not in source)
 
     verdict = await reconcile_task(api, ledger, day.start_ms, day.end_ms, label=day.label)
-    expected = {row.msgid for row in held if row.status != MessageStatus.REJECTED}  # what the read-back checked
+    gone = set(found.deleted_at_source)
+    expected = {row.msgid for row in held if row.status not in NOT_EXPECTED} - gone  # what the read-back checked
     found.in_amocrm = len((created & expected) - set(verdict.missing))
-    found.missing_in_amocrm = sorted(verdict.missing)
+    found.missing_in_amocrm = sorted(set(verdict.missing) - gone)
     found.other_content = sorted(set(verdict.mismatched) - set(found.changed_at_source))
     found.duplicates = sorted(verdict.duplicates)
     found.amocrm = verdict.expected - len(verdict.missing)

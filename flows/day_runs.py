@@ -39,8 +39,9 @@ async def repair_day(settings: Settings, ledger: Ledger, day: Interval, missing:
     chat, then sent if it is not there; one marked changed is edited."""
     missing = list(missing)
     if (moved := ledger.messages.mark(missing, MessageStatus.FAILED)) < len(missing):
-        log.warning("%d of the %d messages amoCRM lost were not marked to be sent again: another run changed their "
-                    "status since (rejected for their data)", len(missing) - moved, len(missing))
+        log.warning("%d of the %d messages missing in amoCRM were not marked to be sent again: never sent (pending: "
+                    "the import sends them), or another run changed their status since (rejected for their data)",
+                    len(missing) - moved, len(missing))
     ledger.messages.mark_needs_edit(changed)
     with child_run_tags(settings):
         state, redone = await import_day(day)

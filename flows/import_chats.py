@@ -21,7 +21,7 @@ from etl.settings import ConfigurationError, Settings
 from etl.source import SourceStream
 from etl.summary import RunSummary
 from tasks.interval import days_to_revisit, open_interval, read_senders, transformed_chunks
-from tasks.load import DryRun, load_task, own_ids, resolve_senders_task
+from tasks.load import DryRun, load_task, own_ids, resolve_senders_task, withdraw_unseen
 from tasks.media import MediaReport, media_links, media_task
 from tasks.reconcile import reconcile_task
 from tasks.report import ImportProgress, RunTotals, publish_artifacts
@@ -202,6 +202,7 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
             registered = interval.start_ms
             # Conversations that failed (here or on an earlier day): their later chunks wait for the next run.
             stopped = held if held is not None else {}
+            seen_pending: set[str] = set()  # the source's rows still unsent after their chunk: expected still
             for frames, batch in transformed_chunks(source, settings, senders, interval.label):
                 chunk = f"{interval.label}#{source.chunks}"
                 totals.add_source(batch)
@@ -218,8 +219,11 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                                          settings.concurrency, progress.sending, stopped, label=chunk)
                 stopped.update(report.stopped)
                 totals.load.add(report)
+                seen_pending |= ledger.messages.pending(batch.messages["msgid"])
                 await progress.chunk_done(frames.rows_read)
             claims.advance(interval.end_ms)
+            # Unsent rows the source no longer has in the interval (deleted, moved out, now invalid): not expected.
+            withdraw_unseen(ledger, claims.holder, interval.start_ms, interval.end_ms, seen_pending)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
             summary = totals.summary(verdict, time.monotonic() - began)
             summary.media = asdict(media)

@@ -25,6 +25,7 @@ from etl.ledger import Ledger, MessageStatus
 from .transform import history_hash, text_hash
 
 CONVERSATIONS_PER_BATCH = 200
+NOT_EXPECTED = frozenset({MessageStatus.REJECTED, MessageStatus.DELETED})
 
 
 @dataclass
@@ -80,9 +81,10 @@ async def _history(api: Api, chat_id: str, since_ms: int) -> list[dict]:
 
 def _expected(rows: list) -> tuple[list, set[str]]:
     """A conversation's ledger rows that its chat must hold, and the msgids the ledger knows. Every valid message
-    is expected, except those amoCRM refused for their data (rejects with the API's reason); one it would not take
-    for its own reasons is `failed`, and expected."""
-    return [row for row in rows if row.status != MessageStatus.REJECTED], {row.msgid for row in rows}
+    is expected, except those amoCRM refused for their data (rejects with the API's reason) and those deleted at the
+    source before anything of them was sent; one amoCRM would not take for its own reasons is `failed`, and
+    expected."""
+    return [row for row in rows if row.status not in NOT_EXPECTED], {row.msgid for row in rows}
 
 
 @dataclass

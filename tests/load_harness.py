@@ -19,7 +19,7 @@ from etl.intervals import Interval
 from etl.ledger import Ledger
 from etl.settings import Settings
 from etl.source import create_schema, open_source
-from tasks.load import LoadReport, load, own_ids, resolve_senders
+from tasks.load import LoadReport, load, own_ids, resolve_senders, withdraw_unseen
 from tasks.reconcile import Verdict, reconcile
 from tasks.transform import SeenIds, transform
 
@@ -98,6 +98,7 @@ async def run_interval(settings: Settings, day: date = DAY, days: int = 1) -> Ru
             seen = SeenIds(source.repeated_ids())
             registered = interval.start_ms
             stopped: dict[str, str] = {}
+            seen_pending: set[str] = set()
             while (frames := source.next_chunk()) is not None:
                 batch = own_ids(transform(frames, senders, settings.id_prefix, settings.source_timezone, seen=seen),
                                 ledger)
@@ -109,7 +110,9 @@ async def run_interval(settings: Settings, day: date = DAY, days: int = 1) -> Ru
                                     stopped=stopped)
                 stopped.update(report.stopped)
                 total.add(report)
+                seen_pending |= ledger.messages.pending(batch.messages["msgid"])
             claims.advance(interval.end_ms)
+            withdraw_unseen(ledger, claims.holder, interval.start_ms, interval.end_ms, seen_pending)
             verdict = await reconcile(api, ledger, interval.start_ms, interval.end_ms, reread_delay=0.1)
     finally:
         source.close()

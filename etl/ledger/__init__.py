@@ -13,10 +13,10 @@ from .leases import Leases
 from .messages import Messages, MessageState
 from .runs import Account, Audits, Intervals, Rejects
 from .schema import KEY_LENGTH, SCHEMA_VERSION
-from .status import DONE, NEEDS_EDIT_HASH, UNCERTAIN, UNSENT, MessageStatus
+from .status import DONE, MOVABLE, NEEDS_EDIT_HASH, UNCERTAIN, UNSENT, MessageStatus
 
-__all__ = ["DONE", "KEY_LENGTH", "NEEDS_EDIT_HASH", "SCHEMA_VERSION", "UNCERTAIN", "UNSENT", "ChatState", "Ledger",
-           "MessageState", "MessageStatus"]
+__all__ = ["DONE", "KEY_LENGTH", "MOVABLE", "NEEDS_EDIT_HASH", "SCHEMA_VERSION", "UNCERTAIN", "UNSENT", "ChatState",
+           "Ledger", "MessageState", "MessageStatus"]
 
 
 class Ledger:

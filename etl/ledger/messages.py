@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from .database import Database, slices
 from .schema import chats, messages
-from .status import NEEDS_EDIT_HASH, UNSENT, MessageStatus, allowed
+from .status import MOVABLE, NEEDS_EDIT_HASH, UNSENT, MessageStatus, allowed
 
 
 class MessageState(NamedTuple):
@@ -61,6 +61,71 @@ class Messages:
             for part in slices(rows, 10_000):
                 conn.execute(insert, part)
 
+    def place(self, rows: list[dict[str, Any]]) -> None:
+        """Put messages nothing of which was sent (`MOVABLE`) where the source has them now: their conversation,
+        time and content, `pending` (a `deleted` one came back). A message another run has begun to send
+        meanwhile keeps its place: the update is conditional on its status, so exactly one of the two wins."""
+        if not rows:
+            return
+        update = (messages.update()
+                  .where(messages.c.msgid == sa.bindparam("m_msgid"),
+                         sa.or_(*(messages.c.status == s.value for s in sorted(MOVABLE))))  # no IN: executemany
+                  .values(conversation_id=sa.bindparam("m_conversation_id"), msec=sa.bindparam("m_msec"),
+                          content_hash=sa.bindparam("m_content_hash"), text_hash=sa.bindparam("m_text_hash"),
+                          status=MessageStatus.PENDING.value, updated_at=sa.bindparam("m_updated_at")))
+        now = time.time()
+        with self.db.engine.begin() as conn:
+            for part in slices(rows, 10_000):
+                conn.execute(update, [{"m_msgid": r["msgid"], "m_conversation_id": r["conversation_id"],
+                                       "m_msec": r["msec"], "m_content_hash": r["content_hash"],
+                                       "m_text_hash": r.get("text_hash"), "m_updated_at": now} for r in part])
+
+    def begin_sending(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Mark a conversation's messages `sending` before its first request, each only where it still is (its
+        conversation and time, not `deleted`): another run may have moved an unsent one since it was planned.
+        Returns the msgids marked; the others are not this conversation's to send."""
+        if not rows:
+            return set()
+        update = (messages.update()
+                  .where(messages.c.msgid == sa.bindparam("m_msgid"),
+                         messages.c.conversation_id == sa.bindparam("m_conversation_id"),
+                         messages.c.msec == sa.bindparam("m_msec"),
+                         messages.c.status != MessageStatus.DELETED.value)
+                  .values(status=MessageStatus.SENDING.value, content_hash=sa.bindparam("m_content_hash"),
+                          text_hash=sa.bindparam("m_text_hash"), updated_at=sa.bindparam("m_updated_at")))
+        now = time.time()
+        with self.db.engine.begin() as conn:
+            for part in slices(rows, 10_000):
+                conn.execute(update, [{"m_msgid": r["msgid"], "m_conversation_id": r["conversation_id"],
+                                       "m_msec": r["msec"], "m_content_hash": r["content_hash"],
+                                       "m_text_hash": r.get("text_hash"), "m_updated_at": now} for r in part])
+        places = {r["msgid"]: (r["conversation_id"], int(r["msec"])) for r in rows}
+        return {msgid for msgid, state in self.states(places).items()
+                if state.status == MessageStatus.SENDING and (state.conversation_id, int(state.msec)) == places[msgid]}
+
+    def pending(self, msgids: Iterable[str]) -> set[str]:
+        """Those of these messages the ledger holds as `pending`."""
+        return {row.msgid for row in self.db.rows_where_in(messages, messages.c.msgid, msgids)
+                if row.status == MessageStatus.PENDING}
+
+    def pending_between(self, start_ms: int, end_ms: int) -> set[str]:
+        """The `pending` messages of [start_ms, end_ms)."""
+        query = sa.select(messages.c.msgid).where(messages.c.msec >= start_ms, messages.c.msec < end_ms,
+                                                  messages.c.status == MessageStatus.PENDING.value)
+        with self.db.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def withdraw(self, msgids: Iterable[str]) -> int:
+        """Mark these messages `deleted` where they are still `pending`: the source no longer has them, and nothing of
+        them was sent, so amoCRM is not expected to hold them. Returns how many."""
+        withdrawn = 0
+        with self.db.engine.begin() as conn:
+            for part in slices(msgids):
+                withdrawn += conn.execute(messages.update().where(
+                    messages.c.msgid.in_(part), messages.c.status == MessageStatus.PENDING.value)
+                    .values(status=MessageStatus.DELETED.value, updated_at=time.time())).rowcount
+        return withdrawn
+
     def record(self, rows: list[dict[str, Any]]) -> None:
         """Batch write of message states (one transaction for the batch); a column a row leaves out is kept.
 
@@ -76,6 +141,7 @@ class Messages:
         with self.db.engine.begin() as conn:
             for batch in by_shape.values():
                 self.db.upsert(conn, messages, batch, ["msgid"], kept=("conversation_id", "msec"))
+
 
     def mark(self, msgids: list[str], status: MessageStatus) -> int:
         """Move these messages to `status` (reconcile's repair marks the missing ones `failed`, to be sent again);

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from amojo.payloads import chat_payload, client_participant, contact_body, message_payload
-from etl.ledger import DONE, Ledger, MessageStatus
+from etl.ledger import DONE, MOVABLE, Ledger, MessageStatus
 
 from ..transform import Batch, json_lines, source_keys
 
@@ -37,22 +37,33 @@ def _foreign(messages: pd.DataFrame, known: pd.DataFrame) -> pd.Series:
 
 
 def own_ids(batch: Batch, ledger: Ledger, *, register: bool = True) -> Batch:
-    """Register the batch's new messages as `pending`; reject the rows whose message id another row owns.
+    """Register the batch's new messages as `pending`; move the unsent ones the source has moved; reject the rows
+    whose message id another row owns.
 
-    A message id is the message's identity in amoCRM (its msgid), and it belongs to the first source row
-    registered with it: the ledger keeps that row's conversation and time. A row with the same id in another
-    conversation, or at another time (another system's numbering, a reused id, a second row the interval
-    rejected as a duplicate and edited later), is rejected as `duplicate_id` rather than sent as an edit of the
-    first chat's message. Registering is an insert that leaves known ids alone, so when two runs register one id
-    at once exactly one owns it, and the other rejects its row. Without `register` (a dry run) it only reads.
+    A message id is the message's identity in amoCRM (its msgid). Until a request for it has gone out (`pending`,
+    or `deleted` from the source), it follows its source row: a corrected time or conversation moves its ledger
+    row, and a row that comes back is `pending` again. From `sending` on, amoCRM may hold it, and the ledger keeps
+    that row's conversation and time: a row with the same id in another conversation, or at another time (another
+    system's numbering, a reused id, a second row the interval rejected as a duplicate and edited later), is
+    rejected as `duplicate_id` rather than sent as an edit of the first chat's message. Registering is an insert
+    that leaves known ids alone, and moving is conditional on the status, so when two runs register one id, or one
+    moves it while the other begins to send it, exactly one owns it. Without `register` (a dry run, an audit) it
+    only reads, and takes an unsent message as moved.
     """
     messages = batch.messages
     known = _known(messages, ledger)
     fresh = messages[~messages["msgid"].isin(known.index)]
+    movable = messages[messages["msgid"].map(known["status"]).isin(MOVABLE)] if len(known) else messages.iloc[0:0]
     if register and len(fresh):
         ledger.messages.register([ledger_row(m) for m in fresh.itertuples(index=False)])
-        known = pd.concat([known, _known(fresh, ledger)])
+    if register and len(movable):
+        ledger.messages.place([ledger_row(m) for m in movable.itertuples(index=False)])
+    if register and (len(fresh) or len(movable)):
+        changed = pd.concat([fresh, movable])
+        known = pd.concat([known.drop(index=movable["msgid"]), _known(changed, ledger)])
     foreign = _foreign(messages, known)
+    if not register:
+        foreign &= ~messages["msgid"].isin(movable["msgid"])
     if not foreign.any():
         return batch
     rows = messages[foreign]
@@ -80,6 +91,17 @@ def source_rows(messages: pd.DataFrame) -> pd.DataFrame:
         "type": messages["type"],
         "text": messages["text"],
     }, index=messages.index)
+
+
+def withdraw_unseen(ledger: Ledger, holder: str, start_ms: int, end_ms: int, seen_pending: set[str]) -> int:
+    """After an import of [start_ms, end_ms) read all its source rows: mark `deleted` its `pending` messages the
+    source did not give (`seen_pending`: those it gave that were still pending after their chunk's load), so that
+    they stop being expected. Not while another live run holds an interval overlapping this one: it may register
+    rows the source gained after this run read it. Returns how many."""
+    others = ledger.leases.live("interval", other_than=holder)
+    if any(row.start_ms < end_ms and start_ms < row.end_ms for row in others):
+        return 0
+    return ledger.messages.withdraw(ledger.messages.pending_between(start_ms, end_ms) - seen_pending)
 
 
 def plan(batch: Batch, ledger: Ledger) -> tuple[pd.DataFrame, pd.DataFrame, int]:

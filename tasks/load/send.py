@@ -2,10 +2,14 @@
 
 One message's states (`etl.ledger.status`), and what each crash window or lost answer resolves to:
 
-    pending    registered from the source; nothing sent.
-    sending    written for all the conversation's unsent messages before the first request. A run that dies here,
-               or an answer lost, leaves it `sending`: the next run reads the chat's history before sending it
-               again; one found there is `sent` with the hash of what amoCRM holds, and edited when the source
+    pending    registered from the source; nothing sent: it follows its source row (moved when the row's time or
+               conversation is corrected; `deleted` when its interval's source no longer has it).
+    sending    written for all the conversation's unsent messages before the first request, each only where it
+               still is (a `pending` one another run moved since, following its source row, is not this
+               conversation's any more); amoCRM may hold it from here on, and its place is fixed. Those a run that
+               stops (a failure, a refusal) began no request for go back to `pending` at its end. A run that dies
+               here, or an answer lost, leaves it `sending`: the next run reads the chat's history before sending
+               it again; one found there is `sent` with the hash of what amoCRM holds, and edited when the source
                changed since (`needs edit`).
     sent       written after amoCRM's answer. A repeat amoCRM refuses (a duplicate msgid after a lost answer) is
                looked up in the history (`amojo.resolve`): found, it is `sent`; not shown yet, it stays uncertain.
@@ -34,6 +38,7 @@ import pandas as pd
 from amojo.errors import FATAL, AmojoError, InvalidRequest
 from amojo.payloads import edit_payload, message_payload
 from amojo.resolve import resolve
+from etl.claims import ClaimLost
 from etl.ledger import NEEDS_EDIT_HASH, UNCERTAIN, MessageStatus
 
 from ..transform import text_hash
@@ -91,13 +96,19 @@ class ConversationSend:
         self.unresolved: set[str] = set()  # left uncertain by an earlier run, and not in the chat's history
         self.stale: set[str] = set()  # of those, the ones whose content changed since: amoCRM may hold the old one
         self.resent: list[Any] = []  # sent again while amoCRM may hold an older content: edit them after
+        self.marked: set[str] = set()  # marked `sending` by this run
+        self.attempted: set[str] = set()  # whose request this run began: amoCRM may hold them
 
     async def run(self) -> None:
         try:
             await self._look_up_uncertain()
             if self.pending:
                 self.ctx.claims.check()
-                self.ctx.ledger.messages.record([self._row(m, status=MessageStatus.SENDING) for m in self.pending])
+                # Only where each still is: another run may have moved an unsent one since it was planned.
+                mine = self.ctx.ledger.messages.begin_sending([self._row(m, status=MessageStatus.SENDING)
+                                                               for m in self.pending])
+                self.pending = [m for m in self.pending if m.msgid in mine]
+                self.marked = mine
             for message in self.pending:
                 await self._send(message)
             for message in self.edits + self.resent:
@@ -139,6 +150,7 @@ class ConversationSend:
         stops here."""
         ctx = self.ctx
         ctx.claims.check()
+        self.attempted.add(message.msgid)
         sent, landed, refusal = None, {}, None
         quote = quote_of(ctx.ledger, message, self.outcomes)
 
@@ -206,13 +218,29 @@ class ConversationSend:
         recorded = {row["msgid"] for row in self.outcomes}
         unsent = next((m for m in self.pending if m.msgid not in recorded), None)
         if unsent is not None:
-            self.outcomes.append(self._row(unsent, status=MessageStatus.FAILED, last_error=str(error)))
+            if not self._never_tried(unsent):  # one no request went out for stays unsent (`_record`)
+                self.outcomes.append(self._row(unsent, status=MessageStatus.FAILED, last_error=str(error)))
             self.ctx.report.failed += 1
         self.ctx.report.stop(self.conversation_id, error)
 
+    def _never_tried(self, message: Any) -> bool:
+        """Nothing of it has gone out: it was `pending` when planned, and this run began no request for it."""
+        return message.msgid not in self.attempted and (not isinstance(message.status, str)
+                                                        or message.status == MessageStatus.PENDING)
+
     def _record(self) -> None:
-        """One row per message, the last outcome winning (a message found in the chat, then edited)."""
+        """One row per message, the last outcome winning (a message found in the chat, then edited). Those this
+        run marked `sending` and stopped before trying go back to `pending`: amoCRM cannot hold them, so they still
+        follow their source rows. Not once the conversation's claim is gone (another run may be sending them now):
+        they stay `sending`, and are looked up, as after a kill."""
         merged: dict[str, dict[str, Any]] = {}
         for row in self.outcomes:
             merged[row["msgid"]] = {**merged.get(row["msgid"], {}), **row}
+        untried = [m for m in self.pending if m.msgid in self.marked and m.msgid not in merged and self._never_tried(m)]
+        if untried:
+            try:
+                self.ctx.claims.check()
+            except ClaimLost:
+                untried = []
+        merged.update({m.msgid: ledger_row(m, status=MessageStatus.PENDING) for m in untried})
         self.ctx.ledger.messages.record(list(merged.values()))
