@@ -223,7 +223,9 @@ async def _import(settings: Settings, interval: Interval, dry_run: bool, began: 
                 await progress.chunk_done(frames.rows_read)
             claims.advance(interval.end_ms)
             # Unsent rows the source no longer has in the interval (deleted, moved out, now invalid): not expected.
-            withdraw_unseen(ledger, claims.holder, interval.start_ms, interval.end_ms, seen_pending)
+            if withdrawn := withdraw_unseen(ledger, claims.holder, interval.start_ms, interval.end_ms, seen_pending):
+                get_run_logger().info("%s: %d unsent messages are no longer in the source there: not expected",
+                                      interval.label, withdrawn)
             verdict = await reconcile_task(api, ledger, interval.start_ms, interval.end_ms, label=interval.label)
             summary = totals.summary(verdict, time.monotonic() - began)
             summary.media = asdict(media)
