@@ -7,7 +7,7 @@ What a schedule does: tests/fault_campaign.py. Many more seeds: bench/fault_camp
 from __future__ import annotations
 
 import pytest
-from fault_campaign import check, read_expected, run_schedule, write_campaign_source
+from fault_campaign import TEXT_LIMIT, check, read_expected, run_schedule, write_campaign_source
 
 from amojo.payloads import contact_key
 
@@ -34,9 +34,11 @@ def _perfect_snapshot(expected) -> dict:
         chat_id = f"chat-{expected.conversation_of[msgid]}"
         messages[chat_id].append({"msgid": msgid, "chat_id": chat_id, "msec_timestamp": expected.msec[msgid],
                                   "message": {"type": "text", "text": expected.texts[msgid]}, "unlinked": False})
-    contact_of = {client: 1000 + n for n, client in enumerate(sorted(expected.clients))}
-    contacts = [{"id": i, "values": [contact_key(client)]} for client, i in contact_of.items()]
-    links = [{"chat_id": chat["id"], "contact_id": contact_of[expected.client_of[chat["conversation_id"]]]}
+    people = sorted(set(expected.person_of.values()))
+    contact_of = {person: 1000 + n for n, person in enumerate(people)}
+    contacts = [{"id": i, "values": [contact_key(person)]} for person, i in contact_of.items()]
+    links = [{"chat_id": chat["id"],
+              "contact_id": contact_of[expected.person_of[expected.client_of[chat["conversation_id"]]]]}
              for chat in chats]
     return {"chats": chats, "messages": messages, "contacts": contacts, "links": links}
 
@@ -57,6 +59,14 @@ def test_the_checks_name_each_kind_of_violation(tmp_path):
     refused = snapshot["messages"]["chat-ae-dv1"]
     refused.append(refused.pop(3))  # refused, then sent later: out of order by design
     snapshot["contacts"].append({"id": 5000, "values": [contact_key("ae-cl2")]})
+    relinked = next(link for link in snapshot["links"] if link["chat_id"] == "chat-ae-dv6")
+    relinked["contact_id"] = 5000  # dv6 is cl10's, who is cl2 (cv2, dv2): one person, two contacts
+    merged = next(link for link in snapshot["links"] if link["chat_id"] == "chat-ae-dv4")  # cl8's, not cl0's
+    merged["contact_id"] = next(link["contact_id"] for link in snapshot["links"] if link["chat_id"] == "chat-ae-cv0")
+    gone = next(link for link in snapshot["links"] if link["chat_id"] == "chat-ae-cv6")
+    gone["contact_id"] = 6000
+    long = sorted(expected.texts)[0]
+    expected.texts[long] = "x" * (TEXT_LIMIT + 1)  # amoCRM refuses it, yet holds it
     snapshot["links"] = [link for link in snapshot["links"] if link["chat_id"] != "chat-ae-cv7"]
     snapshot["chats"].append({"id": "chat-again", "conversation_id": "ae-cv4"})
     snapshot["messages"]["chat-again"] = []
@@ -67,10 +77,13 @@ def test_the_checks_name_each_kind_of_violation(tmp_path):
         "duplicate: ae-cv1-2 is in amoCRM 2 times",
         f"lost: {lost['msgid']} is not in amoCRM",
         "stale text: ae-cv5-0 says 'old', the source 'message 0 of cv5'",
+        f"refused data sent: {long} is in amoCRM with a text longer than {TEXT_LIMIT}",
         "order: in ae-cv1, ae-cv1-2 arrived after ae-cv1-9, which is later",
         "order: in ae-dv0, ae-dv0-5 arrived after ae-dv0-6, which is later",
-        f"contacts: {len(expected.clients) + 1} in amoCRM for {len(expected.clients)} clients",
-        "client ae-cl2: 2 contacts carry its key ([1004, 5000])",
+        "contacts: 10 in amoCRM for 9 persons",  # 12 clients, of whom cl9, cl10, cl11 are cl1, cl2, cl3
+        "person ae-cl10/ae-cl2: chats linked to 2 contacts ([1002, 5000]), not 1",
+        "contact 1000 holds the chats of 2 persons (['ae-cl0', 'ae-cl8'])",
+        "chat of ae-cv6 is linked to contact 6000, which amoCRM does not hold",
         "chat of ae-cv7: 0 links, not 1",
         "chat of ae-cv4: 0 links, not 1",
     ]), found
