@@ -72,6 +72,7 @@ def test_the_checks_name_each_kind_of_violation(tmp_path):
     snapshot["messages"]["chat-again"] = []
 
     found = check(snapshot, expected, refused={"ae-dv1-3"})
+    assert "chat of ae-cv7: 0 links, not 1" not in check(snapshot, expected, unlinked={"chat-ae-cv7"})
     assert sorted(found) == sorted([
         "conversation ae-cv4: 2 chats, not 1",
         "duplicate: ae-cv1-2 is in amoCRM 2 times",
@@ -83,6 +84,9 @@ def test_the_checks_name_each_kind_of_violation(tmp_path):
         "contacts: 10 in amoCRM for 9 persons",  # 12 clients, of whom cl9, cl10, cl11 are cl1, cl2, cl3
         "person ae-cl10/ae-cl2: chats linked to 2 contacts ([1002, 5000]), not 1",
         "contact 1000 holds the chats of 2 persons (['ae-cl0', 'ae-cl8'])",
+        "contact 1006 holds no chat: made for nobody, or twice for someone",  # cl6's: cv6 went to 6000
+        "contact 1007 holds no chat: made for nobody, or twice for someone",  # cl7's: cv7 lost its link
+        "contact 1008 holds no chat: made for nobody, or twice for someone",  # cl8's: dv4 went to 1000
         "chat of ae-cv6 is linked to contact 6000, which amoCRM does not hold",
         "chat of ae-cv7: 0 links, not 1",
         "chat of ae-cv4: 0 links, not 1",
