@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -49,6 +49,7 @@ from load_harness import DAY, RunResult, edit_text, execute, run_interval, setti
 from amojo.emulator.config import DEMO_USERS, EmulatorConfig, Faults
 from amojo.emulator.injector import Injector
 from amojo.emulator.server import start
+from etl.ledger import Ledger
 from etl.ledger.leases import Leases
 from etl.ledger.messages import Messages
 from etl.source import create_schema
@@ -245,6 +246,8 @@ class Plan:
     settle_two_runs: bool
     settle_edits: list[str]
     long_texts: list[str] = field(default_factory=list)  # source messages whose text amoCRM refuses (TEXT_LIMIT)
+    failed_night: float | None = None  # cross-day only: a day-1 run crashes this long after its start, then a
+    # nightly run of day 2 looks back at day 1 before its own day (`nightly`)
 
     def describe(self) -> str:
         p = self.profile
@@ -272,7 +275,7 @@ INTENSITIES: dict[str, dict] = {
 }
 
 
-def draw_plan(seed: int, source_ids: list[str], intensity: str = "standard") -> Plan:
+def draw_plan(seed: int, source_ids: list[str], intensity: str = "standard", cross_day: bool = False) -> Plan:
     knobs = INTENSITIES[intensity]
     rng = random.Random(seed)
     statuses = rng.sample(ODD_STATUSES, rng.randint(*knobs["statuses"]))
@@ -319,7 +322,26 @@ def draw_plan(seed: int, source_ids: list[str], intensity: str = "standard") -> 
                                      contact_changes=contact_changes))
     plan.settle_edits = rng.sample(source_ids, rng.randint(1, 3)) if rng.random() < 0.5 else []
     plan.long_texts = rng.sample(source_ids, rng.randint(*LONG_TEXTS))
+    if cross_day and rng.random() < 0.5:
+        plan.failed_night = round(rng.uniform(0.3, 2.0), 3)
     return plan
+
+
+async def nightly(settings, day: date) -> RunResult:
+    """A scheduled run of `day` with a day's look-back, as flows/import_chats.py orders it: the day before first,
+    and the conversations it leaves unsent hold their messages of `day` back."""
+    before = await run_interval(settings, day - timedelta(days=1))
+    held: dict[str, str] = {}
+    if before.verdict.verdict != "complete":
+        start = int(datetime.combine(day - timedelta(days=1), datetime.min.time(), tzinfo=UTC).timestamp() * 1000)
+        ledger = Ledger(settings.state_url)
+        try:
+            conversations = [c for c, _ in ledger.messages.conversations_between(start, start + DAY_MS)]
+            held = dict.fromkeys(ledger.messages.earliest_unsent(conversations, [(start, start + DAY_MS)]),
+                                 "the day before is not complete")
+        finally:
+            ledger.close()
+    return await run_interval(settings, day, held=held)
 
 
 @dataclass
@@ -495,14 +517,17 @@ def crashes_keep_their_claims() -> Iterator[None]:
         Leases.release = original  # type: ignore[method-assign]
 
 
-async def _run(settings, span: tuple[date, int], start_after: float, kill: tuple[float, str] | None) -> RunOutcome:
+async def _run(settings, span: tuple[date, int], start_after: float, kill: tuple[float, str] | None,
+               how=None) -> RunOutcome:
+    """One run of `span` (`how`: `nightly` for a scheduled run of its one day; else run_interval)."""
     if start_after:
         await asyncio.sleep(start_after)
     began = time.monotonic()
     process = {"crashed": False}
     context = contextvars.copy_context()
     context.run(_process.set, process)
-    task = asyncio.get_running_loop().create_task(run_interval(settings, *span), context=context)
+    run = how(settings, span[0]) if how is not None else run_interval(settings, *span)
+    task = asyncio.get_running_loop().create_task(run, context=context)
     done, _ = await asyncio.wait({task}, timeout=kill[0] if kill is not None else RUN_LIMIT_S)
     if not done:
         process["crashed"] = kill is not None and kill[1] == "crash"
@@ -571,7 +596,7 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
     workdir.mkdir(parents=True, exist_ok=True)
     source = f"sqlite:///{workdir / f'source-{seed}-{uuid.uuid4().hex[:6]}.db'}"
     write_campaign_source(source, cross_day)
-    plan = draw_plan(seed, message_ids(source), intensity)
+    plan = draw_plan(seed, message_ids(source), intensity, cross_day)
     tags = [intensity] * (intensity != "standard") + ["cross-day"] * cross_day
     result = ScheduleResult(seed, "".join(f"[{tag}] " for tag in tags) + plan.describe())
     for message_id in plan.long_texts:
@@ -585,6 +610,11 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
         tally = FaultTally(running.emulator.injector)
         settings = settings_for(running, source, postgres_url, claim_timeout_s=3, timeout_s=5,
                                 concurrency=plan.concurrency, chunk_size=plan.chunk_size)
+        if plan.failed_night is not None:
+            running.emulator.set_faults(plan.rounds[0].faults or Faults())
+            night = await _run(settings, DAY1, 0.0, (plan.failed_night, "crash"))
+            next_night = await _run(settings, DAY2, 0.0, None, nightly)
+            result.rounds.append(f"failed night: {night.describe()}; then nightly {next_night.describe()}")
         for number, round_plan in enumerate(plan.rounds):
             for k, message_id in enumerate(round_plan.edits):
                 edit_text(source, message_id, f"edited before round {number} ({k}) of seed {seed}")

@@ -81,8 +81,10 @@ class RunResult:
     verdict: Verdict
 
 
-async def run_interval(settings: Settings, day: date = DAY, days: int = 1) -> RunResult:
-    """One import of [day, day + days), as the import_chats flow does it."""
+async def run_interval(settings: Settings, day: date = DAY, days: int = 1, held: dict[str, str] | None = None
+                       ) -> RunResult:
+    """One import of [day, day + days), as the import_chats flow does it. `held`: conversations an earlier day of
+    the same run left unsent (conversation -> why), none of whose messages are sent here."""
     interval = Interval.days(day, day + timedelta(days=days), settings.zone)
     source = open_source(settings.source_url, settings.mapping, interval.start, interval.end, settings.source_zone,
                          settings.chunk_size)
@@ -97,7 +99,7 @@ async def run_interval(settings: Settings, day: date = DAY, days: int = 1) -> Ru
             senders = await resolve_senders(api.rest, settings.bot_id)
             seen = SeenIds(source.repeated_ids())
             registered = interval.start_ms
-            stopped: dict[str, str] = {}
+            stopped: dict[str, str] = dict(held or {})
             seen_pending: set[str] = set()
             while (frames := source.next_chunk()) is not None:
                 batch = own_ids(transform(frames, senders, settings.id_prefix, settings.source_timezone, seen=seen),
