@@ -55,13 +55,21 @@ def report(results: list[ScheduleResult]) -> None:
     print("\nfaults injected (all schedules)")
     print(f"  {'kind':<12} {'endpoint':<16} {'detail':<7} {'count':>6}")
     for (kind, endpoint, detail), count in sorted(injected.items()):
-        label = "lost answer" if kind == "lost" else "status"
+        label = {"lost": "lost answer", "late": "late commit"}.get(kind, "status")
         print(f"  {label:<12} {endpoint:<16} {detail:<7} {count:>6}")
     lost = sum(c for (k, _, _), c in injected.items() if k == "lost")
-    print(f"  total: {lost} lost answers, {sum(injected.values()) - lost} injected statuses, "
+    statuses = sum(c for (k, _, _), c in injected.items() if k == "status")
+    print(f"  total: {lost} lost answers, {statuses} injected statuses, "
           f"{sum(r.kills for r in results)} runs killed, {sum(r.edits for r in results)} source edits, "
           f"{sum(r.refused for r in results)} messages recorded rejected at some point, "
           f"{sum(r.refused_late for r in results)} of them landed out of order (allowed)")
+    outcomes: Counter = Counter()
+    for result in results:
+        outcomes.update(result.outcomes)
+    late = sum(c for (k, _, _), c in injected.items() if k == "late")
+    print(f"\nreal-world faults (all schedules): {late} contact creates committed late")
+    for what, count in sorted(outcomes.items()):
+        print(f"  {what:<60} {count:>5}")
     settle = Counter(r.settle_rounds for r in results)
     print("  settle rounds needed: " + ", ".join(f"{n}: {c} schedules" for n, c in sorted(settle.items())))
 

@@ -421,12 +421,13 @@ def change_unsent_rows(source: str, ledger: str, rng: random.Random, count: int)
 
 class FaultTally:
     """Counts, on one emulator, the faults it injected: (kind, endpoint, detail) -> count, kind "lost" (detail "500"
-    or "drop") or "status" (detail the status)."""
+    or "drop"), "status" (detail the status) or "late" (a write answered 504 and stored later)."""
 
     def __init__(self, injector: Injector) -> None:
         self.counts: Counter[tuple[str, str, str]] = Counter()
         endpoint: contextvars.ContextVar[str] = contextvars.ContextVar("endpoint", default="?")
         take, before_effect, lost_answer = injector.take_script, injector.before_effect, injector.lost_answer
+        late_commit = injector.late_commit
 
         def _take_script(name: str, method: str):  # every request that passed the API's own checks comes here
             endpoint.set(name)
@@ -445,8 +446,14 @@ class FaultTally:
                 self.counts["lost", name, mode] += 1
             return mode
 
-        injector.take_script, injector.before_effect, injector.lost_answer = \
-            _take_script, _before_effect, _lost_answer  # type: ignore[method-assign]
+        def _late_commit(name: str, method: str):
+            late = late_commit(name, method)
+            if late is not None:
+                self.counts["late", name, "504"] += 1
+            return late
+
+        injector.take_script, injector.before_effect, injector.lost_answer, injector.late_commit = \
+            _take_script, _before_effect, _lost_answer, _late_commit  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -558,6 +565,7 @@ class ScheduleResult:
     edits: int = 0
     unsent_changed: int = 0  # source rows retimed, moved or deleted before their first send
     contact_changes: int = 0  # contacts merged or deleted in amoCRM between runs
+    outcomes: Counter = field(default_factory=Counter)  # what each kind of real-world fault came to, for the report
     settle_rounds: int = 0
     refused: int = 0  # messages recorded `rejected` at some point (excluded from the order check)
     refused_late: int = 0  # of those, how many landed after a later message of their chat (allowed)
@@ -572,9 +580,12 @@ class ScheduleResult:
         lost = Counter()
         statuses = Counter()
         for (kind, _, detail), count in self.injected.items():
-            (lost if kind == "lost" else statuses)[detail] += count
+            if kind != "late":
+                (lost if kind == "lost" else statuses)[detail] += count
+        late = sum(count for (kind, _, _), count in self.injected.items() if kind == "late")
         return ("lost " + (", ".join(f"{k}x{v}" for k, v in sorted(lost.items())) or "0") + "; statuses "
-                + (", ".join(f"{k}x{v}" for k, v in sorted(statuses.items())) or "0"))
+                + (", ".join(f"{k}x{v}" for k, v in sorted(statuses.items())) or "0")
+                + (f"; late commits {late}" if late else ""))
 
     def describe(self) -> str:
         lines = [f"seed {self.seed}: {'PASS' if self.passed else 'FAIL'} in {self.seconds:.1f}s; {self.plan}",
@@ -615,6 +626,7 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
             night = await _run(settings, DAY1, 0.0, (plan.failed_night, "crash"))
             next_night = await _run(settings, DAY2, 0.0, None, nightly)
             result.rounds.append(f"failed night: {night.describe()}; then nightly {next_night.describe()}")
+            result.outcomes[f"failed night, then a nightly run: {next_night.outcome}"] += 1
         for number, round_plan in enumerate(plan.rounds):
             for k, message_id in enumerate(round_plan.edits):
                 edit_text(source, message_id, f"edited before round {number} ({k}) of seed {seed}")
@@ -632,6 +644,7 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
                 changed = [f"after a run {stopped.outcome} in {stopped.seconds:.1f}s"] + change_unsent_rows(
                     source, postgres_url, rng, round_plan.unsent_changes)
                 result.unsent_changed += len(changed) - 1
+                result.outcomes.update(f"unsent row {what.split()[0]}d" for what in changed[1:])
             outcomes = await asyncio.gather(*(
                 _run(settings, span, round_plan.starts[i], round_plan.kills.get(i))
                 for i, span in enumerate(round_plan.runs)))
@@ -669,6 +682,7 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
     result.refused_late = len(out_of_order_refusals(snapshot, refused))
     result.contact_changes = len(contacts.done)
     expected = read_expected(source)
+    result.outcomes.update(outcomes_of(snapshot, expected, postgres_url, contacts))
     for survivor, merged in contacts.merged:  # one person now, as far as amoCRM can tell
         expected.join(survivor, merged)
     result.violations += check(snapshot, expected, refused, unlinked=contacts.unlinked)
@@ -677,6 +691,33 @@ async def run_schedule(seed: int, postgres_url: str, workdir: Path, intensity: s
 
 
 # -- the checks
+
+def outcomes_of(snapshot: dict, expected: Expected, ledger: str, contacts: ContactChanges) -> Counter:
+    """What the real-world faults of one schedule came to: the ledger's last word on each message amoCRM refused
+    (and how many sends it took), contacts per person of clients spelled otherwise, merges and deletes."""
+    found: Counter = Counter()
+    engine = sa.create_engine(ledger)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT msgid, status, attempts FROM messages")).all()
+    engine.dispose()
+    for row in rows:
+        if row.msgid in expected.refused:
+            found[f"text amoCRM refuses: {row.status}"] += 1
+            if row.attempts and row.attempts > 1:
+                found[f"text amoCRM refuses: {row.status} after {row.attempts} sends"] += 1
+    chat_contact = {link["chat_id"]: link["contact_id"] for link in snapshot["links"]}
+    chat_of = {chat["conversation_id"]: chat["id"] for chat in snapshot["chats"]}
+    clients_of: dict[str, set[str]] = {}
+    for client, person in expected.person_of.items():
+        clients_of.setdefault(person, set()).add(client)
+    for person, clients in clients_of.items():
+        if len(clients) > 1:
+            linked = {chat_contact.get(chat_of.get(c, "")) for c, k in expected.client_of.items() if k in clients}
+            found[f"person of {len(clients)} clients: {len(linked - {None})} contact(s)"] += 1
+    found.update(what.split()[0] for what in contacts.done)
+    found["chat relinked after its contact was deleted"] += sum(chat in chat_contact for chat in contacts.unlinked)
+    return +found
+
 
 def out_of_order_refusals(snapshot: dict, refused: Collection[str]) -> list[str]:
     """The `rejected` messages that landed after a later message of their chat (sent by a later run): allowed."""
