@@ -710,9 +710,10 @@ def outcomes_of(snapshot: dict, expected: Expected, ledger: str, contacts: Conta
     clients_of: dict[str, set[str]] = {}
     for client, person in expected.person_of.items():
         clients_of.setdefault(person, set()).add(client)
-    for person, clients in clients_of.items():
+    for clients in clients_of.values():
         if len(clients) > 1:
-            linked = {chat_contact.get(chat_of.get(c, "")) for c, k in expected.client_of.items() if k in clients}
+            linked = {chat_contact.get(chat_of.get(conversation, ""))
+                      for conversation, client in expected.client_of.items() if client in clients}
             found[f"person of {len(clients)} clients: {len(linked - {None})} contact(s)"] += 1
     found.update(what.split()[0] for what in contacts.done)
     found["chat relinked after its contact was deleted"] += sum(chat in chat_contact for chat in contacts.unlinked)
