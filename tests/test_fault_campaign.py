@@ -15,13 +15,17 @@ from amojo.payloads import contact_key
 # 12, 18, 28, 43), 409 answers (3, 18, 28), duplicate msgids refused (18, 28), dropped connections (12, 18, 43),
 # history lag up to 2.7 s (1, 3, 12, 43), chunks of 100 rows (1, 3, 12, 18, 28).
 SEEDS = [1, 3, 12, 18, 28, 43]
+# Every schedule also has clients who are one person spelled otherwise and texts amoCRM refuses; some have contacts
+# merged or deleted, late contact commits, unsent rows retimed, moved or deleted. Cross-day seed 0: a failed night,
+# then a nightly run that looks back first.
+CROSS_DAY_SEEDS = [0]
 
 
 @pytest.mark.campaign
 @pytest.mark.postgres
-@pytest.mark.parametrize("seed", SEEDS)
-async def test_a_fault_schedule_leaves_amocrm_exactly_as_the_source(seed, postgres_url, tmp_path):
-    result = await run_schedule(seed, postgres_url, tmp_path)
+@pytest.mark.parametrize(("seed", "cross_day"), [(s, False) for s in SEEDS] + [(s, True) for s in CROSS_DAY_SEEDS])
+async def test_a_fault_schedule_leaves_amocrm_exactly_as_the_source(seed, cross_day, postgres_url, tmp_path):
+    result = await run_schedule(seed, postgres_url, tmp_path, cross_day=cross_day)
     assert result.passed, f"{len(result.violations)} violations:\n" + "\n".join(result.violations) + \
         "\n\n" + result.describe()
 
