@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from prefect import get_run_logger
+from prefect.runtime import flow_run
+
 from etl.api import rest_client
 from etl.intervals import Interval
 from etl.ledger import Ledger
@@ -28,9 +31,18 @@ def transformed_chunks(source: SourceStream, settings: Settings, senders: Sender
 
 
 def open_interval(settings: Settings, interval: Interval) -> SourceStream:
-    """The source's rows of `interval`, read a chunk at a time."""
-    return open_source(settings.source_url, settings.mapping, interval.start, interval.end, settings.source_zone,
-                       settings.chunk_size)
+    """The source's rows of `interval`, read a chunk at a time. Columns of the mapping's queries that no stage
+    reads are named in one warning per flow run, however many days and chunks it reads."""
+    source = open_source(settings.source_url, settings.mapping, interval.start, interval.end, settings.source_zone,
+                         settings.chunk_size)
+    if source.unknown_columns is not None and flow_run.get_id() not in _WARNED_RUNS:
+        _WARNED_RUNS.add(flow_run.get_id())
+        get_run_logger().warning(source.unknown_columns)
+    return source
+
+
+_WARNED_RUNS: set[str | None] = set()
+"""The flow runs (ids) that have named the mapping's unknown columns already."""
 
 
 async def read_senders(settings: Settings, ledger: Ledger) -> Senders:

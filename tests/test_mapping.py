@@ -84,3 +84,82 @@ def test_mapping_without_a_required_query_is_refused(tmp_path):
     partial.write_text('[queries]\nmessages = "SELECT 1"\n')
     with pytest.raises(ConfigurationError, match="no query for conversations, clients, managers"):
         load_queries(partial)
+
+
+def _with_queries(tmp_path: Path, **replaced: str) -> Path:
+    """The example mapping with some of its queries replaced (None drops one)."""
+    import tomllib
+
+    queries = {**tomllib.loads(MAPPING.read_text())["queries"], **replaced}
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text("[queries]\n" + "".join(f"{k} = '''{v}'''\n" for k, v in queries.items() if v is not None))
+    return mapping
+
+
+@pytest.mark.parametrize(("entity", "sql", "lacking"), [
+    ("messages", "SELECT * FROM ticket_messages WHERE sent_at >= :start", ":end"),
+    ("messages", "SELECT * FROM ticket_messages", ":start and :end"),
+    ("edits", "SELECT * FROM ticket_messages WHERE edited_at < :end", ":start"),
+])
+def test_an_interval_query_that_does_not_bind_start_and_end_is_refused_with_the_fix(tmp_path, entity, sql, lacking):
+    with pytest.raises(ConfigurationError, match=rf"the {entity} query does not use {lacking}, so it would read the "
+                                                 r"whole table for every interval; filter it on .*>= :start"):
+        load_queries(_with_queries(tmp_path, **{entity: sql}))
+
+
+def test_lookups_and_unplaced_need_no_bounds(tmp_path):
+    # The example's conversations, clients, managers and unplaced bind nothing, and a cast is no parameter.
+    queries = load_queries(_with_queries(tmp_path, messages=(
+        "SELECT * FROM ticket_messages WHERE sent_at::text >= :start AND sent_at::text < :end")))
+    assert queries.unplaced and "edited_at" not in queries.messages
+
+
+def test_unknown_columns_of_a_mapping_are_named_once_for_the_run(tmp_path):
+    url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
+    _helpdesk(url)
+    import tomllib
+
+    queries = tomllib.loads(MAPPING.read_text())["queries"]
+    mapping = _with_queries(
+        tmp_path, messages=queries["messages"].replace("FROM ticket_messages", ", msg_id AS reply_to_idx FROM "
+                                                                               "ticket_messages"),
+        clients=queries["clients"].replace("FROM customers", ", mobile AS phone2 FROM customers"),
+        conversations=queries["conversations"].replace(" FROM tickets", ", 'web' AS source_external_id FROM tickets"))
+    check_source(url, mapping)  # columns it does not read are no reason to stop
+    interval = Interval.days(date(2026, 10, 5), date(2026, 10, 6), UTC)
+    with open_source(url, mapping, interval.start, interval.end, UTC, chunk_size=1) as stream:
+        assert stream.unknown_columns is not None
+        assert "(messages: reply_to_idx; clients: phone2)" in stream.unknown_columns
+        assert "source_external_id" not in stream.unknown_columns  # an optional column it reads
+    with open_source(url, MAPPING, interval.start, interval.end, UTC) as stream:
+        assert stream.unknown_columns is None
+
+
+@pytest.mark.prefect
+def test_unknown_columns_are_one_warning_per_flow_run_not_per_chunk_or_day(tmp_path, monkeypatch, prefect_harness,
+                                                                            caplog):
+    from prefect import flow
+
+    from etl.settings import load_settings
+    from tasks.interval import open_interval
+
+    url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
+    _helpdesk(url)
+    mapping = _with_queries(tmp_path, managers="SELECT CAST(agent_id AS TEXT) AS id, display_name AS name, "
+                                               "work_email AS email, 1 AS shift FROM agents")
+    monkeypatch.setenv("AMOJO_ETL_SOURCE_URL", url)
+    monkeypatch.setenv("AMOJO_ETL_MAPPING", str(mapping))
+
+    @flow
+    def read_days() -> int:
+        settings, chunks = load_settings().model_copy(update={"chunk_size": 1}), 0
+        for day in (5, 6):
+            with open_interval(settings, Interval.days(date(2026, 10, day), date(2026, 10, day + 1), UTC)) as source:
+                while source.next_chunk() is not None:
+                    chunks += 1
+        return chunks
+
+    for _ in range(2):
+        assert read_days() >= 3
+    named = [r for r in caplog.records if "return columns amojo-etl does not read" in r.getMessage()]
+    assert len(named) == 2 and all("managers: shift" in r.getMessage() for r in named)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ..settings import SAMPLE_DB, ConfigurationError
 from .connection import source_engine, unreadable
 from .frames import check_columns
-from .queries import ENTITIES, bind, load_queries
+from .queries import ENTITIES, OPTIONAL, SourceQueries, bind, load_queries
 from .window import bound
 
 
@@ -28,17 +28,38 @@ def check_source(url: str, mapping: Path | None) -> None:
         engine = source_engine(url)
     except (sa.exc.ArgumentError, ImportError, TypeError) as exc:
         raise unreadable(url, exc) from None
-    utc = ZoneInfo("UTC")
-    moment = bound(datetime(2000, 1, 1, tzinfo=utc), engine.dialect.name, utc)
     try:
         with engine.connect() as conn:
-            for entity, wanted in ENTITIES.items():
-                sql = getattr(queries, entity)
-                if sql:
-                    result = conn.execute(sa.text(f"SELECT * FROM ({sql}) q WHERE 1 = 0"),
-                                          bind(sql, {"start": moment, "end": moment}))
-                    check_columns(list(result.keys()), wanted, entity)
+            for entity, columns in returned_columns(conn, queries).items():
+                check_columns(columns, ENTITIES[entity], entity)
     except sa.exc.SQLAlchemyError as exc:
         raise unreadable(url, exc) from None
     finally:
         engine.dispose()
+
+
+def returned_columns(conn: sa.Connection, queries: SourceQueries) -> dict[str, list[str]]:
+    """The columns each query of `queries` returns, asked of the database without reading a row."""
+    utc = ZoneInfo("UTC")
+    moment = bound(datetime(2000, 1, 1, tzinfo=utc), conn.dialect.name, utc)
+    returned: dict[str, list[str]] = {}
+    for entity in ENTITIES:
+        sql = getattr(queries, entity)
+        if sql:
+            result = conn.execute(sa.text(f"SELECT * FROM ({sql}) q WHERE 1 = 0"),
+                                  bind(sql, {"start": moment, "end": moment}))
+            returned[entity] = list(result.keys())
+    return returned
+
+
+def unknown_columns(returned: dict[str, list[str]]) -> str | None:
+    """One line naming, query by query, the columns no stage reads (a misspelt optional column, one the product
+    does not take); None when there are none. Said once per run, not per chunk: the columns are the queries'."""
+    unknown = {entity: [c for c in columns if c not in (*ENTITIES[entity], *OPTIONAL.get(entity, ()))]
+               for entity, columns in returned.items()}
+    named = "; ".join(f"{entity}: {', '.join(columns)}" for entity, columns in unknown.items() if columns)
+    if not named:
+        return None
+    return (f"the mapping's queries return columns amojo-etl does not read, and they are ignored ({named}); "
+            "rename them to the columns of data/schema.sql (README, Another schema) or drop them from the mapping "
+            "file (AMOJO_ETL_MAPPING)")

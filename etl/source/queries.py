@@ -15,6 +15,7 @@ from .schema import (
     ATTACHMENT_COLUMNS,
     CLIENT_COLUMNS,
     CONVERSATION_COLUMNS,
+    CONVERSATION_OPTIONAL,
     MANAGER_COLUMNS,
     MESSAGE_COLUMNS,
     MESSAGE_OPTIONAL_COLUMNS,
@@ -28,7 +29,7 @@ class SourceQueries:
     `messages` binds `:start` and `:end`: wall times in the source's zone, a day or more wider than the interval
     on each side (the pipeline keeps the rows whose created_at, read, lies in the interval); `edits`, if given,
     the same bounds on the edit time (`updated_at`): the pipeline keeps the rows edited in the interval and
-    created before it; `unplaced`,
+    created before it; without it, the edits pass is derived from `messages` (`edits_pass`); `unplaced`,
     if given, binds nothing and returns the messages no interval can select (created_at NULL or not a time).
     Conversations and clients are looked up by id for each chunk, so their queries need no filter (they may
     bind `:start`/`:end` too). `attachments`, if given, binds `:start` and `:end` like `messages` (the window of the
@@ -62,7 +63,52 @@ UNPLACED = {  # dialect -> the canonical messages no interval can send: no time,
     "other": f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM messages WHERE created_at IS NULL "
              "OR created_at < '1970-01-01'",
 }
+OPTIONAL = {"conversations": CONVERSATION_OPTIONAL, "messages": MESSAGE_OPTIONAL_COLUMNS,
+            "edits": MESSAGE_OPTIONAL_COLUMNS, "unplaced": MESSAGE_OPTIONAL_COLUMNS}
+"""Columns a query may return beyond the required ones of `ENTITIES`, read when they are there."""
 REQUIRED = ("messages", "conversations", "clients", "managers")
+WINDOWED = ("messages", "edits", "attachments")
+"""The queries that read one interval's rows: each must bind :start and :end, or it reads the whole table for every
+interval (a day of a backfill reads all of history). `unplaced` binds nothing; the lookups need no filter."""
+
+EDITED_FROM, EDITED_TO = "amojo_edited_from", "amojo_edited_to"
+"""The parameters of the derived edits pass: the span of edit times, bound on the messages query's updated_at."""
+
+
+def edits_pass(queries: SourceQueries) -> tuple[str, bool]:
+    """The SQL of the edits pass, and whether it was derived from the messages query (no `edits` query given).
+
+    Derived, it is the messages query's rows filtered on their updated_at: the user's SQL is wrapped, not
+    rewritten. Its own :start/:end then span from before 1970 to the interval's end (every message created before
+    the interval may have been edited in it), and the edit-time span is bound on the wrapper (`EDITED_FROM`,
+    `EDITED_TO`). PostgreSQL, MySQL/MariaDB and SQLite push that filter into a plain query, so an index on the
+    edit time makes the pass cheap; without one, the pass reads the messages created before the interval's end,
+    once per interval (give an `edits` query, or the index, when that is too much).
+    """
+    if queries.edits:
+        return queries.edits, False
+    return (f"SELECT * FROM ({queries.messages}) edited "
+            f"WHERE edited.updated_at >= :{EDITED_FROM} AND edited.updated_at < :{EDITED_TO}"), True
+
+
+def parameters(sql: str) -> set[str]:
+    """The names a query binds (`:start` -> start), as SQLAlchemy reads them (`::date` is a cast, not a name)."""
+    return set(sa.text(sql).compile().params)
+
+
+def _unbounded(mapping: Path, queries: dict[str, str]) -> None:
+    """Refuse an interval's query that does not bind both :start and :end, saying why and what to write."""
+    for entity in WINDOWED:
+        sql = queries.get(entity)
+        if not sql:
+            continue
+        lacking = [f":{name}" for name in ("start", "end") if name not in parameters(sql)]
+        if lacking:
+            time = "the edit time (updated_at)" if entity == "edits" else "the message time (created_at)"
+            raise ConfigurationError(
+                f"the mapping file {mapping} (AMOJO_ETL_MAPPING): the {entity} query does not use "
+                f"{' and '.join(lacking)}, so it would read the whole table for every interval; filter it on "
+                f"{time}: WHERE <that column> >= :start AND <that column> < :end")
 
 
 def canonical_queries(conn: sa.Connection) -> SourceQueries:
@@ -108,6 +154,7 @@ def load_queries(mapping: Path | None) -> SourceQueries:
     if unknown:
         raise ConfigurationError(f"the mapping file {mapping} has unknown entries {', '.join(unknown)}; "
                                  f"expected some of {', '.join(ENTITIES)}")
+    _unbounded(mapping, queries)
     return SourceQueries(**{k: queries[k] for k in ENTITIES if queries.get(k)})
 
 
@@ -119,4 +166,5 @@ def _toml_type(value: Any) -> str:
 
 def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters among `params` that a query names: a query binds `:start` and `:end`, or either, or none."""
-    return {k: v for k, v in params.items() if f":{k}" in sql}
+    named = parameters(sql)
+    return {k: v for k, v in params.items() if k in named}

@@ -22,6 +22,8 @@ ATTACHMENT_COLUMNS = (
 CONVERSATION_COLUMNS = ("id", "client_id", "created_at")
 CLIENT_COLUMNS = ("id", "name", "phone", "email", "avatar_url", "profile_url")
 MANAGER_COLUMNS = ("id", "name", "email")
+CONVERSATION_OPTIONAL = ("source_external_id",)
+"""Columns a conversations query may return: the amoCRM source the chat is tied to when it is created."""
 
 
 def create_schema(engine: sa.Engine) -> None:

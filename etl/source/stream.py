@@ -11,9 +11,21 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import sqlalchemy as sa
 
+from .checks import returned_columns, unknown_columns
 from .connection import DriverCursor, driver_errors, source_engine, unreadable
 from .frames import SourceFrames, as_text, check_columns, frame_of
-from .queries import CANONICAL, UNPLACED, SourceQueries, bind, canonical_queries, load_queries
+from .queries import (
+    CANONICAL,
+    EDITED_FROM,
+    EDITED_TO,
+    OPTIONAL,
+    UNPLACED,
+    SourceQueries,
+    bind,
+    canonical_queries,
+    edits_pass,
+    load_queries,
+)
 from .schema import (
     ATTACHMENT_COLUMNS,
     CLIENT_COLUMNS,
@@ -23,7 +35,7 @@ from .schema import (
     MESSAGE_OPTIONAL_COLUMNS,
 )
 from .timestamps import to_utc_ms
-from .window import Window, bound, candidate_bounds
+from .window import EARLIEST, Window, bound, candidate_bounds
 
 
 class SourceStream:
@@ -47,20 +59,20 @@ class SourceStream:
         self._time_order = "q.created_at, q.id"
         self.params = {"start": bound(start, dialect, zone), "end": bound(end, dialect, zone)}
         self.candidate_params = candidate_bounds(start, end, dialect, zone)
+        self._earliest = bound(EARLIEST, dialect, zone)
         self.window = Window(int(start.timestamp() * 1000), int(end.timestamp() * 1000),
                              self.params["start"], self.params["end"])
         self.chunks = 0
-        self._carried = {"conversations": frame_of([], [], CONVERSATION_COLUMNS),
+        self._carried = {"conversations": frame_of([], [], CONVERSATION_COLUMNS, OPTIONAL["conversations"]),
                          "clients": frame_of([], [], CLIENT_COLUMNS)}
         self._cursor: DriverCursor | None = None
         self._edits_pass = False
-        # The edits pass reads messages created before the interval: their attachments by id, from any earlier time.
-        self._since_ever = bound(datetime(1970, 1, 1, tzinfo=ZoneInfo("UTC")), dialect, zone)
         try:
             self._lookup = self.engine.connect()
             if queries is CANONICAL:
                 self.queries = queries = canonical_queries(self._lookup)
-            self._passes = [(q, p, q is queries.edits) for q, p in self._queries_and_bounds()]
+            self._passes = self._queries_and_bounds()
+            self.unknown_columns = unknown_columns(returned_columns(self._lookup, queries))
             if dialect == "sqlite":
                 self._time_order = self._sqlite_time_order()
             self.managers = self._select(queries.managers, MANAGER_COLUMNS, "managers")
@@ -84,21 +96,27 @@ class SourceStream:
             return "julianday(q.created_at), q.id"
         odd = ("typeof(q.created_at) = 'text' AND (q.created_at GLOB '*T*' OR q.created_at GLOB '*[Zz]' "
                "OR q.created_at GLOB '*[0-9]:[0-9][0-9]*[+-][0-9]*' OR q.created_at GLOB ' *')")
-        for sql, params in self._queries_and_bounds():
+        for sql, params, _ in self._queries_and_bounds():
             found = self._lookup.execute(sa.text(f"SELECT 1 FROM ({sql}) q WHERE {odd} LIMIT 1"), bind(sql, params))
             if found.first() is not None:
                 return "amojo_instant(q.created_at), q.id"
         return "q.created_at, q.id"
 
-    def _queries_and_bounds(self) -> list[tuple[str, dict[str, Any]]]:
-        """The passes over messages, both over the candidate span: new messages, then edits."""
-        return [(q, self.candidate_params) for q in (self.queries.messages, self.queries.edits) if q]
+    def _queries_and_bounds(self) -> list[tuple[str, dict[str, Any], bool]]:
+        """The passes over messages (SQL, parameters, whether it is the edits pass), both over the candidate span:
+        new messages by their creation time, then edits by their edit time. An edits pass derived from the messages
+        query spans creation times from before 1970 to the interval's end, and binds the span on updated_at."""
+        edits, derived = edits_pass(self.queries)
+        candidate = self.candidate_params
+        edit_params = {"start": self._earliest, "end": candidate["end"], EDITED_FROM: candidate["start"],
+                       EDITED_TO: candidate["end"]} if derived else candidate
+        return [(self.queries.messages, candidate, False), (edits, edit_params, True)]
 
     def count(self) -> int:
         """How many message rows the passes read (the candidate span, both passes), for progress."""
         total = 0
         try:
-            for sql, params in self._queries_and_bounds():
+            for sql, params, _ in self._queries_and_bounds():
                 total += self._lookup.execute(sa.text(f"SELECT COUNT(*) FROM ({sql}) q"),
                                               bind(sql, params)).scalar() or 0
         except sa.exc.SQLAlchemyError as exc:
@@ -109,7 +127,7 @@ class SourceStream:
         """Message ids that occur more than once in the interval, found by the database, which sees all of it."""
         repeated: set[str] = set()
         try:
-            for sql, params in self._queries_and_bounds():
+            for sql, params, _ in self._queries_and_bounds():
                 result = self._lookup.execute(
                     sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"), bind(sql, params))
                 repeated.update(as_text(row[0]) for row in result if row[0] is not None)
@@ -127,7 +145,7 @@ class SourceStream:
         result = self._lookup.execute(statement, params)
         columns = list(result.keys())
         check_columns(columns, wanted, entity)
-        return frame_of(result.fetchall(), columns, wanted)
+        return frame_of(result.fetchall(), columns, wanted, OPTIONAL.get(entity, ()))
 
     def _by_ids(self, sql: str, ids: list[str], wanted: tuple[str, ...], entity: str) -> pd.DataFrame:
         """Rows of `entity` with these ids: those the previous chunk had are reused, the rest looked up.
@@ -188,7 +206,8 @@ class SourceStream:
         ids = sorted({as_text(v) for v in messages["id"] if as_text(v) is not None})
         if not sql or not ids:
             return frame_of([], [], ATTACHMENT_COLUMNS)
-        span = dict(self.candidate_params, start=self._since_ever) if self._edits_pass else self.candidate_params
+        # The edits pass reads messages created before the interval: their attachments by id, from any earlier time.
+        span = dict(self.candidate_params, start=self._earliest) if self._edits_pass else self.candidate_params
         statement = sa.text(f"SELECT * FROM ({sql}) q WHERE q.message_id IN :ids").bindparams(
             sa.bindparam("ids", expanding=True))
         frames = []

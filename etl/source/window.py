@@ -54,6 +54,9 @@ def bound(moment: datetime, dialect: str, zone: ZoneInfo) -> datetime | str:
     return _naive_bound(moment.astimezone(zone), dialect)
 
 
+EARLIEST = datetime(1969, 12, 31, tzinfo=ZoneInfo("UTC"))
+"""Before every time amojo takes (1970 on): the lower bound of a span that reaches back to the beginning."""
+
 CANDIDATE_MARGIN = timedelta(days=1)
 """How much wider than the interval the messages query reads, on each side, in whole days of the source zone:
 enough for text timestamps with a `T`, and for offsets up to a day away from the source zone."""
