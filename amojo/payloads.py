@@ -26,6 +26,7 @@ class Conversation(Protocol):
     phone: str | None
     email: str | None
     profile_link: str | None
+    source_external_id: str | None
 
 
 class Message(Protocol):
@@ -63,9 +64,14 @@ class Participant(TypedDict):
     profile_link: NotRequired[str]
 
 
+class Source(TypedDict):
+    external_id: str
+
+
 class ChatPayload(TypedDict):
     conversation_id: str
     user: Participant
+    source: NotRequired[Source]
 
 
 class Location(TypedDict):
@@ -166,8 +172,11 @@ def client_participant(conversation: Conversation) -> Participant:
 
 
 def chat_payload(conversation_id: str, conversation: Conversation) -> ChatPayload:
-    """The create-chat body for a conversation."""
-    return {"conversation_id": conversation_id, "user": client_participant(conversation)}
+    """The create-chat body for a conversation, tied to its amoCRM source when it has one (§3.3)."""
+    chat: ChatPayload = {"conversation_id": conversation_id, "user": client_participant(conversation)}
+    if _present(conversation.source_external_id):
+        chat["source"] = {"external_id": conversation.source_external_id}
+    return chat
 
 
 def contact_key(client_id: str) -> str:

@@ -165,10 +165,12 @@ def participant(value: Any, name: str, *, by_ref: bool = False) -> dict:
     return given
 
 
-def external_id(source: Any) -> None:
+def external_id(source: Any) -> str | None:
+    """A `source.external_id` as amojo takes it (at most 40 printable ASCII characters), or None when absent."""
     value = string(obj(source, "source"), "external_id", where="source")
     if value is not None and (len(value) > 40 or not all(32 <= ord(c) < 127 for c in value)):
         raise ApiError(400, "source.external_id: at most 40 printable ASCII characters", "INVALID_SOURCE")
+    return value
 
 
 def _location(value: Any, name: str) -> None:

@@ -9,7 +9,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS scopes (scope_id TEXT PRIMARY KEY, account_id TEXT, title TEXT, hook_api_version TEXT,
     connected INTEGER);
 CREATE TABLE IF NOT EXISTS chats (id TEXT PRIMARY KEY, scope_id TEXT, conversation_id TEXT, user_id TEXT,
-    user_json TEXT, created_at REAL, UNIQUE (scope_id, conversation_id));
+    user_json TEXT, created_at REAL, source_external_id TEXT, UNIQUE (scope_id, conversation_id));
 CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, scope_id TEXT,
     chat_id TEXT, msgid TEXT, timestamp INTEGER, msec_timestamp INTEGER, sender_json TEXT, receiver_json TEXT,
     message_json TEXT, silent INTEGER, unlinked INTEGER, stored_at REAL, edited_at REAL, sender_amojo_id TEXT,
@@ -38,7 +38,7 @@ def chat_row(row: sqlite3.Row | None) -> dict | None:
     if row is None:
         return None
     return {"id": row["id"], "scope_id": row["scope_id"], "conversation_id": row["conversation_id"],
-            "user": json.loads(row["user_json"])}
+            "user": json.loads(row["user_json"]), "source_external_id": row["source_external_id"]}
 
 
 def message_row(row: sqlite3.Row | None) -> dict | None:

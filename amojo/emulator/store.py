@@ -74,6 +74,10 @@ class Store:
         if "reply_to" not in columns:  # before issue 26: no quote was kept
             with self.transaction() as db:
                 db.execute("ALTER TABLE messages ADD COLUMN reply_to TEXT")
+        columns = {row["name"] for row in self._all("PRAGMA table_info(chats)")}
+        if "source_external_id" not in columns:  # before issue 26: no chat was tied to a source
+            with self.transaction() as db:
+                db.execute("ALTER TABLE chats ADD COLUMN source_external_id TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -154,10 +158,17 @@ class Store:
                 return chat_row(existing), False  # type: ignore[return-value]
             chat_id = derived_id("chat", scope_id, conversation_id)
             db.execute(
-                "INSERT INTO chats VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chats (id, scope_id, conversation_id, user_id, user_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (chat_id, scope_id, conversation_id, user.get("id"), json.dumps(user), time.time()),
             )
         return self.chat(chat_id), True  # type: ignore[return-value]
+
+    def tie_source(self, chat_id: str, external_id: str) -> None:
+        """Tie the chat to a source, unless it is tied already: amoCRM never unties a chat (§8, sources)."""
+        with self.transaction() as db:
+            db.execute("UPDATE chats SET source_external_id = ? WHERE id = ? AND source_external_id IS NULL",
+                       (external_id, chat_id))
 
     def chats(self) -> list[dict]:
         return [chat_row(row) for row in self._all("SELECT * FROM chats ORDER BY rowid")]  # type: ignore[misc]

@@ -50,6 +50,9 @@ def id_checks(m: pd.DataFrame, conversations: pd.DataFrame, client_ids: set[str]
          f"the conversation's client id holds control characters, bytes that are not UTF-8, or more than "
          f"{KEY_LENGTH - len(prefix)} characters"),
         (~client_of.isin(client_ids), "orphan_client", "the conversation's client does not exist in the source"),
+        (~fit_sources(m["conversation_id"].map(conversations["source_external_id"])), "bad_source_external_id",
+         "the conversation's source_external_id is not at most 40 printable ASCII characters (amoCRM's "
+         "source.external_id)"),
     ]
 
 
@@ -58,6 +61,10 @@ def _with_attachments(m: pd.DataFrame) -> pd.Series:
     if "has_attachments" not in m.columns:
         return pd.Series(False, index=m.index)
     return m["has_attachments"].fillna(False).astype(bool)
+def fit_sources(sources: pd.Series) -> pd.Series:
+    """Where a source id is none, or one amoCRM takes as `source.external_id`: 1-40 printable ASCII characters
+    (space included)."""
+    return (sources.isna() | sources.astype("string").str.fullmatch(r"[ -~]{1,40}")).fillna(False).astype(bool)
 
 
 def content_checks(m: pd.DataFrame, now: datetime, text_limit: int | None) -> list[Check]:

@@ -91,9 +91,13 @@ def _first_of_each_id(m: pd.DataFrame, seen: SeenIds, rejects: Rejects) -> pd.Da
 
 
 def _by_id(conversations: pd.DataFrame) -> pd.DataFrame:
-    """The chunk's conversations by id (the first row of each), ids and client ids as text."""
+    """The chunk's conversations by id (the first row of each), ids, client ids and sources as text (an empty
+    source is none)."""
+    sources = as_texts(conversations["source_external_id"]) if "source_external_id" in conversations else None
     conversations = conversations.assign(id=as_texts(conversations["id"]),
-                                         client_id=as_texts(conversations["client_id"]))
+                                         client_id=as_texts(conversations["client_id"]),
+                                         source_external_id=None if sources is None else sources.where(sources != "",
+                                                                                                       None))
     return conversations.drop_duplicates("id").set_index("id", drop=False)
 
 

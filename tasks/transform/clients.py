@@ -59,6 +59,8 @@ def chats(conversations: pd.DataFrame, clients: pd.DataFrame, used: np.ndarray, 
         "email": email,
         "avatar": avatar.where(avatar.str.match(r"^https?://\S+$").fillna(False).astype(bool), None),
         "profile_link": profile.where(profile.str.match(r"^https?://\S+$").fillna(False).astype(bool), None),
+        # The amoCRM source the chat is tied to when it is created (never after: amoCRM cannot untie it).
+        "source_external_id": chat["source_external_id"],
         # When the conversation opened: none of its messages is older, so runs of earlier days matter to it only
         # back to here. Unreadable: from the beginning of time.
         "opened_ms": to_utc_ms(chat["created_at"], source_zone).fillna(0).astype("int64"),

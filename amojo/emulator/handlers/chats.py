@@ -48,13 +48,14 @@ class ChatsHandlers(Handlers):
         body = obj(body)
         conversation_id = string(body, "conversation_id", required=True)
         given = participant(body.get("user"), "user", by_ref=self.participants.by_ref)
-        if body.get("source") is not None:
-            external_id(body["source"])
+        source = external_id(body["source"]) if body.get("source") is not None else None
         participants = self.participants
         client = participants.client(scope_id, given, "user")
         chat, _ = self.store.create_chat(scope_id, conversation_id,  # type: ignore[arg-type]
                                          participants.chat_user(given, client))
         participants.remember(scope_id, client)
+        if source:
+            self.store.tie_source(chat["id"], source)
         # An existing chat keeps its client (idempotent on conversation_id, §3.3).
         user = participants.answer(scope_id, participants.chat_client_id(chat), chat["user"], {})
         return JSONResponse({"id": chat["id"], "user": user})

@@ -83,8 +83,7 @@ class MessagesHandlers(Handlers):
         sender_given = participant(payload.get("sender"), "sender", by_ref=by_ref)
         receiver_given = participant(payload["receiver"], "receiver", by_ref=by_ref) if outgoing else None
         message_body(payload.get("message"), self.config.text_limit, edit=False)
-        if payload.get("source") is not None:
-            external_id(payload["source"])
+        source = external_id(payload["source"]) if payload.get("source") is not None else None
         quoted = embedded_message(payload["reply_to"], "reply_to") if payload.get("reply_to") is not None else None
 
         existing = self.store.message_by_msgid(scope_id, msgid)  # type: ignore[arg-type]
@@ -107,6 +106,8 @@ class MessagesHandlers(Handlers):
                                              self.participants.chat_user(receiver_given or sender_given, client))
         elif conversation_id is not None and conversation_ref_id is not None:
             self.store.bind_conversation(scope_id, conversation_id, chat["id"])  # §4.4: now it names this chat
+        if source:
+            self.store.tie_source(chat["id"], source)
         self.participants.remember(scope_id, sender)
         if client is not sender:  # an incoming message's sender is its client: one record, kept once
             self.participants.remember(scope_id, client)
