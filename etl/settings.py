@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     timeout_s: float = Field(default=30.0, gt=0)
     chunk_size: int = Field(default=50_000, ge=100, description="source messages read and transformed at a time")
     text_limit: int | None = Field(default=None, ge=1, description="longest text sent; longer ones are rejected")
+    media_base_url: str | None = Field(
+        default=None,
+        description="where the source's stored files are fetched from: an http(s) base URL, or s3://bucket/prefix/ "
+                    "(presigned when sent); a mapping's queries read it as :media_base_url and append each file's key")
     lookback_days: int = Field(
         default=3, ge=0, le=31,
         description="days before its own that a scheduled run reads again, to send rows that arrived late (a replica "
@@ -187,6 +191,13 @@ class Settings(BaseSettings):
     def _api_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
 
+    @field_validator("media_base_url")
+    @classmethod
+    def _media_base(cls, value: str | None) -> str | None:
+        if value is None or urlsplit(value).scheme == "s3" and urlsplit(value).hostname:
+            return value
+        return _http_url(value)
+
     @field_validator("mapping")
     @classmethod
     def _mapping_file(cls, value: Path | None) -> Path | None:
@@ -222,6 +233,11 @@ class Settings(BaseSettings):
             host = host.encode("idna").decode("ascii")
         subdomain = next((host[:-len(d)] for d in AMOCRM_DOMAINS if host.endswith(d)), None)
         return subdomain or (f"{host}:{url.port}" if url.port else host)
+
+    @property
+    def mapping_parameters(self) -> dict[str, Any]:
+        """The settings a mapping's queries may read as `:name` parameters."""
+        return {"media_base_url": self.media_base_url}
 
     @property
     def zone(self) -> ZoneInfo:

@@ -34,7 +34,7 @@ def open_interval(settings: Settings, interval: Interval) -> SourceStream:
     """The source's rows of `interval`, read a chunk at a time. Columns of the mapping's queries that no stage
     reads are named in one warning per flow run, however many days and chunks it reads."""
     source = open_source(settings.source_url, settings.mapping, interval.start, interval.end, settings.source_zone,
-                         settings.chunk_size)
+                         settings.chunk_size, settings.mapping_parameters)
     if source.unknown_columns is not None and flow_run.get_id() not in _WARNED_RUNS:
         _WARNED_RUNS.add(flow_run.get_id())
         get_run_logger().warning(source.unknown_columns)

@@ -163,3 +163,27 @@ def test_unknown_columns_are_one_warning_per_flow_run_not_per_chunk_or_day(tmp_p
         assert read_days() >= 3
     named = [r for r in caplog.records if "return columns amojo-etl does not read" in r.getMessage()]
     assert len(named) == 2 and all("managers: shift" in r.getMessage() for r in named)
+
+
+def test_the_media_base_url_setting_is_read_by_a_mapping_query_as_a_parameter(tmp_path, monkeypatch):
+    from etl.settings import load_settings
+
+    url = f"sqlite:///{tmp_path / 'helpdesk.db'}"
+    _helpdesk(url)
+    import tomllib
+
+    clients = tomllib.loads(MAPPING.read_text())["queries"]["clients"]
+    mapping = _with_queries(tmp_path, clients=clients.replace(
+        "NULL AS avatar_url", "CAST(:media_base_url AS TEXT) || customer_uuid || '.png' AS avatar_url"))
+    monkeypatch.setenv("AMOJO_ETL_MEDIA_BASE_URL", "https://files.example/avatars/")
+    settings = load_settings()
+    check_source(url, mapping, settings.mapping_parameters)
+    interval = Interval.days(date(2026, 10, 5), date(2026, 10, 6), UTC)
+    with open_source(url, mapping, interval.start, interval.end, UTC, parameters=settings.mapping_parameters) as s:
+        assert list(s.next_chunk().clients["avatar_url"]) == ["https://files.example/avatars/6f1c.png"]
+    for wrong in ("ftp://files.example/", "files.example/avatars"):
+        monkeypatch.setenv("AMOJO_ETL_MEDIA_BASE_URL", wrong)
+        with pytest.raises(ConfigurationError, match="AMOJO_ETL_MEDIA_BASE_URL"):
+            load_settings()
+    monkeypatch.setenv("AMOJO_ETL_MEDIA_BASE_URL", "s3://chatwoot-files/")
+    assert load_settings().mapping_parameters == {"media_base_url": "s3://chatwoot-files/"}

@@ -40,7 +40,7 @@ def _preflight(api: bool = True, days: tuple[date, date] | None = None) -> Setti
         check_range(*days, datetime.now(settings.zone).date())
     if api:
         settings.require_api()
-    check_source(settings.source_url, settings.mapping)
+    check_source(settings.source_url, settings.mapping, settings.mapping_parameters)
     Ledger(settings.state_url).close()
     asyncio.run(check_api(settings, chats=api))
     return settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -11,13 +12,14 @@ import sqlalchemy as sa
 from ..settings import SAMPLE_DB, ConfigurationError
 from .connection import source_engine, unreadable
 from .frames import check_columns
-from .queries import ENTITIES, OPTIONAL, SourceQueries, bind, load_queries
+from .queries import ENTITIES, OPTIONAL, SourceQueries, load_queries
 from .window import bound
 
 
-def check_source(url: str, mapping: Path | None) -> None:
-    """Fail before any request if the source cannot be read or a query lacks a column."""
-    queries = load_queries(mapping)
+def check_source(url: str, mapping: Path | None, parameters: dict[str, Any] | None = None) -> None:
+    """Fail before any request if the source cannot be read or a query lacks a column (`parameters`: the settings a
+    mapping's queries may read)."""
+    queries = load_queries(mapping, parameters)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
             and "mode=memory" not in str(parsed) and not Path(parsed.database).is_file():
@@ -47,7 +49,7 @@ def returned_columns(conn: sa.Connection, queries: SourceQueries) -> dict[str, l
         sql = getattr(queries, entity)
         if sql:
             result = conn.execute(sa.text(f"SELECT * FROM ({sql}) q WHERE 1 = 0"),
-                                  bind(sql, {"start": moment, "end": moment}))
+                                  queries.bind(sql, {"start": moment, "end": moment}))
             returned[entity] = list(result.keys())
     return returned
 

@@ -4,7 +4,7 @@ for any other schema, as long as its queries return the canonical column names."
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,12 @@ class SourceQueries:
     edits: str | None = None
     unplaced: str | None = None
     attachments: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Settings a mapping's queries may read as parameters (`:media_base_url`), beside the interval's bounds."""
+
+    def bind(self, sql: str, bounds: dict[str, Any]) -> dict[str, Any]:
+        """The parameters `sql` names, among the interval's `bounds` and the settings of `parameters`."""
+        return bind(sql, {**self.parameters, **bounds})
 
 
 CANONICAL = SourceQueries(
@@ -131,8 +137,9 @@ def canonical_queries(conn: sa.Connection) -> SourceQueries:
     )
 
 
-def load_queries(mapping: Path | None) -> SourceQueries:
-    """The canonical queries, or those of a mapping file: TOML with one SQL query per entity under [queries]."""
+def load_queries(mapping: Path | None, parameters: dict[str, Any] | None = None) -> SourceQueries:
+    """The canonical queries, or those of a mapping file: TOML with one SQL query per entity under [queries], which
+    may read the settings of `parameters` (`Settings.mapping_parameters`) as `:name`."""
     if mapping is None:
         return CANONICAL
     try:
@@ -155,7 +162,7 @@ def load_queries(mapping: Path | None) -> SourceQueries:
         raise ConfigurationError(f"the mapping file {mapping} has unknown entries {', '.join(unknown)}; "
                                  f"expected some of {', '.join(ENTITIES)}")
     _unbounded(mapping, queries)
-    return SourceQueries(**{k: queries[k] for k in ENTITIES if queries.get(k)})
+    return SourceQueries(**{k: queries[k] for k in ENTITIES if queries.get(k)}, parameters=dict(parameters or {}))
 
 
 def _toml_type(value: Any) -> str:

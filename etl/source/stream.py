@@ -21,7 +21,6 @@ from .queries import (
     OPTIONAL,
     UNPLACED,
     SourceQueries,
-    bind,
     canonical_queries,
     edits_pass,
     load_queries,
@@ -97,7 +96,8 @@ class SourceStream:
         odd = ("typeof(q.created_at) = 'text' AND (q.created_at GLOB '*T*' OR q.created_at GLOB '*[Zz]' "
                "OR q.created_at GLOB '*[0-9]:[0-9][0-9]*[+-][0-9]*' OR q.created_at GLOB ' *')")
         for sql, params, _ in self._queries_and_bounds():
-            found = self._lookup.execute(sa.text(f"SELECT 1 FROM ({sql}) q WHERE {odd} LIMIT 1"), bind(sql, params))
+            found = self._lookup.execute(sa.text(f"SELECT 1 FROM ({sql}) q WHERE {odd} LIMIT 1"),
+                                         self.queries.bind(sql, params))
             if found.first() is not None:
                 return "amojo_instant(q.created_at), q.id"
         return "q.created_at, q.id"
@@ -118,7 +118,7 @@ class SourceStream:
         try:
             for sql, params, _ in self._queries_and_bounds():
                 total += self._lookup.execute(sa.text(f"SELECT COUNT(*) FROM ({sql}) q"),
-                                              bind(sql, params)).scalar() or 0
+                                              self.queries.bind(sql, params)).scalar() or 0
         except sa.exc.SQLAlchemyError as exc:
             raise unreadable(self.engine.url, exc) from None
         return total
@@ -129,7 +129,8 @@ class SourceStream:
         try:
             for sql, params, _ in self._queries_and_bounds():
                 result = self._lookup.execute(
-                    sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"), bind(sql, params))
+                    sa.text(f"SELECT q.id FROM ({sql}) q GROUP BY q.id HAVING COUNT(*) > 1"),
+                    self.queries.bind(sql, params))
                 repeated.update(as_text(row[0]) for row in result if row[0] is not None)
         except sa.exc.SQLAlchemyError as exc:
             raise unreadable(self.engine.url, exc) from None
@@ -138,7 +139,7 @@ class SourceStream:
     def _select(self, sql: str, wanted: tuple[str, ...], entity: str, ids: list[str] | None = None) -> pd.DataFrame:
         """The rows of one entity's query, all of them or those with these ids, on the lookup connection."""
         statement = sa.text(f"SELECT * FROM ({sql}) q" + (" WHERE q.id IN :ids" if ids is not None else ""))
-        params = bind(sql, self.params)
+        params = self.queries.bind(sql, self.params)
         if ids is not None:
             statement = statement.bindparams(sa.bindparam("ids", expanding=True))
             params["ids"] = ids
@@ -170,7 +171,7 @@ class SourceStream:
                     return []
                 sql, params, self._edits_pass = self._passes.pop(0)
                 self._cursor = DriverCursor(self.engine, f"SELECT * FROM ({sql}) q ORDER BY {self._time_order}",
-                                             bind(sql, params), self.chunk_size)
+                                             self.queries.bind(sql, params), self.chunk_size)
                 check_columns(self._cursor.columns, MESSAGE_COLUMNS, "messages")
             rows = self._cursor.fetch(self.chunk_size)
             if rows:
@@ -212,7 +213,8 @@ class SourceStream:
             sa.bindparam("ids", expanding=True))
         frames = []
         for first in range(0, len(ids), self.LOOKUP_SLICE):
-            result = self._lookup.execute(statement, {**bind(sql, span), "ids": ids[first:first + self.LOOKUP_SLICE]})
+            result = self._lookup.execute(statement, {**self.queries.bind(sql, span),
+                                                      "ids": ids[first:first + self.LOOKUP_SLICE]})
             columns = list(result.keys())
             check_columns(columns, ATTACHMENT_COLUMNS, "attachments")
             frames.append(frame_of(result.fetchall(), columns, ATTACHMENT_COLUMNS))
@@ -261,7 +263,8 @@ def read_unplaced(url: str, mapping: Path | None) -> pd.DataFrame | None:
 
 
 def open_source(url: str, mapping: Path | None, start: datetime, end: datetime, zone: ZoneInfo,
-                chunk_size: int = 50_000) -> SourceStream:
-    """The interval's stream of chunks from the source named by the settings."""
-    return SourceStream(url, load_queries(mapping), start, end, zone, chunk_size)
+                chunk_size: int = 50_000, parameters: dict[str, Any] | None = None) -> SourceStream:
+    """The interval's stream of chunks from the source named by the settings (`parameters`: the settings a
+    mapping's queries may read, `Settings.mapping_parameters`)."""
+    return SourceStream(url, load_queries(mapping, parameters), start, end, zone, chunk_size)
 
