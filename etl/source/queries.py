@@ -97,7 +97,7 @@ def edits_pass(queries: SourceQueries) -> tuple[str, bool]:
             f"WHERE edited.updated_at >= :{EDITED_FROM} AND edited.updated_at < :{EDITED_TO}"), True
 
 
-def parameters(sql: str) -> set[str]:
+def bound_names(sql: str) -> set[str]:
     """The names a query binds (`:start` -> start), as SQLAlchemy reads them (`::date` is a cast, not a name)."""
     return set(sa.text(sql).compile().params)
 
@@ -108,7 +108,7 @@ def _unbounded(mapping: Path, queries: dict[str, str]) -> None:
         sql = queries.get(entity)
         if not sql:
             continue
-        lacking = [f":{name}" for name in ("start", "end") if name not in parameters(sql)]
+        lacking = [f":{name}" for name in ("start", "end") if name not in bound_names(sql)]
         if lacking:
             time = "the edit time (updated_at)" if entity == "edits" else "the message time (created_at)"
             raise ConfigurationError(
@@ -173,5 +173,5 @@ def _toml_type(value: Any) -> str:
 
 def bind(sql: str, params: dict[str, Any]) -> dict[str, Any]:
     """The parameters among `params` that a query names: a query binds `:start` and `:end`, or either, or none."""
-    named = parameters(sql)
+    named = bound_names(sql)
     return {k: v for k, v in params.items() if k in named}
