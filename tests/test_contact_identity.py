@@ -166,3 +166,25 @@ async def test_a_create_that_commits_after_its_504_makes_one_contact_per_client(
     assert len(contacts) == 3, [c["name"] for c in contacts]
     assert result.verdict.verdict == "complete"
     _sent_once(emulator, ids)
+
+
+async def test_a_chat_unlinked_by_a_person_is_linked_again_to_its_clients_contact_not_a_new_one(emulator, tmp_path):
+    """A person unlinks a chat in amoCRM, the contact stays. The client (no phone, no email: found only by our key)
+    has no other chat in the run, so nothing shows the contact alive but a search by our key; the next run links
+    the chat to it again rather than creating the client a second contact."""
+    source, ledger_url = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    ids = _write(source, {"k": (None, None)})
+    settings = settings_for(emulator, source, ledger_url)
+    assert (await run_interval(settings)).verdict.verdict == "complete"
+    (before,) = _chat_contacts(emulator).values()
+
+    admin = emulator.emulator
+    with admin.store.transaction() as db:  # what unlinking the chat from the contact's card does
+        db.execute("DELETE FROM links")
+    ids += _continue(source, ["k-d0"], DAY + timedelta(days=1))
+    result = await run_interval(settings, DAY + timedelta(days=1))
+
+    assert result.verdict.verdict == "complete", result.verdict
+    _sent_once(emulator, ids)
+    assert [c["id"] for c in admin.snapshot()["contacts"]] == [before]
+    assert _chat_contacts(emulator) == {"ae-k-d0": before}

@@ -39,7 +39,7 @@ async def prepared(ctx: LoadContext, conversations: pd.DataFrame
     costs a create and a link request. Quarantined conversations are reported, never yielded.
     """
     states = ctx.ledger.chats.states(conversations.index)
-    linked = await _still_linked(ctx, states, [
+    linked = await _still_linked(ctx, conversations, states, [
         c for c in conversations.index if c in states and states[c].linked and states[c].chat_id
         and not states[c].quarantine and c not in ctx.report.stopped])
     if linked:
@@ -75,11 +75,13 @@ def _ready(ctx: LoadContext, conversations: pd.DataFrame) -> tuple[pd.DataFrame,
     return conversations.loc[ready], {c: states[c].chat_id for c in ready}
 
 
-async def _still_linked(ctx: LoadContext, states: dict[str, ChatState], linked: list[str]) -> list[str]:
+async def _still_linked(ctx: LoadContext, conversations: pd.DataFrame, states: dict[str, ChatState],
+                        linked: list[str]) -> list[str]:
     """Of the conversations the ledger holds linked, those whose chats amoCRM still shows linked (one read per
     `LINKS_READ` chats). A chat shown linked to another contact (its contact merged into that one) is followed; a
-    chat shown unlinked (its contact deleted) is not returned: its contact is forgotten, and the conversation is
-    prepared as a new one, its client's contact resolved again."""
+    chat shown unlinked (its contact deleted, or the chat unlinked by a person) is not returned: its client's
+    contact is resolved again, our key first (a contact only unlinked still carries it), and the conversation is
+    prepared as a new one."""
     if not linked:
         return []
     try:
@@ -96,6 +98,8 @@ async def _still_linked(ctx: LoadContext, states: dict[str, ChatState], linked: 
     # from this chat (by a person), and the client's contact stays.
     ctx.ledger.contacts.forget({states[c].contact_id for c in gone} - set(shown.values()) - {None})
     ctx.ledger.chats.save([{"conversation_id": c, "contact_id": None, "linked": False} for c in gone])
+    if gone:
+        await resolve_contacts(ctx, conversations.loc[gone], None, again=True)
     return [c for c in linked if c not in gone]
 
 
