@@ -188,3 +188,44 @@ async def test_a_chat_unlinked_by_a_person_is_linked_again_to_its_clients_contac
     _sent_once(emulator, ids)
     assert [c["id"] for c in admin.snapshot()["contacts"]] == [before]
     assert _chat_contacts(emulator) == {"ae-k-d0": before}
+
+
+async def test_a_create_left_uncertain_by_a_dead_run_is_not_missed_by_a_page_through_read_before_it_landed(
+        emulator, tmp_path, monkeypatch):
+    """Run A creates a's contact and dies before the ledger notes it (its create still `uncertain`, nothing in
+    `contacts` or `persons`). Run B read the account before A's create landed; its client c has a's phone spelled
+    otherwise. B must find A's contact, not create the person a second one from its stale page-through."""
+    from etl.ledger import Ledger
+    from tasks.load import contacts as contacts_module
+
+    source, ledger_url = f"sqlite:///{tmp_path / 'source.db'}", f"sqlite:///{tmp_path / 'ledger.db'}"
+    ids = _write(source, {"a": ("+7 915 111 22 33", None)})
+    settings = settings_for(emulator, source, ledger_url)
+    assert (await run_interval(settings)).verdict.verdict == "complete"
+    (contact_a,) = [c["id"] for c in emulator.emulator.snapshot()["contacts"]]
+    ledger = Ledger(ledger_url)
+    with ledger.db.engine.begin() as conn:  # as A left it: the create noted as under way, its outcome never written
+        (client_key,) = conn.execute(sa.text("SELECT client_key FROM contacts")).scalars()
+        conn.execute(sa.text("DELETE FROM contacts"))
+        conn.execute(sa.text("DELETE FROM persons"))
+    ledger.effects.expect("contact", [client_key])
+    ledger.close()
+
+    read = contacts_module.ContactIndex.read
+
+    async def read_before_a_landed(api, pages_at_most):
+        index = await read(api, pages_at_most)
+        for found in (*index.phones.values(), *index.emails.values(), *index.keys.values()):
+            while contact_a in found:
+                found.remove(contact_a)
+        return index
+
+    monkeypatch.setattr(contacts_module.ContactIndex, "read", staticmethod(read_before_a_landed))
+    ids += _write(source, {"c": ("89151112233", None), "x": ("+7 916 000 00 01", None)},
+                  first_day=DAY + timedelta(days=1))
+    result = await run_interval(settings, DAY + timedelta(days=1))
+
+    assert result.verdict.verdict == "complete", result.verdict
+    _sent_once(emulator, ids)
+    assert len(emulator.emulator.snapshot()["contacts"]) == 2
+    assert _chat_contacts(emulator)["ae-c-d0"] == contact_a

@@ -111,6 +111,11 @@ class Effects:
             for part in slices(keys):
                 conn.execute(uncertain.delete().where(uncertain.c.kind == kind, uncertain.c.key.in_(part)))
 
+    def latest(self, kind: str) -> float | None:
+        """When the newest request of `kind` whose effect is unknown was noted (the ledger's clock), of any key."""
+        with self.db.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(uncertain.c.since)).where(uncertain.c.kind == kind)).scalar()
+
     def uncertain(self, kind: str, keys: Iterable[str]) -> dict[str, float]:
         """Which of `keys` have a request of `kind` whose effect is unknown, and since when (the ledger's clock)."""
         return {row.key: row.since for row in self.db.rows_where_in(uncertain, uncertain.c.key, keys)

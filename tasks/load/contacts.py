@@ -12,7 +12,8 @@ directly or through another client, are one person, and its contact carries all 
 a later search by any of them finds it (`_people`). A client with neither phone nor email is a person of its own.
 Runs claim each client by every key it is found by (`person_keys`), so that two runs never resolve one person at
 the same time; the first writes the person's contact to `persons`, and the next finds it there, though its
-page-through of the account is older.
+page-through of the account is older. A create whose outcome a run never wrote (it died) may have landed after
+that page-through: while one may have, the account is searched instead.
 
 A search that matches several contacts the product did not create quarantines the client's conversations: sending
 them to the wrong contact cannot be undone, and a person can tell which one is right (merge them in amoCRM, then
@@ -144,6 +145,11 @@ class ClientContacts:
     def __init__(self, ctx: LoadContext, needing: pd.DataFrame, index: ContactIndex | None,
                  again: bool = False) -> None:
         self.ctx, self.needing, self.index, self.again = ctx, needing, index, again
+        noted = ctx.ledger.effects.latest("contact")
+        if index is not None and noted is not None and noted + landing_window(ctx.api.timeout_s) > index.read_at:
+            # A create of any client, by another run or one that died, may have landed after the account was read,
+            # carrying a phone or email of these clients: the page-through cannot tell, a search can.
+            self.index = None
         clients = needing.drop_duplicates("client_key")
         self.known = ctx.ledger.contacts.ids(clients["client_key"])
         self.unknown = [c for c in clients.itertuples() if c.client_key not in self.known]
