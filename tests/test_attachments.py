@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from load_harness import DAY, execute, landed, run_interval, settings_for, write_source
 from test_emulator_api import Amojo
+from test_transform import SENDERS, _frames
 
 from etl.api import open_api
 from etl.intervals import Interval
@@ -19,11 +20,13 @@ from etl.ledger import Ledger, MessageStatus
 from etl.ledger.messages import MessageState
 from etl.sample import SampleSize, generate, write_sample
 from etl.source import open_source
+from etl.source.schema import ATTACHMENT_COLUMNS
 from etl.summary import RunSummary
 from tasks.load import LoadReport
 from tasks.load.replies import Quote, quote_of
 from tasks.reconcile import reconcile
 from tasks.report import RunTotals
+from tasks.transform import transform
 
 PREFIX = "ae-"
 NOON = datetime.combine(DAY, datetime.min.time()) + timedelta(hours=12)
@@ -294,3 +297,19 @@ def test_a_quote_names_why_it_is_dropped_and_quotes_a_message_of_attachments_by_
     assert quote("q-pending", [{"msgid": "q-pending", "status": MessageStatus.SENT}]) == Quote("q-pending")
     assert [quote(m).dropped for m in ("q-rejected", "q-pending", "q-other", "nowhere")] == \
         ["rejected", "not_sent_yet", "not_in_chat", "unknown"]
+
+
+def test_attachments_without_an_id_or_sharing_one_are_each_rejected_and_listed():
+    """A mapping's attachments query may give NULL ids or the same id twice (no key holds them as the canonical
+    table's does): the first of an id is sent, and every other one has a reject row of its own."""
+    frames = _frames([{"id": "odd", "text": "odd attachments"}])
+    rows = [("1", "kept.jpg"), ("1", "same-id.jpg"), (None, "a.jpg"), (None, "b.jpg")]
+    attachments = pd.DataFrame([{"message_id": "odd", "id": i, "type": "picture", "file_name": n, "file_size": 1,
+                                 "media_url": f"https://files.example.com/{n}"} for i, n in rows],
+                               columns=list(ATTACHMENT_COLUMNS), dtype=object)
+    frames = type(frames)(frames.messages, frames.conversations, frames.clients, frames.managers, 1, attachments)
+    batch = transform(frames, SENDERS, PREFIX, ZoneInfo("UTC"), now=datetime(2026, 11, 25))
+    assert list(zip(batch.messages["msgid"], batch.messages["file_name"], strict=True)) == [
+        (PREFIX + "odd", None), (PREFIX + "odd#1", "kept.jpg")]
+    assert sorted(batch.rejects["reason"]) == ["duplicate_id", "missing_id", "missing_id"]
+    assert batch.rejects["source_key"].is_unique, list(batch.rejects["source_key"])

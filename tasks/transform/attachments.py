@@ -66,7 +66,8 @@ def attachment_parts(a: pd.DataFrame, raw: pd.DataFrame, parents: pd.DataFrame, 
     bad = pd.Series(False, index=p.index)
     for mask, reason, detail in _checks(p, prefix, now):
         mask = mask.fillna(False).astype(bool) & ~bad
-        rejects.add(mask, reason, detail)
+        # Attachments without an id, or with their message's id repeated, share one key: their digest tells them apart.
+        rejects.add(mask, reason, detail, duplicate=reason in ("missing_id", "duplicate_id"))
         bad |= mask
     p = p[~bad]
     return p.assign(id=p["message_id"] + PART_SEPARATOR + p["id"], duration=p["seconds"])
