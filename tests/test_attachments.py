@@ -313,3 +313,21 @@ def test_attachments_without_an_id_or_sharing_one_are_each_rejected_and_listed()
         (PREFIX + "odd", None), (PREFIX + "odd#1", "kept.jpg")]
     assert sorted(batch.rejects["reason"]) == ["duplicate_id", "missing_id", "missing_id"]
     assert batch.rejects["source_key"].is_unique, list(batch.rejects["source_key"])
+
+
+async def test_a_message_whose_id_is_another_messages_attachment_id_is_not_lost_or_taken_for_it(
+        emulator, source, ledger_url):
+    """Message `m`'s attachment `7` and a message whose own id is `m#7` would both be msgid `m#7`: the second is
+    rejected with its reason, never sent in the other's place or silently dropped, and a second run changes nothing."""
+    _message(source, "m", "cv0", "a picture", NOON)
+    _attachment(source, "m", "7", name="seven.jpg")
+    _message(source, "m#7", "cv0", "a message of its own", NOON + timedelta(minutes=1))
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    held = landed(emulator)
+    assert [m["message"]["type"] for m in held[PREFIX + "m#7"]] == ["picture"]
+    reasons = {r["source_key"].split("@")[0]: r["reason"] for r in _rejects(ledger_url)}
+    assert reasons.get("message:m#7") == "duplicate_id", reasons
+    again = await run_interval(settings_for(emulator, source, ledger_url))
+    assert (again.load.messages_sent, again.load.messages_edited) == (0, 0)
+
