@@ -43,10 +43,13 @@ def shown_url(url: str) -> str:
     a token) or any user and password."""
     if S3_URL.match(url):
         return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+    except ValueError:  # an unparsable host or port: where its secrets end cannot be told, so none of it is shown
+        return url.split(":", 1)[0] + "://… (not a valid URL)"
     return f"{parts.scheme}://{host}{parts.path}" + ("?…" if parts.query else "")
 
 
@@ -57,7 +60,11 @@ def url_file_name(url: str) -> str | None:
     if match:
         tail = match["key"].rsplit("/", 1)[-1]
     else:
-        tail = unquote(urlsplit(url).path.rsplit("/", 1)[-1], errors="replace")
+        try:
+            path = urlsplit(url).path
+        except ValueError:  # an unparsable host ([::1): amoCRM cannot fetch it either, and it has no name to give
+            return None
+        tail = unquote(path.rsplit("/", 1)[-1], errors="replace")
     tail = "".join(ch for ch in tail if ch.isprintable()).strip()
     return tail or None
 
@@ -104,7 +111,7 @@ class MediaLinks:
                         pass  # the status and headers are enough; the body is never read
             except httpx.TimeoutException:
                 return Probe(False, why=f"no answer within {self.timeout_s:g} s")
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a host or port no client can address
                 return Probe(False, why=f"no answer ({type(exc).__name__})")  # its text may hold the URL
         if not answer.is_success:
             return Probe(False, why=f"HTTP {answer.status_code}")

@@ -171,3 +171,16 @@ def test_a_presign_expiry_beyond_what_sigv4_allows_is_refused_naming_the_setting
     with pytest.raises(ConfigurationError, match="AMOJO_ETL_MEDIA_URL_EXPIRY_S"):
         load_settings(media_url_expiry_s=604_801)
     assert load_settings().media_url_expiry_s == 604_800  # amoCRM may download days later: the longest by default
+
+
+@pytest.mark.parametrize("url", ["https://[::1/photo.jpg?token=secret-token", "https://exämple..com/photo.jpg",
+                                 "http://example.com:99999/photo.jpg?token=secret-token"])
+async def test_a_url_no_client_can_send_to_is_named_unreachable_and_the_run_goes_on(ledger, url):
+    """A media URL the transform takes (http(s), no blanks) whose host no HTTP client can even address: its probe
+    says so like any URL that does not answer, rather than failing the whole run with the URL in the traceback."""
+    rows = [{"id": "odd", "media_url": url, "type": "picture"}]
+    unsized, _ = await _fetchable(rows, ledger)  # no check: only its size is asked for, and none is found
+    assert list(unsized.messages["source_id"]) == ["odd"] and unsized.messages["file_size"].isna().all()
+    batch, report = await _fetchable(rows, ledger, check=True)
+    assert report.unreachable == 1 and list(batch.rejects["reason"]) == ["media_unreachable"]
+    assert "secret-token" not in batch.rejects["detail"].iloc[0] + str(report.unreachable_urls)
