@@ -229,3 +229,19 @@ async def test_a_create_left_uncertain_by_a_dead_run_is_not_missed_by_a_page_thr
     _sent_once(emulator, ids)
     assert len(emulator.emulator.snapshot()["contacts"]) == 2
     assert _chat_contacts(emulator)["ae-c-d0"] == contact_a
+
+
+@pytest.mark.parametrize("server", ["postgres_url", "mariadb_url"])
+async def test_a_client_id_as_long_as_the_ledger_takes_and_a_long_email_resolve_on_a_real_server(
+        emulator, tmp_path, request, server):
+    """A client id about the longest the transform lets through (the ledger's key length, less the id prefix), and an
+    email longer than that: claimed and noted by person keys (`client:…`, `email:…`) on PostgreSQL and MariaDB,
+    which refuse a key longer than the column rather than cut it."""
+    source, ledger_url = f"sqlite:///{tmp_path / 'source.db'}", request.getfixturevalue(server)
+    long_id = "c" * (512 - len("ae-") - len("-d0-0"))  # its conversation and message ids (`_write`) fit too
+    long_email = "a" * 600 + "@example.com"
+    ids = _write(source, {long_id: (None, None), "e": (None, long_email), "twin": (None, long_email.upper())})
+    result = await run_interval(settings_for(emulator, source, ledger_url))
+    assert result.verdict.verdict == "complete", result.verdict
+    _sent_once(emulator, ids)
+    assert len(emulator.emulator.snapshot()["contacts"]) == 2  # the two clients sharing the email are one person

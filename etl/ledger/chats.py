@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .database import Database, slices
-from .schema import chats, contacts, persons, uncertain
+from .schema import chats, contacts, persons, stored_key, uncertain
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,15 @@ class Contacts:
 
     def persons(self, person_keys: Iterable[str]) -> dict[str, int]:
         """Person key (`phone:…`, `email:…`) -> the contact a client found or created by it resolved to."""
-        return {row.person_key: row.contact_id
-                for row in self.db.rows_where_in(persons, persons.c.person_key, person_keys)}
+        given = {stored_key(key): key for key in person_keys}
+        return {given[row.person_key]: row.contact_id
+                for row in self.db.rows_where_in(persons, persons.c.person_key, given)}
 
     def save_persons(self, contact_ids: dict[str, int]) -> None:
         if contact_ids:
             with self.db.engine.begin() as conn:
-                self.db.upsert(conn, persons, [{"person_key": k, "contact_id": i} for k, i in contact_ids.items()],
-                               ["person_key"])
+                self.db.upsert(conn, persons, [{"person_key": stored_key(k), "contact_id": i}
+                                               for k, i in contact_ids.items()], ["person_key"])
 
     def forget(self, contact_ids: Iterable[int]) -> None:
         """Contacts amoCRM no longer has (merged or deleted there): no client or person resolves to them any more,

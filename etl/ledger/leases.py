@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from .database import Database, slices
-from .schema import claims
+from .schema import claims, stored_key
 
 
 class Leases:
@@ -27,7 +27,8 @@ class Leases:
         clock (`Ledger.clock`), read in the same transaction.
         """
         held: set[str] = set()
-        for part in slices(sorted(set(keys))):
+        given = {stored_key(key): key for key in keys}  # the held keys are answered as they were given
+        for part in slices(sorted(given)):
             mine = claims.c.kind == kind, claims.c.key.in_(part)
             with self.db.engine.begin() as conn:
                 now = self.db.now(conn)
@@ -40,8 +41,8 @@ class Leases:
                 if free:
                     conn.execute(claims.update().where(claims.c.kind == kind, claims.c.key.in_(free), claimable)
                                  .values(holder=holder, expires_at=now + ttl_s, **span))
-                held.update(r.key for r in conn.execute(sa.select(claims.c.key).where(*mine,
-                                                                                       claims.c.holder == holder)))
+                held.update(given[r.key] for r in conn.execute(sa.select(claims.c.key).where(
+                    *mine, claims.c.holder == holder)))
         return held
 
     def renew(self, holder: str, ttl_s: float) -> int:
@@ -57,7 +58,7 @@ class Leases:
             if keys is None:
                 conn.execute(claims.delete().where(claims.c.holder == holder))
                 return
-            for part in slices(keys):
+            for part in slices([stored_key(key) for key in keys]):
                 conn.execute(claims.delete().where(claims.c.holder == holder, claims.c.kind == kind,
                                                    claims.c.key.in_(part)))
 

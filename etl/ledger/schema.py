@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -10,6 +11,18 @@ SCHEMA_VERSION = 7
 KEY_LENGTH = 512
 """Longest id the ledger keeps (msgid, conversation and client ids, reject keys): what real sources hold, and
 within what MySQL can index (3072 bytes of utf8mb4). Longer source ids are rejected before they get here."""
+
+
+
+def stored_key(key: str) -> str:
+    """`key` as a key column holds it: as it is when it fits, else its first part and a digest of the whole. Keys the
+    ledger composes (`client:` and a client id of the longest, a person's `email:` and an email of any length) can
+    be longer than any source id, and PostgreSQL and MariaDB refuse a value longer than the column."""
+    if len(key) <= KEY_LENGTH:
+        return key
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+    return f"{key[:KEY_LENGTH - 41]}~{digest}"
+
 
 metadata = sa.MetaData()
 
