@@ -26,6 +26,8 @@ MEDIA_URL = re.compile(r"^(?:https?://\S+|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]
 MAX_PRESIGN_S = 604_800
 """The longest a SigV4 presigned URL is valid: seven days."""
 NO_HEAD = (405, 501)
+FOR_NOW = frozenset({408, 425, 429, 500, 502, 503, 504})
+"""Answers about the moment, not the file: the URL is asked again by a later run."""
 """Answers of a server that does not take HEAD: asked again with a ranged GET."""
 
 
@@ -36,6 +38,9 @@ class Probe:
     ok: bool
     size: int | None = None
     why: str = ""
+    lasting: bool = True
+    """A failure that says something about the file (404, a URL no client can address), not about the moment (a
+    timeout, a dropped connection, 408, 425, 429, 5xx): only a lasting one is the source's to fix."""
 
 
 def shown_url(url: str) -> str:
@@ -103,6 +108,10 @@ class MediaLinks:
 
     async def _ask(self, url: str) -> Probe:
         target = self._presign(url, "head_object") if S3_URL.match(url) else url
+        try:
+            urlsplit(target).port  # noqa: B018 - a port out of range is a URL no client can send to, for good
+        except ValueError:
+            return Probe(False, why="no answer (InvalidURL)")
         async with self._limit:
             try:
                 answer = await self._http.head(target)
@@ -110,11 +119,13 @@ class MediaLinks:
                     async with self._http.stream("GET", target, headers={"Range": "bytes=0-0"}) as answer:
                         pass  # the status and headers are enough; the body is never read
             except httpx.TimeoutException:
-                return Probe(False, why=f"no answer within {self.timeout_s:g} s")
+                return Probe(False, why=f"no answer within {self.timeout_s:g} s", lasting=False)
+            except httpx.TransportError as exc:  # a refused or dropped connection: may answer next time
+                return Probe(False, why=f"no answer ({type(exc).__name__})", lasting=False)  # its text may hold the URL
             except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a host or port no client can address
-                return Probe(False, why=f"no answer ({type(exc).__name__})")  # its text may hold the URL
+                return Probe(False, why=f"no answer ({type(exc).__name__})")
         if not answer.is_success:
-            return Probe(False, why=f"HTTP {answer.status_code}")
+            return Probe(False, why=f"HTTP {answer.status_code}", lasting=answer.status_code not in FOR_NOW)
         return Probe(True, _size(answer))
 
     def _presign(self, url: str, operation: str) -> str:

@@ -101,9 +101,12 @@ def _rejects(rows: pd.DataFrame, probes: dict[str, Probe]) -> pd.DataFrame:
     shown = load_stage.source_rows(rows)
     return pd.DataFrame({
         "source_key": source_keys(rows["source_id"], rows["msec"], None, shown),
-        "reason": "media_unreachable",
+        "reason": ["media_unreachable" if probes[url].lasting else "media_no_answer" for url in rows["media_url"]],
         "detail": [f"amoCRM downloads media from its URL, and {shown_url(url)} did not answer "
                    f"({probes[url].why}): fix the URL at the source, or set AMOJO_ETL_MEDIA_UNREACHABLE=send"
+                   if probes[url].lasting else
+                   f"amoCRM downloads media from its URL, and {shown_url(url)} did not answer for now "
+                   f"({probes[url].why}): held back, its day stays incomplete, and a later run asks again"
                    for url in rows["media_url"]],
         "row": json_lines(shown),
     })

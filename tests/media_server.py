@@ -1,5 +1,6 @@
 """A file server for the media tests: GET and HEAD of /files/<name> answer with the file, any other path 404, and
-/no-head/<name> refuses HEAD (405) as some servers do. It counts the requests it gets."""
+/no-head/<name> refuses HEAD (405) as some servers do, and /status/<code>/<name> answers that status (a CDN's 503).
+It counts the requests it gets."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def media_server(files: dict[str, bytes]) -> Iterator[MediaServer]:
 
     async def serve_file(request: Request) -> Response:
         server.requests[request.method, request.url.path] += 1
+        if "code" in request.path_params:
+            return Response(status_code=request.path_params["code"])
         body = files.get(request.path_params["name"])
         if body is None:
             return Response(status_code=404)
@@ -42,7 +45,8 @@ def media_server(files: dict[str, bytes]) -> Iterator[MediaServer]:
         return Response(body, headers={"Content-Length": str(len(body))})
 
     app = Starlette(routes=[Route("/files/{name}", serve_file, methods=["GET", "HEAD"]),
-                            Route("/no-head/{name}", serve_file, methods=["GET", "HEAD"])])
+                            Route("/no-head/{name}", serve_file, methods=["GET", "HEAD"]),
+                            Route("/status/{code:int}/{name}", serve_file, methods=["GET", "HEAD"])])
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve()), daemon=True)

@@ -17,7 +17,7 @@ from etl.media import MediaLinks
 from etl.settings import load_settings
 from etl.source import SourceFrames
 from tasks.media import MediaReport, fetchable_media
-from tasks.transform import Batch, Senders, transform
+from tasks.transform import NOT_YET, Batch, Senders, transform
 
 UTC = ZoneInfo("UTC")
 SENDERS = Senders({}, bot_id="amojo-bot")
@@ -165,6 +165,21 @@ async def test_a_url_that_does_not_answer_is_named_and_rejected_or_sent(ledger, 
         assert "HTTP 404" in batch.rejects["detail"].iloc[0] and "secret-token" not in batch.rejects["detail"].iloc[0]
     else:
         assert list(batch.messages["source_id"]) == ["good", "gone"] and batch.rejects.empty
+
+
+async def test_a_url_that_fails_for_now_is_held_back_for_a_later_run_not_rejected_for_good(ledger):
+    """A 503, 429 or timeout says nothing lasting about the file: such a message is held back (its day stays
+    incomplete, so a later run checks it again), while a 404 is the source's to fix."""
+    with media_server({}) as files:
+        rows = [{"id": "busy", "media_url": f"{files.url}/status/503/a.pdf", "file_size": 10},
+                {"id": "limited", "media_url": f"{files.url}/status/429/b.pdf", "file_size": 10},
+                {"id": "gone", "media_url": f"{files.url}/status/404/c.pdf", "file_size": 10}]
+        batch, report = await _fetchable(rows, ledger, check=True, reject=True)
+    reasons = dict(zip(batch.rejects["source_key"].str.split("@").str[0], batch.rejects["reason"], strict=True))
+    assert reasons == {"message:busy": "media_no_answer", "message:limited": "media_no_answer",
+                       "message:gone": "media_unreachable"}
+    assert "media_no_answer" in NOT_YET and "media_unreachable" not in NOT_YET
+    assert report.unreachable == 3 and batch.messages.empty
 
 
 def test_a_presign_expiry_beyond_what_sigv4_allows_is_refused_naming_the_setting():

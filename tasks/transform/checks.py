@@ -24,9 +24,10 @@ WHOLE_MESSAGE = frozenset({
 """Reasons that concern the message as a whole (where and when it goes, and as whom): they reject its attachments
 too. The others concern its own content alone, and its attachments go without it."""
 
-NOT_YET = frozenset({"future_timestamp"})
+NOT_YET = frozenset({"future_timestamp", "media_no_answer"})
 """Reasons that say "not yet" rather than "bad": a row dated after this worker's clock (the source's clock may be
-ahead of it) is held back, and its interval is not complete, so a later run takes it once it is due."""
+ahead of it), or whose media URL failed for the moment (a 503, a timeout), is held back, and its interval is not
+complete, so a later run takes it again."""
 
 
 def id_checks(m: pd.DataFrame, conversations: pd.DataFrame, client_ids: set[str], prefix: str) -> list[Check]:
