@@ -236,6 +236,8 @@ def _rows(frame: pd.DataFrame, dialect: str) -> list[tuple]:
 
 
 def _insert(conn: sa.Connection, table: str, frame: pd.DataFrame) -> None:
+    if frame.empty:  # a small sample may draw no attachment: executemany refuses no rows
+        return
     dialect = conn.engine.dialect.name
     columns = list(frame.columns)
     rows = _rows(frame, dialect)

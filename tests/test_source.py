@@ -121,6 +121,13 @@ def test_chunks_stream_in_time_order_with_their_lookups(dialect, tmp_path, reque
     assert len(seen) == len(set(seen)) == len(_sample_messages())
 
 
+@pytest.mark.parametrize("messages", [1, 30])
+def test_a_sample_too_small_to_draw_an_attachment_is_written(tmp_path, messages):
+    """A small sample has no attachment (nor, at 1 message, a reply): an empty table is written as empty."""
+    counts = write_sample(f"sqlite:///{tmp_path / 'small.db'}", size=SampleSize(messages=messages))
+    assert counts["messages"] == messages
+
+
 def test_an_even_sample_gives_every_conversation_the_same_size():
     """The benchmarks' fixed shape (40 x 250), beside the default's sizes that vary."""
     def sizes(size: SampleSize) -> list[int]:
