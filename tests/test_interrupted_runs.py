@@ -122,3 +122,26 @@ def test_sigterm_mid_run_ends_in_one_line(ledger, slow_emulator, tmp_path, reque
     assert status == 1, stderr[-4000:]
     _assert_one_error_line(stderr, "SIGTERM")
     assert left == []  # the temporary Prefect server did not outlive the command
+
+
+def test_a_sigterm_whose_exception_lands_in_a_finalizer_is_sent_again():
+    """Python drops an exception raised in `__del__` (it only prints it): a SIGTERM handler's exception that lands
+    there would let the run go on to its end. The command's hook sends the signal again, to land where it stops."""
+    from etl.cli.runner import _signal_again
+
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    dropped: list[object] = []
+    hook = _signal_again(dropped.append, KeyboardInterrupt)
+    try:
+        class Unraisable:
+            def __init__(self, error: BaseException) -> None:
+                self.exc_value = error
+
+        hook(Unraisable(KeyboardInterrupt()))  # the handler's exception, dropped in a finalizer
+        hook(Unraisable(ValueError("another")))  # anything else goes to the hook before
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [signal.SIGTERM]
+    assert [type(d.exc_value) for d in dropped] == [ValueError]

@@ -143,8 +143,14 @@ def _check_exactly_once_in_order(emulator, source: Path, ledger_url: str) -> Non
     store = emulator.emulator.store
     engine = sa.create_engine(f"sqlite:///{source}")
     with engine.connect() as conn:
+        window = {"start": START, "end": END}
+        # A message's text, unless it has only attachments; each attachment its own message (README, Attachments).
         expected = {f"ae-{row[0]}" for row in conn.execute(sa.text(
-            "SELECT id FROM messages WHERE created_at >= :start AND created_at < :end"), {"start": START, "end": END})}
+            "SELECT id FROM messages m WHERE created_at >= :start AND created_at < :end AND (COALESCE(text, '') <> '' "
+            "OR NOT EXISTS (SELECT 1 FROM attachments a WHERE a.message_id = m.id))"), window)}
+        expected |= {f"ae-{row[0]}#{row[1]}" for row in conn.execute(sa.text(
+            "SELECT a.message_id, a.id FROM attachments a JOIN messages m ON m.id = a.message_id "
+            "WHERE m.created_at >= :start AND m.created_at < :end"), window)}
     engine.dispose()
     engine = sa.create_engine(ledger_url)
     with engine.connect() as conn:

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,7 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
     _announce_prefect()
     _plain_prefect_logs()
     previous = signal.signal(signal.SIGTERM, _stopped)
+    unraisable, sys.unraisablehook = sys.unraisablehook, _signal_again(sys.unraisablehook, TerminationSignal)
     try:
         with tags(*run_tags(load_settings())):
             state = asyncio.run(flow(**parameters, return_state=True))
@@ -93,6 +96,7 @@ def _run(flow: Any, **parameters: Any) -> tuple[Result | None, str | None]:
         raise RunError(STOPPED) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = unraisable
     if state.is_failed() or state.is_crashed():
         try:
             outcome = state.result(raise_on_failure=False)
@@ -114,6 +118,21 @@ def _stopped(signum: int, frame: object) -> None:
     """SIGTERM (a service manager or container runtime stopping the command): the run ends as a failed one, in one
     line. During a flow Prefect marks its run Crashed first, then passes the signal on to this handler."""
     raise RunError(STOPPED)
+
+
+def _signal_again(hook: Callable[[Any], object], termination: type[BaseException]) -> Callable[[Any], object]:
+    """An unraisable-exception hook that sends SIGTERM again when the exception a SIGTERM handler raised landed in
+    a finalizer (`__del__`), where Python prints and drops it: delivered again, it lands where it stops the run,
+    instead of the run going on to its end and exiting 0."""
+
+    def unraisable(args: Any) -> object:
+        error = args.exc_value
+        if isinstance(error, termination) or (isinstance(error, RunError) and str(error) == STOPPED):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return None
+        return hook(args)
+
+    return unraisable
 
 
 def run_tags(settings: Settings) -> list[str]:
