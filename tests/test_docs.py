@@ -29,6 +29,6 @@ def test_documents_name_only_files_of_the_repository(document: Path) -> None:
 
 def test_a_link_outside_the_repository_is_found() -> None:
     readme = ROOT / "README.md"
-    assert outside_or_missing(readme, "[the API notes](../shared/amojo-api.md), `../shared/DESIGN.md`, "
+    assert outside_or_missing(readme, "[the API notes](../notes/amojo-api.md), `../notes/DESIGN.md`, "
                                       "[gone](docs/gone.md)") == [
-        "../shared/DESIGN.md", "../shared/amojo-api.md", "docs/gone.md"]
+        "../notes/DESIGN.md", "../notes/amojo-api.md", "docs/gone.md"]
