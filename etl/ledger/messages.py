@@ -73,6 +73,10 @@ class Messages:
                   .values(conversation_id=sa.bindparam("m_conversation_id"), msec=sa.bindparam("m_msec"),
                           content_hash=sa.bindparam("m_content_hash"), text_hash=sa.bindparam("m_text_hash"),
                           status=MessageStatus.PENDING.value, updated_at=sa.bindparam("m_updated_at")))
+        self._update_places(update, rows)
+
+    def _update_places(self, update: sa.Update, rows: list[dict[str, Any]]) -> None:
+        """Run `update` once per row (an executemany in slices), bound to the row's place and hashes (`m_…`)."""
         now = time.time()
         with self.db.engine.begin() as conn:
             for part in slices(rows, 10_000):
@@ -93,12 +97,7 @@ class Messages:
                          messages.c.status != MessageStatus.DELETED.value)
                   .values(status=MessageStatus.SENDING.value, content_hash=sa.bindparam("m_content_hash"),
                           text_hash=sa.bindparam("m_text_hash"), updated_at=sa.bindparam("m_updated_at")))
-        now = time.time()
-        with self.db.engine.begin() as conn:
-            for part in slices(rows, 10_000):
-                conn.execute(update, [{"m_msgid": r["msgid"], "m_conversation_id": r["conversation_id"],
-                                       "m_msec": r["msec"], "m_content_hash": r["content_hash"],
-                                       "m_text_hash": r.get("text_hash"), "m_updated_at": now} for r in part])
+        self._update_places(update, rows)
         places = {r["msgid"]: (r["conversation_id"], int(r["msec"])) for r in rows}
         return {msgid for msgid, state in self.states(places).items()
                 if state.status == MessageStatus.SENDING and (state.conversation_id, int(state.msec)) == places[msgid]}
